@@ -1,0 +1,581 @@
+"""The op model: payloads, ops, op ids, signatures, strict and tolerant decoding.
+
+An ``Op`` always carries its canonical CBOR bytes (``Op.cbor``), so the store and the
+network can keep and send exactly those bytes without re-encoding. The op id is
+``blake3("ECAC_OP_V1" || cbor(header))`` over the header re-encoded from the typed
+fields, never over received bytes (core §4).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import blake3
+from nacl.bindings import crypto_sign_open
+from nacl.exceptions import BadSignatureError, CryptoError
+from nacl.signing import SigningKey
+
+from ecac.codec import (
+    b2l,
+    dumps,
+    loads,
+    struct_fields,
+    to_bytes,
+    to_text,
+    to_u32,
+    to_u64,
+)
+from ecac.errors import DecodeError, InvalidOpError
+from ecac.hlc import Hlc
+
+OP_DOMAIN = b"ECAC_OP_V1"
+ID_LEN = 32
+SIG_LEN = 64
+
+REASON_ID_MISMATCH = "op_id mismatch (header hash != embedded op_id)"
+REASON_BAD_SIG = "invalid signature"
+
+
+# --------------------------------------------------------------------------- payloads
+
+
+@dataclass(frozen=True, slots=True)
+class Data:
+    key: str
+    value: bytes
+    NAME: ClassVar[str] = "Data"
+
+    def to_obj(self) -> dict[str, Any]:
+        return {"Data": {"key": self.key, "value": b2l(self.value)}}
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    cred_id: str
+    cred_bytes: bytes
+    format: str = "Jwt"
+    NAME: ClassVar[str] = "Credential"
+
+    def to_obj(self) -> dict[str, Any]:
+        return {
+            "Credential": {"cred_id": self.cred_id, "cred_bytes": b2l(self.cred_bytes), "format": self.format}
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    subject_pk: bytes
+    cred_hash: bytes
+    NAME: ClassVar[str] = "Grant"
+
+    def to_obj(self) -> dict[str, Any]:
+        return {"Grant": {"subject_pk": b2l(self.subject_pk), "cred_hash": b2l(self.cred_hash)}}
+
+
+@dataclass(frozen=True, slots=True)
+class Revoke:
+    subject_pk: bytes
+    role: str
+    scope_tags: tuple[str, ...]
+    at: Hlc
+    NAME: ClassVar[str] = "Revoke"
+
+    def to_obj(self) -> dict[str, Any]:
+        return {
+            "Revoke": {
+                "subject_pk": b2l(self.subject_pk),
+                "role": self.role,
+                "scope_tags": list(self.scope_tags),
+                "at": self.at.to_obj(),
+            }
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class KeyGrant:
+    subject_pk: bytes
+    tag: str
+    key_version: int
+    cred_hash: bytes
+    NAME: ClassVar[str] = "KeyGrant"
+
+    def to_obj(self) -> dict[str, Any]:
+        return {
+            "KeyGrant": {
+                "subject_pk": b2l(self.subject_pk),
+                "tag": self.tag,
+                "key_version": self.key_version,
+                "cred_hash": b2l(self.cred_hash),
+            }
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRotate:
+    tag: str
+    new_version: int
+    new_key: bytes
+    NAME: ClassVar[str] = "KeyRotate"
+
+    def to_obj(self) -> dict[str, Any]:
+        return {"KeyRotate": {"tag": self.tag, "new_version": self.new_version, "new_key": b2l(self.new_key)}}
+
+
+@dataclass(frozen=True, slots=True)
+class IssuerKey:
+    issuer_id: str
+    key_id: str
+    algo: str
+    pubkey: bytes
+    valid_from_ms: int
+    valid_until_ms: int
+    prev_key_id: str | None = None
+    NAME: ClassVar[str] = "IssuerKey"
+
+    def to_obj(self) -> dict[str, Any]:
+        return {
+            "IssuerKey": {
+                "issuer_id": self.issuer_id,
+                "key_id": self.key_id,
+                "algo": self.algo,
+                "pubkey": b2l(self.pubkey),
+                "valid_from_ms": self.valid_from_ms,
+                "valid_until_ms": self.valid_until_ms,
+                "prev_key_id": self.prev_key_id,
+            }
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class IssuerKeyRevoke:
+    issuer_id: str
+    key_id: str
+    reason: str
+    NAME: ClassVar[str] = "IssuerKeyRevoke"
+
+    def to_obj(self) -> dict[str, Any]:
+        return {"IssuerKeyRevoke": {"issuer_id": self.issuer_id, "key_id": self.key_id, "reason": self.reason}}
+
+
+@dataclass(frozen=True, slots=True)
+class StatusListChunk:
+    list_id: str
+    issuer_id: str
+    version: int
+    chunk_index: int
+    bitset_sha256: bytes
+    chunk_bytes: bytes
+    NAME: ClassVar[str] = "StatusListChunk"
+
+    def to_obj(self) -> dict[str, Any]:
+        return {
+            "StatusListChunk": {
+                "list_id": self.list_id,
+                "issuer_id": self.issuer_id,
+                "version": self.version,
+                "chunk_index": self.chunk_index,
+                "bitset_sha256": b2l(self.bitset_sha256),
+                "chunk_bytes": b2l(self.chunk_bytes),
+            }
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class StatusPointer:
+    cred_id: str
+    list_id: str
+    index: int
+    NAME: ClassVar[str] = "StatusPointer"
+
+    def to_obj(self) -> dict[str, Any]:
+        return {"StatusPointer": {"cred_id": self.cred_id, "list_id": self.list_id, "index": self.index}}
+
+
+@dataclass(frozen=True, slots=True)
+class Reserved:
+    """The unit variant ``_Reserved``; unknown unit variants also decode to it."""
+
+    NAME: ClassVar[str] = "_Reserved"
+
+    def to_obj(self) -> str:
+        return "_Reserved"
+
+
+Payload = (
+    Data
+    | Credential
+    | Grant
+    | Revoke
+    | KeyGrant
+    | KeyRotate
+    | IssuerKey
+    | IssuerKeyRevoke
+    | StatusListChunk
+    | StatusPointer
+    | Reserved
+)
+
+#: payload kinds whose content decides policy regardless of their position (core §8.4)
+RETROACTIVE_KINDS = frozenset({"Credential", "IssuerKey", "IssuerKeyRevoke", "StatusListChunk"})
+#: kinds that switch the write gate on (core §8.2)
+POLICY_SWITCH_KINDS = frozenset({"Grant", "Revoke"})
+
+
+# --------------------------------------------------------------------------- ops
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    """A signed op. ``cbor`` is its canonical encoding (what the store and the wire carry)."""
+
+    parents: tuple[bytes, ...]
+    hlc: Hlc
+    author_pk: bytes
+    payload: Payload
+    sig: bytes
+    op_id: bytes
+    cbor: bytes = field(default=b"", compare=False, repr=False)
+
+    @property
+    def kind(self) -> str:
+        """The payload variant name (``"Data"``, ``"Grant"``, …, ``"_Reserved"``)."""
+        return self.payload.NAME
+
+    def header_obj(self) -> dict[str, Any]:
+        return header_obj(self.parents, self.hlc, self.author_pk, self.payload)
+
+    def header_bytes(self) -> bytes:
+        return dumps(self.header_obj())
+
+    def computed_id(self) -> bytes:
+        """The op id recomputed from the typed header."""
+        return op_id_of(self.header_bytes())
+
+    def sort_key(self) -> tuple[int, int, int, bytes]:
+        """The total-order tie-break key ``(physical_ms, logical, node_id, op_id)`` (core §6)."""
+        h = self.hlc
+        return (h.physical_ms, h.logical, h.node_id, self.op_id)
+
+
+def header_obj(parents: Sequence[bytes], hlc: Hlc, author_pk: bytes, payload: Payload) -> dict[str, Any]:
+    return {
+        "parents": [b2l(p) for p in parents],
+        "hlc": hlc.to_obj(),
+        "author_pk": b2l(author_pk),
+        "payload": payload.to_obj(),
+    }
+
+
+def op_id_of(header_cbor: bytes) -> bytes:
+    return blake3.blake3(OP_DOMAIN + header_cbor).digest()
+
+
+def _op_cbor(header: dict[str, Any], sig: bytes, op_id: bytes) -> bytes:
+    return dumps({"header": header, "sig": b2l(sig), "op_id": b2l(op_id)})
+
+
+def make_op(sk: SigningKey, parents: Iterable[bytes], hlc: Hlc, payload: Payload) -> Op:
+    """Create and sign an op: parents sorted (duplicates kept), Ed25519 over the 32-byte id."""
+    ps = tuple(sorted(parents))
+    author = bytes(sk.verify_key)
+    header = header_obj(ps, hlc, author, payload)
+    op_id = op_id_of(dumps(header))
+    sig = sk.sign(op_id).signature
+    return Op(ps, hlc, author, payload, sig, op_id, _op_cbor(header, sig, op_id))
+
+
+# --------------------------------------------------------------------------- verification
+
+
+def sig_ok(author_pk: bytes, sig: bytes, op_id: bytes) -> bool:
+    """Ed25519 (libsodium, strict) over the op id; any malformed key or signature is False."""
+    if len(sig) != SIG_LEN or len(author_pk) != 32:
+        return False
+    try:
+        crypto_sign_open(sig + op_id, author_pk)
+    except (BadSignatureError, CryptoError, ValueError, TypeError):
+        return False
+    return True
+
+
+def check_op(op: Op, header_cbor: bytes | None = None) -> str | None:
+    """Why ``op`` fails verification, or None when it verifies (core §4.2)."""
+    hb = header_cbor if header_cbor is not None else op.header_bytes()
+    if op_id_of(hb) != op.op_id:
+        return REASON_ID_MISMATCH
+    if not sig_ok(op.author_pk, op.sig, op.op_id):
+        return REASON_BAD_SIG
+    return None
+
+
+def verify_op(op: Op) -> None:
+    """Raise ``InvalidOpError`` naming the op when it does not verify."""
+    reason = check_op(op)
+    if reason is not None:
+        raise InvalidOpError(op.op_id, reason)
+
+
+_POOL: ThreadPoolExecutor | None = None
+_PARALLEL_MIN = 256
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ecac-verify")
+    return _POOL
+
+
+def _sig_chunk(items: list[tuple[bytes, bytes, bytes]]) -> list[bool]:
+    return [sig_ok(pk, s, i) for pk, s, i in items]
+
+
+def check_sigs(items: Sequence[tuple[bytes, bytes, bytes]]) -> list[bool]:
+    """Verify many ``(author_pk, sig, op_id)`` triples, on two threads when it pays off.
+
+    libsodium releases the GIL, so two threads roughly double throughput on two cores.
+    """
+    n = len(items)
+    if n < _PARALLEL_MIN:
+        return _sig_chunk(list(items))
+    step = max(64, n // 16)
+    chunks = [list(items[i : i + step]) for i in range(0, n, step)]
+    out: list[bool] = []
+    for part in _pool().map(_sig_chunk, chunks):
+        out.extend(part)
+    return out
+
+
+def check_ops(ops: Sequence[Op]) -> list[str | None]:
+    """``check_op`` for many ops; ids are recomputed here, signatures checked in parallel."""
+    reasons: list[str | None] = [None] * len(ops)
+    pending: list[int] = []
+    for i, op in enumerate(ops):
+        if op.computed_id() != op.op_id:
+            reasons[i] = REASON_ID_MISMATCH
+        else:
+            pending.append(i)
+    oks = check_sigs([(ops[i].author_pk, ops[i].sig, ops[i].op_id) for i in pending])
+    for i, ok in zip(pending, oks, strict=True):
+        if not ok:
+            reasons[i] = REASON_BAD_SIG
+    return reasons
+
+
+# --------------------------------------------------------------------------- decoding
+
+_PAYLOAD_FIELDS: dict[str, tuple[str, ...]] = {
+    "Data": ("key", "value"),
+    "Credential": ("cred_id", "cred_bytes", "format"),
+    "Grant": ("subject_pk", "cred_hash"),
+    "Revoke": ("subject_pk", "role", "scope_tags", "at"),
+    "KeyGrant": ("subject_pk", "tag", "key_version", "cred_hash"),
+    "KeyRotate": ("tag", "new_version", "new_key"),
+    "IssuerKey": ("issuer_id", "key_id", "algo", "pubkey", "valid_from_ms", "valid_until_ms", "prev_key_id"),
+    "IssuerKeyRevoke": ("issuer_id", "key_id", "reason"),
+    "StatusListChunk": ("list_id", "issuer_id", "version", "chunk_index", "bitset_sha256", "chunk_bytes"),
+    "StatusPointer": ("cred_id", "list_id", "index"),
+}
+
+
+def decode_hlc(obj: Any, what: str = "hlc") -> Hlc:
+    p, lg, n = struct_fields(obj, ("physical_ms", "logical", "node_id"), what)
+    return Hlc(to_u64(p, f"{what}.physical_ms"), to_u32(lg, f"{what}.logical"), to_u32(n, f"{what}.node_id"))
+
+
+def _text_list(obj: Any, what: str) -> tuple[str, ...]:
+    if not isinstance(obj, list | tuple):
+        raise DecodeError(f"{what}: expected an array of strings")
+    return tuple(to_text(x, what) for x in obj)
+
+
+def _payload_from_fields(name: str, body: Any) -> Payload:
+    w = f"payload {name}"
+    optional = ("prev_key_id",) if name == "IssuerKey" else ()
+    f = struct_fields(body, _PAYLOAD_FIELDS[name], w, optional)
+    if name == "Data":
+        return Data(to_text(f[0], f"{w}.key"), to_bytes(f[1], f"{w}.value"))
+    if name == "Credential":
+        fmt = f[2]
+        if fmt != "Jwt" and fmt != {"Jwt": None}:
+            raise DecodeError(f"{w}.format: unknown credential format {fmt!r}")
+        return Credential(to_text(f[0], f"{w}.cred_id"), to_bytes(f[1], f"{w}.cred_bytes"))
+    if name == "Grant":
+        return Grant(to_bytes(f[0], f"{w}.subject_pk", 32), to_bytes(f[1], f"{w}.cred_hash", 32))
+    if name == "Revoke":
+        return Revoke(
+            to_bytes(f[0], f"{w}.subject_pk", 32),
+            to_text(f[1], f"{w}.role"),
+            _text_list(f[2], f"{w}.scope_tags"),
+            decode_hlc(f[3], f"{w}.at"),
+        )
+    if name == "KeyGrant":
+        return KeyGrant(
+            to_bytes(f[0], f"{w}.subject_pk", 32),
+            to_text(f[1], f"{w}.tag"),
+            to_u32(f[2], f"{w}.key_version"),
+            to_bytes(f[3], f"{w}.cred_hash", 32),
+        )
+    if name == "KeyRotate":
+        return KeyRotate(to_text(f[0], f"{w}.tag"), to_u32(f[1], f"{w}.new_version"), to_bytes(f[2], f"{w}.new_key"))
+    if name == "IssuerKey":
+        prev = None if f[6] is None else to_text(f[6], f"{w}.prev_key_id")
+        return IssuerKey(
+            to_text(f[0], f"{w}.issuer_id"),
+            to_text(f[1], f"{w}.key_id"),
+            to_text(f[2], f"{w}.algo"),
+            to_bytes(f[3], f"{w}.pubkey"),
+            to_u64(f[4], f"{w}.valid_from_ms"),
+            to_u64(f[5], f"{w}.valid_until_ms"),
+            prev,
+        )
+    if name == "IssuerKeyRevoke":
+        return IssuerKeyRevoke(to_text(f[0], f"{w}.issuer_id"), to_text(f[1], f"{w}.key_id"), to_text(f[2], f"{w}.reason"))
+    if name == "StatusListChunk":
+        return StatusListChunk(
+            to_text(f[0], f"{w}.list_id"),
+            to_text(f[1], f"{w}.issuer_id"),
+            to_u32(f[2], f"{w}.version"),
+            to_u32(f[3], f"{w}.chunk_index"),
+            to_bytes(f[4], f"{w}.bitset_sha256", 32),
+            to_bytes(f[5], f"{w}.chunk_bytes"),
+        )
+    # StatusPointer
+    return StatusPointer(to_text(f[0], f"{w}.cred_id"), to_text(f[1], f"{w}.list_id"), to_u32(f[2], f"{w}.index"))
+
+
+def decode_payload(obj: Any) -> Payload:
+    """An externally tagged payload; unknown *unit* variants decode as ``_Reserved`` (core §4.3)."""
+    if isinstance(obj, str):
+        if obj in _PAYLOAD_FIELDS:
+            raise DecodeError(f"payload: variant {obj} needs fields")
+        return Reserved()
+    if isinstance(obj, dict):
+        if len(obj) != 1:
+            raise DecodeError(f"payload: expected a 1-entry map, got {len(obj)} entries")
+        ((name, body),) = obj.items()
+    elif isinstance(obj, list | tuple) and len(obj) == 2:  # legacy array-form enum
+        name, body = obj
+    else:
+        raise DecodeError("payload: expected an externally tagged enum")
+    if not isinstance(name, str):
+        raise DecodeError("payload: variant name must be a text string")
+    if name in _PAYLOAD_FIELDS:
+        return _payload_from_fields(name, body)
+    if body is None:
+        return Reserved()
+    raise DecodeError(f"payload: unknown variant {name!r}")
+
+
+_HEADER_FIELDS = ("parents", "hlc", "author_pk", "payload")
+_OP_FIELDS = ("header", "sig", "op_id")
+_FLAT_FIELDS = ("parents", "hlc", "author_pk", "payload", "sig", "op_id")
+
+
+def _parents(obj: Any) -> tuple[bytes, ...]:
+    if not isinstance(obj, list | tuple):
+        raise DecodeError("header.parents: expected an array of op ids")
+    return tuple(to_bytes(p, "header.parents[]", ID_LEN) for p in obj)
+
+
+def _build(parents: Any, hlc: Any, author: Any, payload: Any, sig: Any, op_id: Any) -> Op:
+    ps = _parents(parents)
+    h = Hlc() if hlc is None else decode_hlc(hlc, "header.hlc")
+    pk = to_bytes(author, "header.author_pk", 32)
+    pl = decode_payload(payload)
+    s = to_bytes(sig, "sig")
+    oid = to_bytes(op_id, "op_id", ID_LEN)
+    header = header_obj(ps, h, pk, pl)
+    return Op(ps, h, pk, pl, s, oid, _op_cbor(header, s, oid))
+
+
+def op_from_obj(obj: Any) -> Op:
+    """The nested ``{header, sig, op_id}`` form, in any accepted encoding; re-encoded canonically."""
+    header, sig, op_id = struct_fields(obj, _OP_FIELDS, "op")
+    parents, hlc, author, payload = struct_fields(header, _HEADER_FIELDS, "op.header", optional=("hlc",))
+    return _build(parents, hlc, author, payload, sig, op_id)
+
+
+def flat_op_from_obj(obj: Any) -> Op:
+    """The legacy flat form (header fields at the top level); ``parents``/``hlc`` optional."""
+    if not isinstance(obj, dict):
+        raise DecodeError("flat op: expected a map")
+    parents, hlc, author, payload, sig, op_id = struct_fields(
+        obj, _FLAT_FIELDS, "flat op", optional=("parents", "hlc")
+    )
+    return _build([] if parents is None else parents, hlc, author, payload, sig, op_id)
+
+
+def decode_op(data: bytes) -> Op:
+    """Strict decode for store and network input: only the canonical nested encoding is accepted."""
+    obj = loads(data, "op")
+    op = op_from_obj(obj)
+    if op.cbor != bytes(data):
+        raise DecodeError(f"non-canonical op encoding for {op.op_id.hex()}")
+    return op
+
+
+def encode_ops(ops: Iterable[Op]) -> bytes:
+    """A log file: the CBOR array of the ops' canonical encodings (no re-encoding of ops)."""
+    parts = [op.cbor for op in ops]
+    n = len(parts)
+    if n < 24:
+        head = bytes([0x80 | n])
+    elif n < 256:
+        head = bytes([0x98, n])
+    elif n < 65536:
+        head = b"\x99" + n.to_bytes(2, "big")
+    elif n < 2**32:
+        head = b"\x9a" + n.to_bytes(4, "big")
+    else:
+        head = b"\x9b" + n.to_bytes(8, "big")
+    return head + b"".join(parts)
+
+
+def read_log(data: bytes, source: str = "input") -> list[Op]:
+    """Tolerant log reader (core §4.3): list of ops, single op, list of flat ops, single flat op.
+
+    Ops are returned decoded and canonically re-encoded but NOT verified; admission is the
+    caller's job (``admit``). Raises ``DecodeError`` when no form fits.
+    """
+    try:
+        obj = loads(data, source)
+    except DecodeError as e:
+        raise DecodeError(f"{source}: not a CBOR Vec<Op> or Op ({e})") from None
+    readers = []
+    if isinstance(obj, list):
+        readers.append(lambda: [op_from_obj(o) for o in obj])
+    readers.append(lambda: [op_from_obj(obj)])
+    if isinstance(obj, list):
+        readers.append(lambda: [flat_op_from_obj(o) for o in obj])
+    readers.append(lambda: [flat_op_from_obj(obj)])
+    for read in readers:
+        try:
+            return read()
+        except DecodeError:
+            continue
+    raise DecodeError(f"{source}: not a CBOR Vec<Op> or Op")
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    op_id: bytes
+    reason: str
+
+    def __str__(self) -> str:
+        return f"rejected op {self.op_id.hex()}: {self.reason}"
+
+
+def admit(ops: Sequence[Op]) -> tuple[list[Op], list[Rejection]]:
+    """Split ops into those that verify and rejections naming the op (core §4.4)."""
+    good: list[Op] = []
+    bad: list[Rejection] = []
+    for op, reason in zip(ops, check_ops(ops), strict=True):
+        if reason is None:
+            good.append(op)
+        else:
+            bad.append(Rejection(op.op_id, reason))
+    return good, bad
