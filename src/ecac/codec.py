@@ -83,9 +83,7 @@ def to_text(obj: Any, what: str) -> str:
     return obj
 
 
-def struct_fields(
-    obj: Any, fields: Sequence[str], what: str, optional: Sequence[str] = ()
-) -> list[Any]:
+def struct_fields(obj: Any, fields: Sequence[str], what: str, optional: Sequence[str] = ()) -> list[Any]:
     """The field values of a decoded struct, in declaration order.
 
     Accepts the forms serde accepts on input: a map keyed by field name (unknown keys

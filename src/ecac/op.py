@@ -157,7 +157,9 @@ class IssuerKeyRevoke:
     NAME: ClassVar[str] = "IssuerKeyRevoke"
 
     def to_obj(self) -> dict[str, Any]:
-        return {"IssuerKeyRevoke": {"issuer_id": self.issuer_id, "key_id": self.key_id, "reason": self.reason}}
+        return {
+            "IssuerKeyRevoke": {"issuer_id": self.issuer_id, "key_id": self.key_id, "reason": self.reason}
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -420,7 +422,9 @@ def _payload_from_fields(name: str, body: Any) -> Payload:
             to_bytes(f[3], f"{w}.cred_hash", 32),
         )
     if name == "KeyRotate":
-        return KeyRotate(to_text(f[0], f"{w}.tag"), to_u32(f[1], f"{w}.new_version"), to_bytes(f[2], f"{w}.new_key"))
+        return KeyRotate(
+            to_text(f[0], f"{w}.tag"), to_u32(f[1], f"{w}.new_version"), to_bytes(f[2], f"{w}.new_key")
+        )
     if name == "IssuerKey":
         prev = None if f[6] is None else to_text(f[6], f"{w}.prev_key_id")
         return IssuerKey(
@@ -433,7 +437,9 @@ def _payload_from_fields(name: str, body: Any) -> Payload:
             prev,
         )
     if name == "IssuerKeyRevoke":
-        return IssuerKeyRevoke(to_text(f[0], f"{w}.issuer_id"), to_text(f[1], f"{w}.key_id"), to_text(f[2], f"{w}.reason"))
+        return IssuerKeyRevoke(
+            to_text(f[0], f"{w}.issuer_id"), to_text(f[1], f"{w}.key_id"), to_text(f[2], f"{w}.reason")
+        )
     if name == "StatusListChunk":
         return StatusListChunk(
             to_text(f[0], f"{w}.list_id"),
@@ -444,7 +450,9 @@ def _payload_from_fields(name: str, body: Any) -> Payload:
             to_bytes(f[5], f"{w}.chunk_bytes"),
         )
     # StatusPointer
-    return StatusPointer(to_text(f[0], f"{w}.cred_id"), to_text(f[1], f"{w}.list_id"), to_u32(f[2], f"{w}.index"))
+    return StatusPointer(
+        to_text(f[0], f"{w}.cred_id"), to_text(f[1], f"{w}.list_id"), to_u32(f[2], f"{w}.index")
+    )
 
 
 def decode_payload(obj: Any) -> Payload:
