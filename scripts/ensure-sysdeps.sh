@@ -1,0 +1,23 @@
+#!/bin/sh
+# Install the system packages the Python dependencies need to build, when missing:
+# gcc and libgmp-dev (py-libp2p depends on fastecdsa, which compiles against GMP),
+# and the venv module. Uses apt-get as root, or sudo when available.
+set -eu
+need=""
+command -v gcc >/dev/null 2>&1 || need="$need gcc"
+if command -v dpkg >/dev/null 2>&1; then
+    dpkg -s libgmp-dev >/dev/null 2>&1 || need="$need libgmp-dev"
+elif [ ! -e /usr/include/gmp.h ] && [ ! -e /usr/include/x86_64-linux-gnu/gmp.h ]; then
+    need="$need libgmp-dev"
+fi
+python3 -c "import venv, ensurepip" >/dev/null 2>&1 || need="$need python3-venv"
+[ -z "$need" ] && exit 0
+echo "ensure-sysdeps: installing:$need" >&2
+if [ "$(id -u)" = "0" ]; then SUDO=""; elif command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
+    echo "ensure-sysdeps: need root (or sudo) to install:$need" >&2; exit 1
+fi
+if ! command -v apt-get >/dev/null 2>&1; then
+    echo "ensure-sysdeps: no apt-get; install$need with your package manager" >&2; exit 1
+fi
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $need
