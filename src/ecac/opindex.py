@@ -1,0 +1,265 @@
+"""In-memory index of stored ops: completeness, generations, heads, total order, recent bloom.
+
+Pure (no I/O, no clock, no randomness). Both the RocksDB store and the in-memory store
+keep one ``OpIndex`` so that ``contains``/``heads``/``topo_ids``/``recent_bloom`` never
+touch the disk (store §1.6–§1.8).
+
+An op is *complete* when every ancestor at any depth is stored (store §1.6): a
+transitive orphan (its grandparent missing) is neither ordered nor a head, which fixes
+the reference defect of checking only direct parents. Completion is incremental: adding
+the op that a waiting subtree lacked completes exactly that subtree, in time linear in
+its size. The complete set equals what an in-memory DAG holding the same ops activates
+(core §6), so ``topo_ids()`` equals the core ``topo_sort`` of that DAG.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable
+
+import blake3
+
+#: the total-order key ``(hlc_ms, hlc_logical, hlc_node, op_id)`` (core §6)
+SortKey = tuple[int, int, int, bytes]
+
+
+def bloom_lanes(op_id: bytes) -> tuple[int, int, int]:
+    """The three bit indexes (0..15) an id sets in the 16-bit recent bloom (store §1.8)."""
+    h = blake3.blake3(op_id).digest()
+    return ((h[0] | h[1] << 8) % 16, (h[2] | h[3] << 8) % 16, (h[4] | h[5] << 8) % 16)
+
+
+def bloom16(ids: Iterable[bytes]) -> bytes:
+    """The 2-byte bloom over ``ids``: bit i of the little-endian u16 for every lane i."""
+    v = 0
+    for op_id in ids:
+        for i in bloom_lanes(op_id):
+            v |= 1 << i
+    return v.to_bytes(2, "little")
+
+
+def bloom_may_contain(bloom: bytes, op_id: bytes) -> bool:
+    """Soft membership test: all three lane bits set means "maybe present"."""
+    v = int.from_bytes(bloom, "little")
+    return all(v >> i & 1 for i in bloom_lanes(op_id))
+
+
+class OpIndex:
+    """Ids, parents and sort keys of every stored op, with the derived DAG views.
+
+    ``add`` accepts ops in any order (orphans allowed) and returns the ids that became
+    complete, parent-first. All queries are over complete ops except ``contains``,
+    ``parents``, ``key`` and ``__len__``, which cover every stored op.
+    """
+
+    __slots__ = (
+        "_children",
+        "_gen",
+        "_heads",
+        "_key",
+        "_max_key",
+        "_missing",
+        "_parents",
+        "_pos",
+        "_topo",
+        "_unmet",
+        "_waiting",
+    )
+
+    def __init__(self) -> None:
+        self._parents: dict[bytes, tuple[bytes, ...]] = {}
+        self._key: dict[bytes, SortKey] = {}
+        self._gen: dict[bytes, int] = {}  # complete ops only
+        self._children: dict[bytes, list[bytes]] = {}  # complete parent -> complete children (multiplicity)
+        self._heads: set[bytes] = set()
+        self._unmet: dict[bytes, int] = {}  # incomplete op -> number of distinct incomplete parents
+        self._waiting: dict[bytes, dict[bytes, None]] = {}  # incomplete parent -> waiting children
+        self._missing: set[bytes] = set()  # referenced as a parent but not stored
+        self._topo: list[bytes] | None = []
+        self._pos: dict[bytes, int] = {}
+        self._max_key: SortKey | None = None
+
+    # ------------------------------------------------------------------ mutation
+
+    def add(self, op_id: bytes, parents: tuple[bytes, ...], key: SortKey) -> list[bytes]:
+        """Record a stored op; returns the ids that became complete (parent-first, Kahn order).
+
+        Adding an id that is already present is a no-op (the first copy wins) and returns [].
+        """
+        if op_id in self._parents:
+            return []
+        parents = tuple(parents)
+        self._parents[op_id] = parents
+        self._key[op_id] = key
+        self._missing.discard(op_id)
+        unmet = 0
+        for p in dict.fromkeys(parents):
+            if p in self._gen:
+                continue
+            unmet += 1
+            self._waiting.setdefault(p, {})[op_id] = None
+            if p not in self._parents:
+                self._missing.add(p)
+        if unmet:
+            self._unmet[op_id] = unmet
+            return []
+        return self._complete_from(op_id)
+
+    def add_many(self, items: Iterable[tuple[bytes, tuple[bytes, ...], SortKey]]) -> list[bytes]:
+        """``add`` for many ops; the newly complete ids of all of them, each parent-first."""
+        out: list[bytes] = []
+        for op_id, parents, key in items:
+            out.extend(self.add(op_id, parents, key))
+        return out
+
+    def _complete_from(self, root: bytes) -> list[bytes]:
+        done: list[bytes] = []
+        ready = [(self._key[root], root)]
+        while ready:
+            _, x = heapq.heappop(ready)
+            self._mark_complete(x)
+            done.append(x)
+            for c in self._waiting.pop(x, {}):
+                left = self._unmet[c] - 1
+                if left:
+                    self._unmet[c] = left
+                else:
+                    del self._unmet[c]
+                    heapq.heappush(ready, (self._key[c], c))
+        return done
+
+    def _mark_complete(self, x: bytes) -> None:
+        ps = self._parents[x]
+        g = 0
+        for p in ps:
+            gp = self._gen[p] + 1
+            if gp > g:
+                g = gp
+            self._children.setdefault(p, []).append(x)
+            self._heads.discard(p)
+        self._gen[x] = g
+        self._heads.add(x)
+        self._extend_topo(x)
+
+    def _extend_topo(self, x: bytes) -> None:
+        """Append ``x`` to the cached order when Kahn would place it last; else drop the cache.
+
+        ``x`` has no complete children, and becomes ready right after its last parent.
+        From then on it is popped before the first later op with a larger key, so it goes
+        last exactly when its key exceeds every key after its last parent's position.
+        """
+        topo = self._topo
+        if topo is None:
+            return
+        k = self._key[x]
+        mk = self._max_key
+        if mk is not None and k < mk:
+            start = max((self._pos[p] for p in self._parents[x]), default=-1) + 1
+            keys = self._key
+            for i in range(len(topo) - 1, start - 1, -1):
+                if keys[topo[i]] > k:
+                    self._topo = None
+                    self._pos = {}
+                    return
+        else:
+            self._max_key = k
+        self._pos[x] = len(topo)
+        topo.append(x)
+
+    # ------------------------------------------------------------------ queries over stored ops
+
+    def __len__(self) -> int:
+        return len(self._parents)
+
+    def contains(self, op_id: bytes) -> bool:
+        return op_id in self._parents
+
+    __contains__ = contains
+
+    def parents(self, op_id: bytes) -> tuple[bytes, ...]:
+        """The stored op's parents, in header order (KeyError when not stored)."""
+        return self._parents[op_id]
+
+    def key(self, op_id: bytes) -> SortKey:
+        """The stored op's sort key (KeyError when not stored)."""
+        return self._key[op_id]
+
+    def missing_parents(self) -> set[bytes]:
+        """Ids referenced as parents by stored ops but not stored themselves."""
+        return set(self._missing)
+
+    def pending_ids(self) -> list[bytes]:
+        """Stored ops that are not complete, sorted by key."""
+        return sorted((x for x in self._parents if x not in self._gen), key=self._key.__getitem__)
+
+    # ------------------------------------------------------------------ queries over complete ops
+
+    def is_complete(self, op_id: bytes) -> bool:
+        return op_id in self._gen
+
+    def complete_count(self) -> int:
+        return len(self._gen)
+
+    def gen(self, op_id: bytes) -> int:
+        """``1 + max(gen(parents))``, 0 for roots (core §6); KeyError when not complete."""
+        return self._gen[op_id]
+
+    def children(self, op_id: bytes) -> tuple[bytes, ...]:
+        """Complete children of a complete op, with multiplicity, in completion order."""
+        return tuple(self._children.get(op_id, ()))
+
+    def heads(self, k: int) -> list[bytes]:
+        """Complete ops without complete children, largest key first, at most ``k`` (store §1.7)."""
+        if k <= 0:
+            return []
+        key = self._key.__getitem__
+        return heapq.nlargest(k, self._heads, key=key)
+
+    def head_count(self) -> int:
+        return len(self._heads)
+
+    def topo_ids(self) -> list[bytes]:
+        """Kahn order of the complete ops, ready set ascending by key (store §1.6). A copy."""
+        return list(self._order())
+
+    def position(self, op_id: bytes) -> int | None:
+        """The 0-based position of a complete op in ``topo_ids()``, or None."""
+        if op_id not in self._gen:
+            return None
+        self._order()
+        return self._pos[op_id]
+
+    def topo_slice(self, start: int, stop: int | None = None) -> list[bytes]:
+        """``topo_ids()[start:stop]`` without copying the whole order."""
+        return self._order()[start:stop]
+
+    def recent_bloom(self, n: int) -> bytes:
+        """16-bit bloom over the last ``n`` ids of the order (store §1.8)."""
+        if n <= 0:
+            return b"\x00\x00"
+        order = self._order()
+        return bloom16(order[-n:])
+
+    def _order(self) -> list[bytes]:
+        if self._topo is None:
+            self._topo = self._kahn()
+            self._pos = {x: i for i, x in enumerate(self._topo)}
+            self._max_key = max((self._key[x] for x in self._topo), default=None)
+        return self._topo
+
+    def _kahn(self) -> list[bytes]:
+        keys = self._key
+        indeg = {x: len(self._parents[x]) for x in self._gen}
+        ready = [(keys[x], x) for x, d in indeg.items() if d == 0]
+        heapq.heapify(ready)
+        out: list[bytes] = []
+        children = self._children
+        while ready:
+            _, x = heapq.heappop(ready)
+            out.append(x)
+            for c in children.get(x, ()):
+                d = indeg[c] - 1
+                indeg[c] = d
+                if d == 0:
+                    heapq.heappush(ready, (keys[c], c))
+        return out
