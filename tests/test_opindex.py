@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import heapq
 import json
+import os
 import random
 from pathlib import Path
 
@@ -12,7 +13,10 @@ from hypothesis import strategies as st
 
 from ecac.opindex import OpIndex, bloom16, bloom_lanes, bloom_may_contain
 
-VECTORS = json.loads((Path("/work/shared/spec/vectors/expected.json")).read_text())
+VECTORS_DIR = Path(
+    os.environ.get("ECAC_VECTORS", Path(__file__).resolve().parents[2] / "shared/spec/vectors")
+)
+VECTORS = json.loads((VECTORS_DIR / "expected.json").read_text())
 STORE = VECTORS["store"]
 
 

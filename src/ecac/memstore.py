@@ -1,0 +1,289 @@
+"""The op-store interface, the ingest validation shared by every store, and an in-memory store.
+
+``OpStore`` is the interface that sync, the network node and replay type against; the
+RocksDB ``ecac.store.Store`` and ``MemoryOpStore`` both implement it on top of one
+``OpIndex``. Both validate ops exactly as store §1.4 says (strict decode, op id
+recomputed, signature, canonical bytes), verify each op once at ingest, accept orphans,
+and treat a second copy of a stored id as a duplicate (the first copy wins).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
+
+from ecac.codec import loads
+from ecac.errors import DecodeError, StoreError
+from ecac.op import REASON_ID_MISMATCH, Op, check_ops, decode_op, op_from_obj
+from ecac.opindex import OpIndex
+
+OnInvalid = Literal["raise", "skip"]
+
+
+@dataclass(frozen=True, slots=True)
+class PutRejection:
+    """One refused input of ``put_many``: its position, its embedded id when it decoded, why."""
+
+    index: int
+    op_id: bytes | None
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclass(frozen=True, slots=True)
+class PutResult:
+    """Outcome of ``put_many``.
+
+    ``stored``: ids newly written, in input order. ``duplicates``: inputs whose id was
+    already stored (or repeated within the call). ``rejected``: refused inputs (only with
+    ``on_invalid="skip"``). ``completed``: ids that became complete (all ancestors
+    present) because of this call, parent-first.
+    """
+
+    stored: list[bytes]
+    duplicates: int
+    rejected: list[PutRejection] = field(default_factory=list)
+    completed: list[bytes] = field(default_factory=list)
+
+
+class PutRejectedError(StoreError):
+    """``put`` refused an op; the message is one of store §1.4's."""
+
+    def __init__(self, rejection: PutRejection) -> None:
+        self.rejection = rejection
+        super().__init__(rejection.message)
+
+
+@runtime_checkable
+class OpStore(Protocol):
+    """What sync, the network node and replay need from an op store (store §1.4–§1.8)."""
+
+    def contains(self, op_id: bytes) -> bool: ...
+    def get_op_bytes(self, op_id: bytes) -> bytes | None: ...
+    def get_op(self, op_id: bytes) -> Op | None: ...
+    def load_ops_cbor(self, ids: Iterable[bytes]) -> list[bytes]: ...
+    def is_complete(self, op_id: bytes) -> bool: ...
+    def gen(self, op_id: bytes) -> int: ...
+    def parents(self, op_id: bytes) -> tuple[bytes, ...]: ...
+    def heads(self, k: int) -> list[bytes]: ...
+    def topo_ids(self) -> list[bytes]: ...
+    def iter_topo_ops(self, start: int = 0) -> Iterator[Op]: ...
+    def recent_bloom(self, n: int) -> bytes: ...
+    def missing_parents(self) -> set[bytes]: ...
+    def complete_count(self) -> int: ...
+    def op_count(self) -> int: ...
+    def put(self, op: bytes | Op) -> bytes: ...
+    def put_many(self, items: Sequence[bytes | Op], on_invalid: OnInvalid = "raise") -> PutResult: ...
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _decode_for_put(data: bytes) -> Op:
+    """Strict decode without the canonical check, so that §1.4's checks run in its order."""
+    try:
+        return op_from_obj(loads(data, "op"))
+    except DecodeError as e:
+        raise DecodeError(f"decode Op CBOR: {e}") from None
+
+
+def validate_ops(
+    items: Sequence[bytes | Op],
+    stored_bytes: Callable[[bytes], bytes | None] = lambda _i: None,
+) -> tuple[list[tuple[int, Op, bool]], list[PutRejection]]:
+    """Validate put input per store §1.4, verifying signatures in parallel.
+
+    Returns ``(ok, rejected)``. ``ok`` holds ``(index, op, known)`` for every input that
+    passed, in input order; ``known`` is true when the store already holds exactly these
+    bytes, in which case the op was not re-verified (the stored copy was verified at
+    ingest and identical bytes get the identical verdict).
+    """
+    rejected: list[PutRejection] = []
+    decoded: list[tuple[int, Op, bytes | None]] = []
+    for i, item in enumerate(items):
+        if isinstance(item, Op):
+            if not item.cbor:
+                raise ValueError("put: Op without its canonical cbor bytes")
+            decoded.append((i, item, None))
+            continue
+        data = bytes(item)
+        try:
+            decoded.append((i, _decode_for_put(data), data))
+        except DecodeError as e:
+            rejected.append(PutRejection(i, None, str(e)))
+    known: set[int] = set()
+    to_check: list[tuple[int, Op, bytes | None]] = []
+    for i, op, data in decoded:
+        prev = stored_bytes(op.op_id)
+        if prev is not None and prev == (op.cbor if data is None else data):
+            known.add(i)
+        else:
+            to_check.append((i, op, data))
+    reasons = check_ops([op for _, op, _ in to_check])
+    bad: dict[int, PutRejection] = {}
+    for (i, op, data), reason in zip(to_check, reasons, strict=True):
+        hx = op.op_id.hex()
+        if reason is not None:
+            msg = REASON_ID_MISMATCH if reason == REASON_ID_MISMATCH else f"invalid signature for op {hx}"
+            bad[i] = PutRejection(i, op.op_id, msg)
+        elif data is not None and op.cbor != data:
+            bad[i] = PutRejection(i, op.op_id, f"non-canonical op encoding for {hx}")
+    ok = [(i, op, i in known) for i, op, _ in decoded if i not in bad]
+    rejected.extend(bad.values())
+    rejected.sort(key=lambda r: r.index)
+    return ok, rejected
+
+
+# --------------------------------------------------------------------------- shared base
+
+
+class IndexedOpStore:
+    """Put/validation and every index-backed query; subclasses supply storage.
+
+    Subclasses implement ``_read_bytes(id)`` and ``_write(ops)`` (one atomic write of
+    all newly accepted ops, which must be durable before it returns).
+    """
+
+    def __init__(self) -> None:
+        self._index = OpIndex()
+
+    # -- storage hooks
+    def _read_bytes(self, op_id: bytes) -> bytes | None:
+        raise NotImplementedError
+
+    def _write(self, ops: Sequence[Op]) -> None:
+        raise NotImplementedError
+
+    # -- reads
+    @property
+    def index(self) -> OpIndex:
+        """The in-memory index (read-only use: do not ``add`` to it directly)."""
+        return self._index
+
+    def contains(self, op_id: bytes) -> bool:
+        return self._index.contains(op_id)
+
+    def get_op_bytes(self, op_id: bytes) -> bytes | None:
+        return self._read_bytes(op_id) if self._index.contains(op_id) else None
+
+    def get_op(self, op_id: bytes) -> Op | None:
+        data = self.get_op_bytes(op_id)
+        return None if data is None else decode_op(data)
+
+    def load_ops_cbor(self, ids: Iterable[bytes]) -> list[bytes]:
+        """Stored bytes for each id, in the order given; ``missing op <hex>`` otherwise."""
+        out: list[bytes] = []
+        for op_id in ids:
+            data = self.get_op_bytes(op_id)
+            if data is None:
+                raise StoreError(f"missing op {op_id.hex()}")
+            out.append(data)
+        return out
+
+    def iter_topo_ops(self, start: int = 0) -> Iterator[Op]:
+        """Complete ops from topo position ``start`` on, decoded strictly, streamed."""
+        for op_id in self._index.topo_slice(start):
+            op = self.get_op(op_id)
+            if op is None:
+                raise StoreError(f"missing op {op_id.hex()}")
+            yield op
+
+    def is_complete(self, op_id: bytes) -> bool:
+        return self._index.is_complete(op_id)
+
+    def gen(self, op_id: bytes) -> int:
+        return self._index.gen(op_id)
+
+    def parents(self, op_id: bytes) -> tuple[bytes, ...]:
+        return self._index.parents(op_id)
+
+    def heads(self, k: int) -> list[bytes]:
+        return self._index.heads(k)
+
+    def topo_ids(self) -> list[bytes]:
+        return self._index.topo_ids()
+
+    def recent_bloom(self, n: int) -> bytes:
+        return self._index.recent_bloom(n)
+
+    def missing_parents(self) -> set[bytes]:
+        return self._index.missing_parents()
+
+    def complete_count(self) -> int:
+        return self._index.complete_count()
+
+    def op_count(self) -> int:
+        return len(self._index)
+
+    def pending_count(self) -> int:
+        """Stored ops that still lack an ancestor."""
+        return len(self._index) - self._index.complete_count()
+
+    # -- writes
+    def put(self, op: bytes | Op) -> bytes:
+        """Validate and store one op (store §1.4); returns its id, also for a duplicate."""
+        ok, rejected = validate_ops([op], self._stored_bytes)
+        if rejected:
+            raise PutRejectedError(rejected[0])
+        (_, good, _) = ok[0]
+        if not self._index.contains(good.op_id):
+            self._commit([good])
+        return good.op_id
+
+    def put_many(self, items: Sequence[bytes | Op], on_invalid: OnInvalid = "raise") -> PutResult:
+        """Validate every item, then write all accepted new ops in ONE atomic batch.
+
+        ``on_invalid="raise"``: the first refused item raises ``PutRejectedError`` and
+        nothing is written. ``"skip"``: refused items are reported in ``rejected``.
+        """
+        if on_invalid not in ("raise", "skip"):
+            raise ValueError(f"on_invalid must be 'raise' or 'skip', not {on_invalid!r}")
+        ok, rejected = validate_ops(items, self._stored_bytes)
+        if rejected and on_invalid == "raise":
+            raise PutRejectedError(rejected[0])
+        new: list[Op] = []
+        seen: set[bytes] = set()
+        dups = 0
+        for _, op, _ in ok:
+            if op.op_id in seen or self._index.contains(op.op_id):
+                dups += 1
+            else:
+                seen.add(op.op_id)
+                new.append(op)
+        completed = self._commit(new) if new else []
+        return PutResult([op.op_id for op in new], dups, rejected, completed)
+
+    def _stored_bytes(self, op_id: bytes) -> bytes | None:
+        return self._read_bytes(op_id) if self._index.contains(op_id) else None
+
+    def _commit(self, ops: Sequence[Op]) -> list[bytes]:
+        self._write(ops)
+        completed: list[bytes] = []
+        for op in ops:
+            completed.extend(self._index.add(op.op_id, op.parents, op.sort_key()))
+        return completed
+
+
+class MemoryOpStore(IndexedOpStore):
+    """An op store held in memory: for unit/property tests and network simulations."""
+
+    def __init__(self, ops: Iterable[bytes | Op] = ()) -> None:
+        super().__init__()
+        self._ops: dict[bytes, Op] = {}
+        items = list(ops)
+        if items:
+            self.put_many(items)
+
+    def _read_bytes(self, op_id: bytes) -> bytes | None:
+        op = self._ops.get(op_id)
+        return None if op is None else op.cbor
+
+    def get_op(self, op_id: bytes) -> Op | None:
+        return self._ops.get(op_id)
+
+    def _write(self, ops: Sequence[Op]) -> None:
+        for op in ops:
+            self._ops[op.op_id] = op
