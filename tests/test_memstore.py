@@ -107,7 +107,7 @@ def test_duplicates_first_copy_wins_and_are_counted():
 def test_duplicate_with_forged_signature_is_still_rejected():
     op = chain(1)[0]
     st = MemoryOpStore([op])
-    forged, msg = bad_inputs(op)[0]
+    forged, _ = bad_inputs(op)[0]
     with pytest.raises(PutRejectedError, match="invalid signature"):
         st.put(forged)
     assert st.get_op_bytes(op.op_id) == op.cbor
