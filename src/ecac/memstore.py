@@ -9,6 +9,7 @@ and treat a second copy of a stored id as a duplicate (the first copy wins).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
@@ -144,11 +145,14 @@ class IndexedOpStore:
     """Put/validation and every index-backed query; subclasses supply storage.
 
     Subclasses implement ``_read_bytes(id)`` and ``_write(ops)`` (one atomic write of
-    all newly accepted ops, which must be durable before it returns).
+    all newly accepted ops, which must be durable before it returns). Validation runs
+    outside the lock; the duplicate filter, the write and the index update run under
+    it, so concurrent callers (network threads) never write one id twice.
     """
 
     def __init__(self) -> None:
         self._index = OpIndex()
+        self._lock = threading.RLock()
 
     # -- storage hooks
     def _read_bytes(self, op_id: bytes) -> bytes | None:
@@ -185,7 +189,9 @@ class IndexedOpStore:
 
     def iter_topo_ops(self, start: int = 0) -> Iterator[Op]:
         """Complete ops from topo position ``start`` on, decoded strictly, streamed."""
-        for op_id in self._index.topo_slice(start):
+        with self._lock:
+            ids = self._index.topo_slice(start)
+        for op_id in ids:
             op = self.get_op(op_id)
             if op is None:
                 raise StoreError(f"missing op {op_id.hex()}")
@@ -201,16 +207,20 @@ class IndexedOpStore:
         return self._index.parents(op_id)
 
     def heads(self, k: int) -> list[bytes]:
-        return self._index.heads(k)
+        with self._lock:
+            return self._index.heads(k)
 
     def topo_ids(self) -> list[bytes]:
-        return self._index.topo_ids()
+        with self._lock:
+            return self._index.topo_ids()
 
     def recent_bloom(self, n: int) -> bytes:
-        return self._index.recent_bloom(n)
+        with self._lock:
+            return self._index.recent_bloom(n)
 
     def missing_parents(self) -> set[bytes]:
-        return self._index.missing_parents()
+        with self._lock:
+            return self._index.missing_parents()
 
     def complete_count(self) -> int:
         return self._index.complete_count()
@@ -229,8 +239,9 @@ class IndexedOpStore:
         if rejected:
             raise PutRejectedError(rejected[0])
         (_, good, _) = ok[0]
-        if not self._index.contains(good.op_id):
-            self._commit([good])
+        with self._lock:
+            if not self._index.contains(good.op_id):
+                self._commit([good])
         return good.op_id
 
     def put_many(self, items: Sequence[bytes | Op], on_invalid: OnInvalid = "raise") -> PutResult:
@@ -247,19 +258,21 @@ class IndexedOpStore:
         new: list[Op] = []
         seen: set[bytes] = set()
         dups = 0
-        for _, op, _ in ok:
-            if op.op_id in seen or self._index.contains(op.op_id):
-                dups += 1
-            else:
-                seen.add(op.op_id)
-                new.append(op)
-        completed = self._commit(new) if new else []
+        with self._lock:
+            for _, op, _ in ok:
+                if op.op_id in seen or self._index.contains(op.op_id):
+                    dups += 1
+                else:
+                    seen.add(op.op_id)
+                    new.append(op)
+            completed = self._commit(new) if new else []
         return PutResult([op.op_id for op in new], dups, rejected, completed)
 
     def _stored_bytes(self, op_id: bytes) -> bytes | None:
         return self._read_bytes(op_id) if self._index.contains(op_id) else None
 
     def _commit(self, ops: Sequence[Op]) -> list[bytes]:
+        """Write ``ops`` (all new) and index them; the caller holds ``_lock``."""
         self._write(ops)
         completed: list[bytes] = []
         for op in ops:

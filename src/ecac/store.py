@@ -1,0 +1,722 @@
+"""The durable op store: RocksDB (rocksdict, raw mode) with the reference's eight column families.
+
+Layouts are byte-exact with the reference (store §1.2): ``ops`` holds each op's canonical
+CBOR, ``edges`` an ``EdgeVal``, ``by_author`` an 80-byte index key, plus VC caches,
+checkpoints, the keyring and ``meta``. Every write is one atomic, synced ``WriteBatch``;
+``put_many`` writes all accepted ops of a call in one batch (one fdatasync).
+
+On open the ``edges`` rows are streamed into an ``OpIndex``, so membership, heads, the
+total order and the recent bloom are answered from memory. Each op is verified once, at
+ingest; replay from the store and ``verify_integrity`` do not re-check signatures unless
+asked (README (c).6). See docs/storage.md for layouts, the resume-record key and the
+crash-safety argument.
+"""
+
+from __future__ import annotations
+
+import gc
+import io
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import blake3
+import cbor2
+from rocksdict import AccessType, Options, Rdict, WriteBatch, WriteOptions
+
+from ecac.codec import b2l, dumps, loads, struct_fields, to_bytes, to_u32, to_u64
+from ecac.errors import DecodeError, EcacError, StoreError
+from ecac.hlc import Hlc
+from ecac.memstore import IndexedOpStore
+from ecac.op import (
+    OP_DOMAIN,
+    POLICY_SWITCH_KINDS,
+    RETROACTIVE_KINDS,
+    Op,
+    check_sigs,
+    decode_op,
+    decode_payload,
+)
+
+#: the eight column families, in the reference's order (store §1.2)
+CF_NAMES = ("ops", "edges", "by_author", "vc_raw", "vc_verified", "checkpoints", "keys", "meta")
+SCHEMA_VERSION = b"ecac:v1"
+META_SCHEMA = b"schema_version"
+META_UUID = b"db_uuid"
+META_LAST_CHECKPOINT = b"last_checkpoint_id"
+META_TOPO_WATERMARK = b"topo_watermark"
+#: this implementation's checkpoint resume records: ``resume/<16 hex digits of the id>``
+META_RESUME_PREFIX = b"resume/"
+CRASH_ENV = "ECAC_CRASH_AFTER_WRITE"
+_READ_CHUNK = 1024
+
+
+# --------------------------------------------------------------------------- row layouts
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeVal:
+    """The ``edges`` value: parents, author and HLC of an op (store §1.2)."""
+
+    parents: tuple[bytes, ...]
+    author_pk: bytes
+    hlc_ms: int
+    hlc_logical: int
+    hlc_node: int
+
+    @classmethod
+    def of(cls, op: Op) -> EdgeVal:
+        h = op.hlc
+        return cls(op.parents, op.author_pk, h.physical_ms, h.logical, h.node_id)
+
+    def encode(self) -> bytes:
+        return dumps(
+            {
+                "parents": [b2l(p) for p in self.parents],
+                "author_pk": b2l(self.author_pk),
+                "hlc_ms": self.hlc_ms,
+                "hlc_logical": self.hlc_logical,
+                "hlc_node": self.hlc_node,
+            }
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> EdgeVal:
+        f = struct_fields(
+            loads(data, "EdgeVal"), ("parents", "author_pk", "hlc_ms", "hlc_logical", "hlc_node"), "EdgeVal"
+        )
+        if not isinstance(f[0], list):
+            raise DecodeError("EdgeVal.parents: expected an array")
+        return cls(
+            tuple(to_bytes(p, "EdgeVal.parents[]", 32) for p in f[0]),
+            to_bytes(f[1], "EdgeVal.author_pk", 32),
+            to_u64(f[2], "EdgeVal.hlc_ms"),
+            to_u32(f[3], "EdgeVal.hlc_logical"),
+            to_u32(f[4], "EdgeVal.hlc_node"),
+        )
+
+
+def by_author_key(op: Op) -> bytes:
+    """``author_pk ‖ hlc_ms BE8 ‖ logical BE4 ‖ node BE4 ‖ op_id`` (80 bytes)."""
+    h = op.hlc
+    return (
+        op.author_pk
+        + h.physical_ms.to_bytes(8, "big")
+        + h.logical.to_bytes(4, "big")
+        + h.node_id.to_bytes(4, "big")
+        + op.op_id
+    )
+
+
+def keyring_key(tag: str, version: int) -> bytes:
+    """``len(tag) ‖ tag ‖ version BE4``; tags longer than 255 UTF-8 bytes are refused."""
+    t = tag.encode("utf-8")
+    if len(t) > 255:
+        raise StoreError(f"tag {tag!r} is longer than 255 bytes")
+    if not 0 <= version < 2**32:
+        raise StoreError(f"key version {version} out of u32 range")
+    return bytes([len(t)]) + t + version.to_bytes(4, "big")
+
+
+def checkpoint_key(checkpoint_id: int) -> bytes:
+    return checkpoint_id.to_bytes(8, "big")
+
+
+def resume_key(checkpoint_id: int) -> bytes:
+    return META_RESUME_PREFIX + f"{checkpoint_id:016x}".encode()
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointBlob:
+    """``{topo_idx, state_digest, state_cbor}`` (core §10.4); ``state_cbor`` as an int array."""
+
+    topo_idx: int
+    state_digest: bytes
+    state_cbor: bytes
+
+    def encode(self) -> bytes:
+        return dumps(
+            {
+                "topo_idx": self.topo_idx,
+                "state_digest": b2l(self.state_digest),
+                "state_cbor": b2l(self.state_cbor),
+            }
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> CheckpointBlob:
+        f = struct_fields(loads(data, "checkpoint"), ("topo_idx", "state_digest", "state_cbor"), "checkpoint")
+        return cls(
+            to_u64(f[0], "checkpoint.topo_idx"),
+            to_bytes(f[1], "checkpoint.state_digest", 32),
+            to_bytes(f[2], "checkpoint.state_cbor"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeRecord:
+    """What core §8.4 needs to decide whether a checkpoint may be resumed from (store §1.9).
+
+    ``order_hash`` = BLAKE3 of the concatenated op ids of the order ``P`` that produced
+    the state, ``k = len(P)``, ``has_policy`` = ``P`` contains a Grant or Revoke.
+    Stored in ``meta`` under ``resume/<id as 16 hex digits>`` as CBOR
+    ``{"k": u64, "order_hash": [32 ints], "has_policy": bool}``.
+    """
+
+    k: int
+    order_hash: bytes
+    has_policy: bool
+
+    def encode(self) -> bytes:
+        return dumps({"k": self.k, "order_hash": b2l(self.order_hash), "has_policy": self.has_policy})
+
+    @classmethod
+    def decode(cls, data: bytes) -> ResumeRecord:
+        f = struct_fields(loads(data, "resume record"), ("k", "order_hash", "has_policy"), "resume record")
+        if type(f[2]) is not bool:
+            raise DecodeError("resume record.has_policy: expected a bool")
+        return cls(to_u64(f[0], "resume.k"), to_bytes(f[1], "resume.order_hash", 32), f[2])
+
+
+def verified_vc_persist(claims: Any) -> bytes:
+    """``VerifiedVcPersist`` CBOR of verified VC claims (store §1.2; the field is ``scope``)."""
+    return dumps(
+        {
+            "cred_id": claims.cred_id,
+            "issuer": claims.issuer,
+            "subject_pk": b2l(claims.subject_pk),
+            "role": claims.role,
+            "scope": sorted(claims.scope),
+            "nbf_ms": claims.nbf_ms,
+            "exp_ms": claims.exp_ms,
+            "status_list_id": claims.status_list_id,
+            "status_index": claims.status_index,
+            "cred_hash": b2l(claims.cred_hash),
+        }
+    )
+
+
+def order_hash(ids: Iterable[bytes]) -> bytes:
+    """BLAKE3 over the concatenated op ids of an order."""
+    h = blake3.blake3()
+    for x in ids:
+        h.update(x)
+    return h.digest()
+
+
+# --------------------------------------------------------------------------- fast decode
+
+_SMALL = bytes(range(24))
+
+
+def _arr_len(b: bytes) -> int:
+    """Encoded length of a byte string as a CBOR array of uints."""
+    n = len(b)
+    head = 1 if n < 24 else 2 if n < 256 else 3 if n < 65536 else 5
+    return head + n + len(b.translate(None, _SMALL))
+
+
+def _uint_len(v: int) -> int:
+    return 1 if v < 24 else 2 if v < 256 else 3 if v < 65536 else 5 if v < 2**32 else 9
+
+
+def _payload_offset(parents: tuple[bytes, ...], ms: int, logical: int, node: int, author: bytes) -> int:
+    """Offset of the payload item in canonical op CBOR, computed from the header's other fields."""
+    n = len(parents)
+    off = 8 + 1 + 8 + (1 if n < 24 else 2 if n < 256 else 3) + sum(_arr_len(p) for p in parents)
+    off += 4 + 1 + 12 + _uint_len(ms) + 8 + _uint_len(logical) + 8 + _uint_len(node)
+    return off + 10 + _arr_len(author) + 8
+
+
+def fast_decode_stored(data: bytes, op_id: bytes, edge: EdgeVal) -> Op | None:
+    """Decode a stored op using its ``edges`` row for the header fields; None if anything is off.
+
+    Only the payload and signature are parsed; the header bytes are hashed and must give
+    ``op_id``, so a corrupted row is never mistaken for a valid op (callers fall back to
+    the strict ``decode_op``, which reports the problem).
+    """
+    try:
+        off = _payload_offset(edge.parents, edge.hlc_ms, edge.hlc_logical, edge.hlc_node, edge.author_pk)
+        if data[off - 8 : off] != b"\x67payload":
+            return None
+        fp = io.BytesIO(data)
+        fp.seek(off)
+        payload = decode_payload(cbor2.CBORDecoder(fp).decode())
+        end = fp.tell()
+        if data[end : end + 4] != b"\x63sig" or blake3.blake3(OP_DOMAIN + data[8:end]).digest() != op_id:
+            return None
+        fp.seek(end + 4)
+        sig = bytes(cbor2.CBORDecoder(fp).decode())
+    except (DecodeError, cbor2.CBORDecodeError, ValueError, TypeError, EOFError):
+        return None
+    hlc = Hlc(edge.hlc_ms, edge.hlc_logical, edge.hlc_node)
+    return Op(edge.parents, hlc, edge.author_pk, payload, sig, op_id, data)
+
+
+# --------------------------------------------------------------------------- opening
+
+
+def _db_options(create_if_missing: bool) -> Options:
+    o = Options(raw_mode=True)
+    o.create_if_missing(create_if_missing)
+    o.create_missing_column_families(True)
+    o.set_paranoid_checks(True)
+    o.set_allow_concurrent_memtable_write(True)
+    o.set_bytes_per_sync(1 << 20)
+    return o
+
+
+def open_rdict(
+    path: str | os.PathLike[str], create_if_missing: bool = True, read_only: bool = False
+) -> Rdict:
+    """The one place that opens RocksDB: raw mode, all eight CFs (store §9.2 pitfalls)."""
+    p = Path(path)
+    if not create_if_missing and not (p / "CURRENT").exists():
+        raise StoreError(f"store {p} does not exist")
+    cfs = {name: Options(raw_mode=True) for name in CF_NAMES}
+    kwargs: dict[str, Any] = {}
+    if read_only:
+        kwargs["access_type"] = AccessType.read_only()
+    try:
+        return Rdict(str(p), _db_options(create_if_missing), column_families=cfs, **kwargs)
+    except Exception as e:
+        msg = str(e)
+        if "lock" in msg.lower():
+            raise StoreError(f"store {p} is locked by another process") from None
+        raise StoreError(f"cannot open store {p}: {msg}") from None
+
+
+def _crash_hook() -> None:
+    if os.environ.get(CRASH_ENV) == "1":
+        os.abort()
+
+
+# --------------------------------------------------------------------------- the store
+
+
+class Store(IndexedOpStore):
+    """A RocksDB-backed op store with checkpoints, VC caches, keyring and meta (store §1)."""
+
+    def __init__(self, path: Path, db: Rdict, sync_writes: bool, read_only: bool) -> None:
+        super().__init__()
+        self.path = path
+        self._db: Rdict | None = db
+        self._read_only = read_only
+        self._wopts = WriteOptions()
+        self._wopts.sync = sync_writes
+        self._h = {name: db.get_column_family_handle(name) for name in CF_NAMES}
+        self._cf = {name: db.get_column_family(name) for name in CF_NAMES}
+        self._edges: dict[bytes, EdgeVal] = {}
+        self._bad_edge_rows = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        create_if_missing: bool = True,
+        sync_writes: bool = True,
+        read_only: bool = False,
+    ) -> Store:
+        """Open (or create) a store: schema guard, db_uuid, index load, adopt_ready (store §1.3)."""
+        p = Path(path)
+        db = open_rdict(p, create_if_missing=create_if_missing, read_only=read_only)
+        st = cls(p, db, sync_writes, read_only)
+        try:
+            st._init_meta()
+            st._load_index()
+            if not read_only:
+                st.adopt_ready()
+        except BaseException:
+            st.close()
+            raise
+        return st
+
+    def close(self) -> None:
+        """Release column-family views before closing, so the same process can reopen."""
+        db = self._db
+        if db is None:
+            return
+        self._db = None
+        self._h.clear()
+        self._cf.clear()
+        gc.collect()
+        db.close()
+        del db
+        gc.collect()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _cfv(self, name: str) -> Any:
+        if self._db is None:
+            raise StoreError(f"store {self.path} is closed")
+        return self._cf[name]
+
+    def _batch(self) -> WriteBatch:
+        if self._read_only:
+            raise StoreError(f"store {self.path} is open read-only")
+        return WriteBatch(raw_mode=True)
+
+    def _commit_batch(self, wb: WriteBatch) -> None:
+        if self._db is None:
+            raise StoreError(f"store {self.path} is closed")
+        try:
+            self._db.write(wb, self._wopts)
+        except Exception as e:
+            raise StoreError(f"write to store {self.path} failed: {e}") from None
+
+    def _init_meta(self) -> None:
+        meta = self._cfv("meta")
+        sv = meta.get(META_SCHEMA)
+        if sv is not None and bytes(sv) != SCHEMA_VERSION:
+            raise StoreError("unknown schema_version; expected ecac:v1")
+        if self._read_only:
+            return
+        wb = WriteBatch(raw_mode=True)
+        dirty = False
+        if sv is None:
+            wb.put(META_SCHEMA, SCHEMA_VERSION, self._h["meta"])
+            dirty = True
+        if meta.get(META_UUID) is None:
+            wb.put(META_UUID, os.urandom(16), self._h["meta"])
+            dirty = True
+        if dirty:
+            self._commit_batch(wb)
+
+    def _load_index(self) -> None:
+        """Stream the ``edges`` rows into the OpIndex (keys of length != 32 are ignored)."""
+        items = []
+        for k, v in self._cfv("edges").items():
+            if len(k) != 32:
+                continue
+            try:
+                e = EdgeVal.decode(v)
+            except DecodeError:
+                self._bad_edge_rows += 1
+                continue
+            self._edges[k] = e
+            items.append((k, e.parents, (e.hlc_ms, e.hlc_logical, e.hlc_node, k)))
+        self._index.add_many(items)
+
+    def adopt_ready(self) -> int:
+        """Write ``edges``/``by_author`` for ``ops`` rows lacking them whose parents are all stored.
+
+        Put always writes all three rows together, so this only matters for databases
+        written by older reference versions. Returns the number of adopted ops.
+        """
+        ops_cf = self._cfv("ops")
+        todo: list[Op] = []
+        for k in ops_cf.keys():  # noqa: SIM118 (rocksdict views are not iterable)
+            if len(k) != 32 or k in self._edges:
+                continue
+            try:
+                op = decode_op(ops_cf[k])
+            except (DecodeError, KeyError):
+                continue
+            if op.op_id == k and all(ops_cf.get(p) is not None for p in op.parents):
+                todo.append(op)
+        with self._lock:
+            todo = [op for op in todo if not self._index.contains(op.op_id)]
+            if todo:
+                self._commit(todo)
+        return len(todo)
+
+    # ------------------------------------------------------------------ ops (IndexedOpStore hooks)
+
+    def _read_bytes(self, op_id: bytes) -> bytes | None:
+        v = self._cfv("ops").get(op_id)
+        return None if v is None else bytes(v)
+
+    def _write(self, ops: Sequence[Op]) -> None:
+        """One atomic batch: ``ops``, ``edges`` and ``by_author`` rows of every op (store §1.4)."""
+        wb = self._batch()
+        h_ops, h_edges, h_auth = self._h["ops"], self._h["edges"], self._h["by_author"]
+        edges = []
+        for op in ops:
+            e = EdgeVal.of(op)
+            edges.append(e)
+            wb.put(op.op_id, op.cbor, h_ops)
+            wb.put(op.op_id, e.encode(), h_edges)
+            wb.put(by_author_key(op), b"", h_auth)
+        self._commit_batch(wb)
+        for op, e in zip(ops, edges, strict=True):
+            self._edges[op.op_id] = e
+        _crash_hook()
+
+    def edge(self, op_id: bytes) -> EdgeVal | None:
+        """The ``edges`` row of a stored op (from memory)."""
+        return self._edges.get(op_id)
+
+    def iter_topo_ops(self, start: int = 0) -> Iterator[Op]:
+        """Complete ops from topo position ``start`` on, streamed in chunks of point reads.
+
+        Header fields come from the ``edges`` rows; only payload and signature are parsed
+        and the header bytes are hashed against the op id, so corruption is still caught
+        (the strict decoder then names the op).
+        """
+        with self._lock:
+            ids = self._index.topo_slice(start)
+        ops_cf = self._cfv("ops")
+        for i in range(0, len(ids), _READ_CHUNK):
+            chunk = ids[i : i + _READ_CHUNK]
+            for op_id, data in zip(chunk, ops_cf.get(chunk), strict=True):
+                if data is None:
+                    raise StoreError(f"missing op {op_id.hex()}")
+                op = fast_decode_stored(data, op_id, self._edges[op_id])
+                yield op if op is not None else self._strict_stored(op_id, bytes(data))
+
+    def _strict_stored(self, op_id: bytes, data: bytes) -> Op:
+        try:
+            op = decode_op(data)
+        except DecodeError as e:
+            raise StoreError(f"undecodable op {op_id.hex()}: {e}") from None
+        if op.op_id != op_id or op.computed_id() != op_id:
+            raise StoreError(f"op_id mismatch for {op_id.hex()}")
+        if EdgeVal.of(op) != self._edges.get(op_id):
+            raise StoreError(f"edges parents mismatch for {op_id.hex()}")
+        return op
+
+    def get_op(self, op_id: bytes) -> Op | None:
+        data = self.get_op_bytes(op_id)
+        return None if data is None else self._strict_stored(op_id, data)
+
+    # ------------------------------------------------------------------ meta
+
+    def db_uuid(self) -> bytes:
+        v = self._cfv("meta").get(META_UUID)
+        if v is None:
+            raise StoreError("missing db_uuid")
+        if len(v) != 16:
+            raise StoreError("db_uuid must be 16 bytes")
+        return bytes(v)
+
+    def _meta_u64(self, key: bytes) -> int | None:
+        v = self._cfv("meta").get(key)
+        if v is None:
+            return None
+        if len(v) != 8:
+            raise StoreError(f"meta/{key.decode()} must be 8 bytes, got {len(v)}")
+        return int.from_bytes(v, "big")
+
+    def topo_watermark(self) -> int | None:
+        return self._meta_u64(META_TOPO_WATERMARK)
+
+    def set_topo_watermark(self, value: int) -> None:
+        wb = self._batch()
+        wb.put(META_TOPO_WATERMARK, value.to_bytes(8, "big"), self._h["meta"])
+        self._commit_batch(wb)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def checkpoint_create_raw(
+        self, state_cbor: bytes, state_digest: bytes, topo_idx: int, resume: ResumeRecord | None = None
+    ) -> int:
+        """Store a checkpoint blob (and its resume record) with ``id = last + 1`` in one batch."""
+        with self._lock:
+            last = self._meta_u64(META_LAST_CHECKPOINT) or 0
+            cid = last + 1
+            wb = self._batch()
+            blob = CheckpointBlob(topo_idx, state_digest, state_cbor).encode()
+            wb.put(checkpoint_key(cid), blob, self._h["checkpoints"])
+            wb.put(META_LAST_CHECKPOINT, cid.to_bytes(8, "big"), self._h["meta"])
+            if resume is not None:
+                wb.put(resume_key(cid), resume.encode(), self._h["meta"])
+            self._commit_batch(wb)
+        return cid
+
+    def checkpoint_blob(self, checkpoint_id: int) -> CheckpointBlob:
+        v = self._cfv("checkpoints").get(checkpoint_key(checkpoint_id))
+        if v is None:
+            raise StoreError(f"checkpoint {checkpoint_id} not found")
+        try:
+            return CheckpointBlob.decode(bytes(v))
+        except DecodeError as e:
+            raise StoreError(f"checkpoint {checkpoint_id} is corrupt: {e}") from None
+
+    def checkpoint_list(self) -> list[tuple[int, int]]:
+        """Every checkpoint as ``(id, topo_idx)``, ascending by id."""
+        out = []
+        for k, v in self._cfv("checkpoints").items():
+            if len(k) == 8:
+                try:
+                    out.append((int.from_bytes(k, "big"), CheckpointBlob.decode(bytes(v)).topo_idx))
+                except DecodeError:
+                    continue
+        return out
+
+    def checkpoint_latest(self) -> tuple[int, int] | None:
+        """``(id, topo_idx)`` of ``meta/last_checkpoint_id``, or None."""
+        cid = self._meta_u64(META_LAST_CHECKPOINT)
+        if cid is None:
+            return None
+        return cid, self.checkpoint_blob(cid).topo_idx
+
+    def resume_record(self, checkpoint_id: int) -> ResumeRecord | None:
+        v = self._cfv("meta").get(resume_key(checkpoint_id))
+        if v is None:
+            return None
+        try:
+            return ResumeRecord.decode(bytes(v))
+        except DecodeError:
+            return None
+
+    # ------------------------------------------------------------------ VC caches (store §1.11)
+
+    def persist_vc_raw(self, cred_hash: bytes, jwt: bytes) -> None:
+        self._put_one("vc_raw", cred_hash, jwt)
+
+    def persist_vc_verified(self, cred_hash: bytes, cbor: bytes) -> None:
+        self._put_one("vc_verified", cred_hash, cbor)
+
+    def get_vc_raw(self, cred_hash: bytes) -> bytes | None:
+        v = self._cfv("vc_raw").get(cred_hash)
+        return None if v is None else bytes(v)
+
+    def get_vc_verified(self, cred_hash: bytes) -> bytes | None:
+        v = self._cfv("vc_verified").get(cred_hash)
+        return None if v is None else bytes(v)
+
+    def _put_one(self, cf: str, key: bytes, value: bytes) -> None:
+        wb = self._batch()
+        wb.put(key, value, self._h[cf])
+        self._commit_batch(wb)
+
+    # ------------------------------------------------------------------ keyring (store §1.12)
+
+    def put_tag_key(self, tag: str, version: int, key: bytes) -> None:
+        if len(key) != 32:
+            raise StoreError(f"key for ({tag}, {version}) must be 32 bytes, got {len(key)}")
+        self._put_one("keys", keyring_key(tag, version), bytes(key))
+
+    def get_tag_key(self, tag: str, version: int) -> bytes | None:
+        v = self._cfv("keys").get(keyring_key(tag, version))
+        if v is None:
+            return None
+        if len(v) != 32:
+            raise StoreError(f"key for ({tag}, {version}) must be 32 bytes, got {len(v)}")
+        return bytes(v)
+
+    def max_key_version_for_tag(self, tag: str) -> int | None:
+        best: int | None = None
+        for k in self._cfv("keys").keys():  # noqa: SIM118 (rocksdict views are not iterable)
+            n = k[0] if k else -1
+            if len(k) != 1 + n + 4:
+                continue
+            try:
+                t = k[1 : 1 + n].decode("utf-8")
+            except UnicodeDecodeError:
+                continue
+            if t == tag:
+                v = int.from_bytes(k[1 + n :], "big")
+                best = v if best is None else max(best, v)
+        return best
+
+    # ------------------------------------------------------------------ integrity (store §1.10)
+
+    def verify_integrity(
+        self, verify_sigs: bool = False, trust_dir: str | os.PathLike[str] = "trust"
+    ) -> None:
+        """Raise ``StoreError`` naming the first inconsistency; see store §1.10 for the checks."""
+        ops_cf, edges_cf = self._cfv("ops"), self._cfv("edges")
+        stored: dict[bytes, tuple[bytes, ...]] = {}
+        pending: list[tuple[bytes, bytes, bytes]] = []
+        n_ops = 0
+        for k, v in ops_cf.items():
+            n_ops += 1
+            hx = bytes(k).hex()
+            try:
+                op = decode_op(bytes(v))
+            except DecodeError as e:
+                raise StoreError(f"undecodable op {hx}: {e}") from None
+            if op.op_id != k or op.computed_id() != op.op_id:
+                raise StoreError(f"op_id mismatch for {hx}")
+            stored[op.op_id] = op.parents
+            if verify_sigs:
+                pending.append((op.author_pk, op.sig, op.op_id))
+                if len(pending) >= 4096:
+                    _check_sig_chunk(pending)
+                    pending = []
+        if pending:
+            _check_sig_chunk(pending)
+        from ecac.opindex import OpIndex
+
+        fresh = OpIndex()
+        n_edges = 0
+        missing = 0
+        for k, v in edges_cf.items():
+            n_edges += 1
+            hx = bytes(k).hex()
+            if k not in stored:
+                raise StoreError(f"edge without op {hx}")
+            try:
+                e = EdgeVal.decode(bytes(v))
+            except DecodeError:
+                raise StoreError(f"edges parents mismatch for {hx}") from None
+            if e.parents != stored[k]:
+                raise StoreError(f"edges parents mismatch for {hx}")
+            missing += sum(1 for p in e.parents if p not in stored)
+            fresh.add(bytes(k), e.parents, (e.hlc_ms, e.hlc_logical, e.hlc_node, bytes(k)))
+        if missing:
+            raise StoreError(f"{missing} missing parent references")
+        if not (len(fresh.topo_ids()) == n_ops == n_edges):
+            raise StoreError("topo/ops/edges mismatch")
+        self._verify_vc_caches(Path(trust_dir))
+
+    def _verify_vc_caches(self, trust_dir: Path) -> None:
+        """VC cache parity, only when ``<trust_dir>/issuers.toml`` loads (store §1.10 step 5)."""
+        from ecac.trust import load_file_trust
+        from ecac.vc import verify_vc_file
+
+        try:
+            trust, status = load_file_trust(trust_dir)
+        except EcacError:
+            return
+        raw_keys: set[bytes] = set()
+        for k, jwt in self._cfv("vc_raw").items():
+            if len(k) != 32:
+                continue
+            raw_keys.add(bytes(k))
+            hx = bytes(k).hex()
+            try:
+                claims = verify_vc_file(bytes(jwt), trust, status)
+            except EcacError as e:
+                raise StoreError(f"vc_raw failed to verify for {hx}: {e}") from None
+            got = self.get_vc_verified(bytes(k))
+            if got is None:
+                raise StoreError(f"missing vc_verified for {hx}")
+            if got != verified_vc_persist(claims):
+                raise StoreError(f"vc_verified mismatch for {hx}")
+        for k in self._cfv("vc_verified").keys():  # noqa: SIM118 (rocksdict views are not iterable)
+            if bytes(k) not in raw_keys:
+                raise StoreError(f"vc_verified without vc_raw for {bytes(k).hex()}")
+
+
+def _check_sig_chunk(items: list[tuple[bytes, bytes, bytes]]) -> None:
+    for (_, _, op_id), ok in zip(items, check_sigs(items), strict=True):
+        if not ok:
+            raise StoreError(f"signature invalid for {op_id.hex()}")
+
+
+# --------------------------------------------------------------------------- resume decisions
+
+
+def resumable(order: Sequence[bytes], kinds_after: Iterable[str], rec: ResumeRecord) -> bool:
+    """Core §8.4's three conditions for continuing from a state saved over order ``P``.
+
+    ``order`` is the current order ``N``; ``kinds_after`` the payload kinds of ``N[k:]``.
+    """
+    if rec.k > len(order) or order_hash(order[: rec.k]) != rec.order_hash:
+        return False
+    for kind in kinds_after:
+        if kind in RETROACTIVE_KINDS:
+            return False
+        if not rec.has_policy and kind in POLICY_SWITCH_KINDS:
+            return False
+    return True
