@@ -45,15 +45,19 @@ def b2l(data: bytes) -> list[int]:
     return list(data)
 
 
+_INT_ONLY = {int}
+
+
 def to_bytes(obj: Any, what: str, length: int | None = None) -> bytes:
     """A CBOR array of ints 0..255 (optionally of exact length) as bytes; byte strings are rejected."""
     if not isinstance(obj, list | tuple):
         raise DecodeError(f"{what}: expected an array of ints, got {type(obj).__name__}")
     if length is not None and len(obj) != length:
         raise DecodeError(f"{what}: expected {length} bytes, got {len(obj)}")
-    for x in obj:
-        if type(x) is not int:
-            raise DecodeError(f"{what}: array element is {type(x).__name__}, not an integer")
+    # set(map(type, …)) runs in C: this check is on the hot path of every op decode
+    if obj and set(map(type, obj)) != _INT_ONLY:
+        bad = next(x for x in obj if type(x) is not int)
+        raise DecodeError(f"{what}: array element is {type(bad).__name__}, not an integer")
     try:
         return bytes(obj)
     except ValueError:

@@ -275,18 +275,27 @@ def op_id_of(header_cbor: bytes) -> bytes:
     return blake3.blake3(OP_DOMAIN + header_cbor).digest()
 
 
-def _op_cbor(header: dict[str, Any], sig: bytes, op_id: bytes) -> bytes:
-    return dumps({"header": header, "sig": b2l(sig), "op_id": b2l(op_id)})
+_OP_PREFIX = b"\xa3\x66header"  # map(3), "header": the op map's first key
+
+
+def _op_cbor(header_cbor: bytes, sig: bytes, op_id: bytes) -> bytes:
+    """``cbor({"header", "sig", "op_id"})`` assembled around the already-encoded header.
+
+    Identical bytes to encoding the whole map, but the header is encoded only once,
+    so decoding can hash the same bytes for the op_id check (hot path of replay).
+    """
+    tail = dumps({"sig": b2l(sig), "op_id": b2l(op_id)})
+    return _OP_PREFIX + header_cbor + tail[1:]
 
 
 def make_op(sk: SigningKey, parents: Iterable[bytes], hlc: Hlc, payload: Payload) -> Op:
     """Create and sign an op: parents sorted (duplicates kept), Ed25519 over the 32-byte id."""
     ps = tuple(sorted(parents))
     author = bytes(sk.verify_key)
-    header = header_obj(ps, hlc, author, payload)
-    op_id = op_id_of(dumps(header))
+    header_cbor = dumps(header_obj(ps, hlc, author, payload))
+    op_id = op_id_of(header_cbor)
     sig = sk.sign(op_id).signature
-    return Op(ps, hlc, author, payload, sig, op_id, _op_cbor(header, sig, op_id))
+    return Op(ps, hlc, author, payload, sig, op_id, _op_cbor(header_cbor, sig, op_id))
 
 
 # --------------------------------------------------------------------------- verification
@@ -489,22 +498,23 @@ def _parents(obj: Any) -> tuple[bytes, ...]:
     return tuple(to_bytes(p, "header.parents[]", ID_LEN) for p in obj)
 
 
-def _build(parents: Any, hlc: Any, author: Any, payload: Any, sig: Any, op_id: Any) -> Op:
+def _build(parents: Any, hlc: Any, author: Any, payload: Any, sig: Any, op_id: Any) -> tuple[Op, bytes]:
+    """The typed op and its re-encoded header CBOR (what the op_id is checked against)."""
     ps = _parents(parents)
     h = Hlc() if hlc is None else decode_hlc(hlc, "header.hlc")
     pk = to_bytes(author, "header.author_pk", 32)
     pl = decode_payload(payload)
     s = to_bytes(sig, "sig")
     oid = to_bytes(op_id, "op_id", ID_LEN)
-    header = header_obj(ps, h, pk, pl)
-    return Op(ps, h, pk, pl, s, oid, _op_cbor(header, s, oid))
+    header_cbor = dumps(header_obj(ps, h, pk, pl))
+    return Op(ps, h, pk, pl, s, oid, _op_cbor(header_cbor, s, oid)), header_cbor
 
 
 def op_from_obj(obj: Any) -> Op:
     """The nested ``{header, sig, op_id}`` form, in any accepted encoding; re-encoded canonically."""
     header, sig, op_id = struct_fields(obj, _OP_FIELDS, "op")
     parents, hlc, author, payload = struct_fields(header, _HEADER_FIELDS, "op.header", optional=("hlc",))
-    return _build(parents, hlc, author, payload, sig, op_id)
+    return _build(parents, hlc, author, payload, sig, op_id)[0]
 
 
 def flat_op_from_obj(obj: Any) -> Op:
@@ -514,16 +524,23 @@ def flat_op_from_obj(obj: Any) -> Op:
     parents, hlc, author, payload, sig, op_id = struct_fields(
         obj, _FLAT_FIELDS, "flat op", optional=("parents", "hlc")
     )
-    return _build([] if parents is None else parents, hlc, author, payload, sig, op_id)
+    return _build([] if parents is None else parents, hlc, author, payload, sig, op_id)[0]
+
+
+def decode_op_with_header(data: bytes) -> tuple[Op, bytes]:
+    """``decode_op`` plus the re-encoded header CBOR, so admission can hash it without encoding it again."""
+    obj = loads(data, "op")
+    header, sig, op_id = struct_fields(obj, _OP_FIELDS, "op")
+    parents, hlc, author, payload = struct_fields(header, _HEADER_FIELDS, "op.header", optional=("hlc",))
+    op, header_cbor = _build(parents, hlc, author, payload, sig, op_id)
+    if op.cbor != bytes(data):
+        raise DecodeError(f"non-canonical op encoding for {op.op_id.hex()}")
+    return op, header_cbor
 
 
 def decode_op(data: bytes) -> Op:
     """Strict decode for store and network input: only the canonical nested encoding is accepted."""
-    obj = loads(data, "op")
-    op = op_from_obj(obj)
-    if op.cbor != bytes(data):
-        raise DecodeError(f"non-canonical op encoding for {op.op_id.hex()}")
-    return op
+    return decode_op_with_header(data)[0]
 
 
 def encode_ops(ops: Iterable[Op]) -> bytes:
