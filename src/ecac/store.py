@@ -234,12 +234,13 @@ def fast_decode_stored(data: bytes, op_id: bytes, edge: EdgeVal) -> Op | None:
     """Decode a stored op using its ``edges`` row for the header fields; None if anything is off.
 
     Only the payload and signature are parsed; the header bytes are hashed and must give
-    ``op_id``, so a corrupted row is never mistaken for a valid op (callers fall back to
-    the strict ``decode_op``, which reports the problem).
+    ``op_id`` and the trailing ``op_id`` field must encode it, so a corrupted row is never
+    mistaken for a valid op (callers fall back to the strict ``decode_op``, which reports
+    the problem). The signature is not verified here (it was, at ingest).
     """
     try:
         off = _payload_offset(edge.parents, edge.hlc_ms, edge.hlc_logical, edge.hlc_node, edge.author_pk)
-        if data[off - 8 : off] != b"\x67payload":
+        if data[off - 8 : off] != b"\x67payload" or data[:8] != b"\xa3\x66header":
             return None
         fp = io.BytesIO(data)
         fp.seek(off)
@@ -249,6 +250,9 @@ def fast_decode_stored(data: bytes, op_id: bytes, edge: EdgeVal) -> Op | None:
             return None
         fp.seek(end + 4)
         sig = bytes(cbor2.CBORDecoder(fp).decode())
+        tail = fp.tell()
+        if data[tail : tail + 6] != b"\x65op_id" or data[tail + 6 :] != dumps(b2l(op_id)):
+            return None
     except (DecodeError, cbor2.CBORDecodeError, ValueError, TypeError, EOFError):
         return None
     hlc = Hlc(edge.hlc_ms, edge.hlc_logical, edge.hlc_node)
@@ -665,6 +669,9 @@ class Store(IndexedOpStore):
             fresh.add(bytes(k), e.parents, (e.hlc_ms, e.hlc_logical, e.hlc_node, bytes(k)))
         if missing:
             raise StoreError(f"{missing} missing parent references")
+        if n_edges < n_ops:  # not in the reference's list; names the op instead of a bare count
+            without = next(x for x in stored if x not in fresh)
+            raise StoreError(f"op without edges row {without.hex()}")
         if not (len(fresh.topo_ids()) == n_ops == n_edges):
             raise StoreError("topo/ops/edges mismatch")
         self._verify_vc_caches(Path(trust_dir))

@@ -1,0 +1,479 @@
+"""RocksDB store: byte-exact rows, put validation, orphans, reopen, integrity, keyring, checkpoints."""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from ecac.codec import dumps, loads
+from ecac.errors import StoreError
+from ecac.hlc import Hlc
+from ecac.keys import key_pair
+from ecac.memstore import OpStore, PutRejectedError
+from ecac.op import Data, decode_op, make_op, read_log
+from ecac.store import (
+    CF_NAMES,
+    CheckpointBlob,
+    EdgeVal,
+    ResumeRecord,
+    Store,
+    by_author_key,
+    checkpoint_key,
+    fast_decode_stored,
+    keyring_key,
+    open_rdict,
+    order_hash,
+    resume_key,
+)
+
+_DEFAULT_VECTORS = Path(__file__).resolve().parents[2] / "shared/spec/vectors"
+VECTORS = Path(os.environ.get("ECAC_VECTORS", _DEFAULT_VECTORS))
+EXPECTED = json.loads((VECTORS / "expected.json").read_text())
+STORE_V = EXPECTED["store"]
+FIXTURES = [
+    "fixtures/ops.cbor",
+    "fixtures/hb_chain.cbor",
+    "fixtures/mv_concurrent.cbor",
+    "fixtures/orset_races.cbor",
+]
+
+
+def hb_chain(seed: int, n: int):
+    sk = key_pair(seed, b"hb")
+    ops, prev = [], []
+    for i in range(n):
+        op = make_op(sk, prev, Hlc(1000 + i, 0, i + 1), Data("mv:o:x", f"v{i}".encode()))
+        ops.append(op)
+        prev = [op.op_id]
+    return ops
+
+
+def raw_rows(path: Path) -> dict[str, dict[bytes, bytes]]:
+    """Every row of every CF, read through a separate raw handle (the store must be closed)."""
+    db = open_rdict(path)
+    out = {}
+    for name in CF_NAMES:
+        cf = db.get_column_family(name)
+        out[name] = {bytes(k): bytes(v) for k, v in cf.items()}
+        del cf
+    gc.collect()
+    db.close()
+    del db
+    gc.collect()
+    return out
+
+
+def raw_edit(path: Path, cf_name: str, key: bytes, value: bytes | None) -> None:
+    db = open_rdict(path)
+    cf = db.get_column_family(cf_name)
+    if value is None:
+        del cf[key]
+    else:
+        cf[key] = value
+    del cf
+    gc.collect()
+    db.close()
+    del db
+    gc.collect()
+
+
+@pytest.fixture
+def db(tmp_path):
+    return tmp_path / "db"
+
+
+def test_vector_rows_byte_exact(db):
+    ops = hb_chain(42, 3)
+    assert [op.op_id.hex() for op in ops] == STORE_V["topo_ids"]
+    with Store.open(db) as st:
+        assert isinstance(st, OpStore)
+        res = st.put_many([op.cbor for op in ops])
+        assert res.stored == [op.op_id for op in ops]
+        assert [h.hex() for h in st.heads(8)] == STORE_V["heads_k8"]
+        assert [x.hex() for x in st.topo_ids()] == STORE_V["topo_ids"]
+        for n, want in STORE_V["recent_bloom_hex"].items():
+            assert st.recent_bloom(int(n)).hex() == want
+        st.put_tag_key("confidential", 1, bytes(range(32)))
+        cid = st.checkpoint_create_raw(b"\xa0", bytes(32), 3)
+        assert cid == STORE_V["checkpoint_key_hex"]["checkpoint_id"]
+    rows = raw_rows(db)
+    assert set(rows) == set(CF_NAMES)
+    for op in ops:
+        hx = op.op_id.hex()
+        assert rows["ops"][op.op_id] == op.cbor
+        assert rows["edges"][op.op_id].hex() == STORE_V["edges_value_hex"][hx]
+        assert EdgeVal.decode(rows["edges"][op.op_id]) == EdgeVal.of(op)
+        assert by_author_key(op).hex() == STORE_V["by_author_key_hex"][hx]
+        assert rows["by_author"][by_author_key(op)] == b""
+    kr = STORE_V["keyring_key_hex"]
+    assert keyring_key(kr["tag"], kr["version"]).hex() == kr["key_hex"]
+    assert rows["keys"][bytes.fromhex(kr["key_hex"])] == bytes(range(32))
+    assert checkpoint_key(1).hex() == STORE_V["checkpoint_key_hex"]["key_hex"]
+    assert bytes.fromhex(STORE_V["checkpoint_key_hex"]["key_hex"]) in rows["checkpoints"]
+    assert rows["meta"][b"schema_version"].hex() == STORE_V["meta_values"]["schema_version_hex"]
+    assert len(rows["meta"][b"db_uuid"]) == 16
+    assert rows["meta"][b"last_checkpoint_id"] == (1).to_bytes(8, "big")
+
+
+def test_checkpoint_blob_layout_matches_vectors():
+    for name, v in EXPECTED["state_snapshot"].items():
+        if not isinstance(v, dict) or "checkpoint_blob_hex" not in v:
+            continue
+        blob = CheckpointBlob(
+            v["topo_idx"], bytes.fromhex(v["state_digest_hex"]), bytes.fromhex(v["state_cbor_hex"])
+        )
+        assert blob.encode().hex() == v["checkpoint_blob_hex"], name
+        assert CheckpointBlob.decode(blob.encode()) == blob
+
+
+@pytest.mark.parametrize("fixture", FIXTURES)
+def test_put_round_trip_fixtures(db, fixture):
+    data = (VECTORS / fixture).read_bytes()
+    ops = read_log(data, fixture)
+    log = EXPECTED["op_logs"][fixture]
+    assert b"".join(op.cbor for op in ops) in data  # canonical input
+    with Store.open(db) as st:
+        for op in ops:
+            assert st.put(op.cbor) == op.op_id
+        assert [op.op_id.hex() for op in ops] == [o["op_id_hex"] for o in log["ops_in_file_order"]]
+        assert [x.hex() for x in st.topo_ids()] == log["topo_order"]
+        for op in ops:
+            assert st.get_op_bytes(op.op_id) == op.cbor
+            assert st.get_op(op.op_id) == op
+        assert list(st.iter_topo_ops()) == [st.get_op(x) for x in st.topo_ids()]
+        st.verify_integrity(verify_sigs=True)
+
+
+def test_reopen_keeps_index_orphans_and_uuid(db):
+    a, b, c = hb_chain(3, 3)
+    with Store.open(db) as st:
+        st.put(c.cbor)
+        st.put(b.cbor)
+        uuid = st.db_uuid()
+        assert st.topo_ids() == [] and st.heads(8) == []
+        assert st.op_count() == 2 and st.complete_count() == 0
+    with Store.open(db) as st:
+        assert st.db_uuid() == uuid
+        assert st.op_count() == 2 and st.contains(b.op_id) and st.missing_parents() == {a.op_id}
+        assert st.topo_ids() == [] and st.heads(8) == []
+        res = st.put_many([a.cbor])
+        assert res.completed == [a.op_id, b.op_id, c.op_id]
+        assert st.topo_ids() == [a.op_id, b.op_id, c.op_id]
+        assert st.heads(8) == [c.op_id]
+    with Store.open(db) as st:
+        assert st.topo_ids() == [a.op_id, b.op_id, c.op_id]
+        st.verify_integrity()
+
+
+def test_heads_and_missing_parents(db):
+    sk = key_pair(1, b"heads")
+    a = make_op(sk, [], Hlc(10, 0, 1), Data("mv:o:x", b"a"))
+    b = make_op(sk, [a.op_id], Hlc(11, 0, 1), Data("mv:o:x", b"b"))
+    c = make_op(sk, [], Hlc(12, 0, 1), Data("mv:o:x", b"c"))
+    d = make_op(sk, [b"\x55" * 32], Hlc(13, 0, 1), Data("mv:o:x", b"d"))
+    with Store.open(db) as st:
+        st.put_many([a, b, c, d])
+        heads = st.heads(10)
+        assert b.op_id in heads and c.op_id in heads
+        assert a.op_id not in heads and d.op_id not in heads
+        with pytest.raises(StoreError, match="1 missing parent references"):
+            st.verify_integrity()
+
+
+def test_parent_arrives_later_and_duplicates(db):
+    ops = hb_chain(9, 6)
+    with Store.open(db) as st:
+        st.put_many([op.cbor for op in ops[3:]])
+        assert st.topo_ids() == []
+        res = st.put_many([op.cbor for op in ops])
+        assert res.duplicates == 3 and res.stored == [op.op_id for op in ops[:3]]
+        order = st.topo_ids()
+        assert order == [op.op_id for op in ops]
+        pos = {x: i for i, x in enumerate(order)}
+        assert all(pos[p] < pos[op.op_id] for op in ops for p in op.parents)
+
+
+def test_bloom_covers_last_n(db):
+    sk = key_pair(2, b"bloom")
+    ops = [make_op(sk, [], Hlc(100 + t, 0, 1), Data("mv:o:x", bytes([t]))) for t in range(20)]
+    with Store.open(db) as st:
+        st.put_many(ops)
+        v = int.from_bytes(st.recent_bloom(8), "little")
+        from ecac.opindex import bloom_lanes
+
+        for op in ops[-8:]:
+            assert all(v >> i & 1 for i in bloom_lanes(op.op_id))
+
+
+def bad_inputs(op):
+    obj = loads(op.cbor)
+    flipped = loads(op.cbor)
+    flipped["sig"][0] ^= 1
+    changed = loads(op.cbor)
+    changed["header"]["payload"]["Data"]["value"] = [9]
+    flat = dict(obj["header"], sig=obj["sig"], op_id=obj["op_id"])
+    hx = op.op_id.hex()
+    return [
+        (dumps(flipped), f"invalid signature for op {hx}"),
+        (dumps(changed), "op_id mismatch (header hash != embedded op_id)"),
+        (b"\xb9\x00\x03" + op.cbor[1:], f"non-canonical op encoding for {hx}"),
+        (dumps(flat), "decode Op CBOR: op: missing field `header`"),
+        (op.cbor + b"\x00", "decode Op CBOR: op: 1 trailing bytes after the CBOR item"),
+    ]
+
+
+def test_put_rejects_leave_no_rows(db):
+    op = hb_chain(4, 1)[0]
+    with Store.open(db) as st:
+        for data, msg in bad_inputs(op):
+            with pytest.raises(PutRejectedError) as e:
+                st.put(data)
+            assert str(e.value) == msg
+            with pytest.raises(PutRejectedError):
+                st.put_many([hb_chain(5, 1)[0].cbor, data])
+        assert st.op_count() == 0
+    rows = raw_rows(db)
+    assert rows["ops"] == {} and rows["edges"] == {} and rows["by_author"] == {}
+
+
+def test_put_many_skip_mode(db):
+    ops = hb_chain(6, 2)
+    bad = [d for d, _ in bad_inputs(ops[1])]
+    with Store.open(db) as st:
+        res = st.put_many([ops[0].cbor, *bad], on_invalid="skip")
+        assert res.stored == [ops[0].op_id] and len(res.rejected) == 5
+    rows = raw_rows(db)
+    assert set(rows["ops"]) == {ops[0].op_id} and set(rows["edges"]) == {ops[0].op_id}
+    assert len(rows["by_author"]) == 1
+
+
+def _corrupt_last_byte(data: bytes) -> bytes:
+    return data[:-1] + bytes([data[-1] ^ 1])
+
+
+def test_integrity_flipped_op_byte(db):
+    ops = hb_chain(7, 4)
+    with Store.open(db) as st:
+        st.put_many(ops)
+        st.verify_integrity(verify_sigs=True)
+    victim = ops[2]
+    raw_edit(db, "ops", victim.op_id, _corrupt_last_byte(victim.cbor))
+    with Store.open(db) as st, pytest.raises(StoreError, match=victim.op_id.hex()):
+        st.verify_integrity()
+
+
+def test_integrity_flipped_signature_needs_verify_sigs(db):
+    ops = hb_chain(8, 3)
+    with Store.open(db) as st:
+        st.put_many(ops)
+    obj = loads(ops[1].cbor)
+    obj["sig"][5] ^= 1
+    raw_edit(db, "ops", ops[1].op_id, dumps(obj))
+    with Store.open(db) as st:
+        st.verify_integrity()  # ids still match: signatures are only checked on request
+        with pytest.raises(StoreError, match=f"signature invalid for {ops[1].op_id.hex()}"):
+            st.verify_integrity(verify_sigs=True)
+
+
+def test_integrity_edges_problems(db):
+    ops = hb_chain(10, 3)
+    with Store.open(db) as st:
+        st.put_many(ops)
+    # parents list that does not match the op
+    wrong = EdgeVal((*ops[0].parents, b"\x01" * 32), ops[0].author_pk, 1000, 0, 1).encode()
+    raw_edit(db, "edges", ops[0].op_id, wrong)
+    with (
+        Store.open(db) as st,
+        pytest.raises(StoreError, match=f"edges parents mismatch for {ops[0].op_id.hex()}"),
+    ):
+        st.verify_integrity()
+    raw_edit(db, "edges", ops[0].op_id, EdgeVal.of(ops[0]).encode())
+    # an edges row whose op row is gone
+    raw_edit(db, "ops", ops[2].op_id, None)
+    with Store.open(db) as st, pytest.raises(StoreError, match=f"edge without op {ops[2].op_id.hex()}"):
+        st.verify_integrity()
+
+
+def test_missing_edges_row_is_adopted_or_named(db):
+    ops = hb_chain(11, 3)
+    orphan = make_op(key_pair(1, b"o"), [b"\x77" * 32], Hlc(5, 0, 1), Data("mv:o:y", b"z"))
+    with Store.open(db) as st:
+        st.put_many([*ops, orphan])
+    raw_edit(db, "edges", ops[1].op_id, None)
+    raw_edit(db, "edges", orphan.op_id, None)
+    with Store.open(db) as st:  # adopt_ready re-creates the row of the op whose parents are stored
+        assert st.topo_ids() == [op.op_id for op in ops]
+        with pytest.raises(StoreError, match=f"op without edges row {orphan.op_id.hex()}"):
+            st.verify_integrity()
+    rows = raw_rows(db)
+    assert rows["edges"][ops[1].op_id] == EdgeVal.of(ops[1]).encode()
+
+
+def test_wrong_schema_is_refused(db):
+    Store.open(db).close()
+    raw_edit(db, "meta", b"schema_version", b"ecac:v9")
+    with pytest.raises(StoreError, match=r"^unknown schema_version; expected ecac:v1$"):
+        Store.open(db)
+
+
+def test_missing_store_without_create(db):
+    with pytest.raises(StoreError, match="does not exist"):
+        Store.open(db, create_if_missing=False)
+
+
+def test_locked_by_another_process(db):
+    Store.open(db).close()
+    code = textwrap.dedent(
+        f"""
+        import sys, time
+        from ecac.store import Store
+        st = Store.open({str(db)!r})
+        print("ready", flush=True)
+        sys.stdin.readline()
+        st.close()
+        """
+    )
+    p = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        with pytest.raises(StoreError, match=f"^store {db} is locked by another process$"):
+            Store.open(db)
+    finally:
+        p.communicate("\n", timeout=30)
+    Store.open(db).close()  # released again
+
+
+def test_close_then_reopen_same_process(db):
+    for _ in range(3):
+        st = Store.open(db)
+        list(st.iter_topo_ops())
+        st.close()
+        st.close()  # idempotent
+    with pytest.raises(StoreError, match="closed"):
+        st.db_uuid()
+
+
+def test_keyring_round_trip_and_max_version(db):
+    k1, k2 = os.urandom(32), os.urandom(32)
+    with Store.open(db) as st:
+        st.put_tag_key("confidential", 1, k1)
+        st.put_tag_key("confidential", 2, k2)
+    with Store.open(db) as st:
+        assert st.get_tag_key("confidential", 1) == k1
+        assert st.get_tag_key("confidential", 2) == k2
+        assert st.get_tag_key("other_tag", 1) is None
+        assert st.get_tag_key("confidential", 3) is None
+        assert st.max_key_version_for_tag("confidential") == 2
+    db2 = db.parent / "db2"
+    with Store.open(db2) as st:
+        st.put_tag_key("confidential", 5, k1)
+        st.put_tag_key("confidential", 7, k1)
+        st.put_tag_key("hv", 3, k2)
+        assert st.max_key_version_for_tag("confidential") == 7
+        assert st.max_key_version_for_tag("hv") == 3
+        assert st.max_key_version_for_tag("nope") is None
+        with pytest.raises(StoreError, match="must be 32 bytes, got 3"):
+            st.put_tag_key("hv", 1, b"abc")
+        with pytest.raises(StoreError, match="longer than 255"):
+            st.put_tag_key("x" * 256, 1, k1)
+    db3 = db.parent / "db3"
+    with Store.open(db3) as st:
+        st.put_tag_key("confidential", 1, k1)
+        st.put_tag_key("confidential", 1, k2)
+        assert st.get_tag_key("confidential", 1) == k2
+        assert st.max_key_version_for_tag("confidential") == 1
+    raw_edit(db3, "keys", keyring_key("bad", 1), b"short")
+    raw_edit(db3, "keys", b"\x09xx", b"")  # malformed key: skipped by the scan
+    with Store.open(db3) as st:
+        with pytest.raises(StoreError, match=r"key for \(bad, 1\) must be 32 bytes, got 5"):
+            st.get_tag_key("bad", 1)
+        assert st.max_key_version_for_tag("confidential") == 1
+
+
+def test_checkpoints_raw_and_resume_records(db):
+    rec = ResumeRecord(3, order_hash([b"a" * 32, b"b" * 32, b"c" * 32]), False)
+    with Store.open(db) as st:
+        assert st.checkpoint_latest() is None and st.checkpoint_list() == []
+        assert st.checkpoint_create_raw(b"\x01", b"\x02" * 32, 3, rec) == 1
+        assert st.checkpoint_create_raw(b"\x03", b"\x04" * 32, 5) == 2
+        assert st.checkpoint_latest() == (2, 5)
+        assert st.checkpoint_list() == [(1, 3), (2, 5)]
+        assert st.resume_record(1) == rec and st.resume_record(2) is None
+        assert st.checkpoint_blob(1) == CheckpointBlob(3, b"\x02" * 32, b"\x01")
+        with pytest.raises(StoreError, match=r"^checkpoint 9 not found$"):
+            st.checkpoint_blob(9)
+    rows = raw_rows(db)
+    assert rows["meta"][resume_key(1)] == rec.encode()
+    assert resume_key(1) == b"resume/0000000000000001"
+    assert ResumeRecord.decode(rec.encode()) == rec
+
+
+def test_topo_watermark(db):
+    with Store.open(db) as st:
+        assert st.topo_watermark() is None
+        st.set_topo_watermark(42)
+    with Store.open(db) as st:
+        assert st.topo_watermark() == 42
+
+
+def test_fast_decode_equals_strict_and_rejects_garbage():
+    ops = read_log((VECTORS / "fixtures/ops.cbor").read_bytes()) + hb_chain(12, 3)
+    for op in ops:
+        e = EdgeVal.of(op)
+        assert fast_decode_stored(op.cbor, op.op_id, e) == decode_op(op.cbor)
+        assert fast_decode_stored(op.cbor, op.op_id, e).sig == op.sig
+        accepted = 0
+        for i in range(len(op.cbor)):  # every single-bit corruption
+            bad = op.cbor[:i] + bytes([op.cbor[i] ^ 1]) + op.cbor[i + 1 :]
+            got = fast_decode_stored(bad, op.op_id, e)
+            if got is not None:  # only a changed signature byte passes: same as the strict decoder
+                accepted += 1
+                strict = decode_op(bad)
+                assert got == strict and got.sig == strict.sig and strict.computed_id() == op.op_id
+                assert got.sig != op.sig
+        assert accepted <= 64
+        other = EdgeVal(e.parents, e.author_pk, e.hlc_ms + 1000000, e.hlc_logical, e.hlc_node)
+        assert fast_decode_stored(op.cbor, op.op_id, other) is None
+
+
+def test_vc_cache_parity(db, tmp_path, monkeypatch):
+    from ecac.store import verified_vc_persist
+    from ecac.trust import load_file_trust
+    from ecac.vc import cred_hash, editor_claims, mint_vc, verify_vc_file
+
+    issuer = key_pair(1, b"issuer")
+    trust = tmp_path / "trust"
+    trust.mkdir()
+    (trust / "issuers.toml").write_text(f'[issuers]\nissuer-1 = "{bytes(issuer.verify_key).hex()}"\n')
+    jwt = mint_vc(issuer, editor_claims(b"\x01" * 32, nbf_ms=0, exp_ms=10**12))
+    h = cred_hash(jwt)
+    claims = verify_vc_file(jwt, *load_file_trust(trust))
+    with Store.open(db) as st:
+        st.persist_vc_raw(h, jwt)
+        st.verify_integrity(trust_dir=tmp_path / "absent")  # no trust file: parity skipped
+        with pytest.raises(StoreError, match=f"missing vc_verified for {h.hex()}"):
+            st.verify_integrity(trust_dir=trust)
+        st.persist_vc_verified(h, verified_vc_persist(claims))
+        st.verify_integrity(trust_dir=trust)
+        st.persist_vc_verified(h, b"\xa0")
+        with pytest.raises(StoreError, match=f"vc_verified mismatch for {h.hex()}"):
+            st.verify_integrity(trust_dir=trust)
+        st.persist_vc_verified(b"\x05" * 32, b"\xa0")
+        st.persist_vc_verified(h, verified_vc_persist(claims))
+        with pytest.raises(StoreError, match=f"vc_verified without vc_raw for {'05' * 32}"):
+            st.verify_integrity(trust_dir=trust)
+        st.persist_vc_raw(b"\x06" * 32, b"not a jwt")
+        with pytest.raises(StoreError, match=f"vc_raw failed to verify for {'06' * 32}"):
+            st.verify_integrity(trust_dir=trust)
+    monkeypatch.chdir(tmp_path)  # the default trust dir is ./trust, relative to the working directory
+    with Store.open(db) as st, pytest.raises(StoreError, match="vc_raw failed to verify"):
+        st.verify_integrity()
