@@ -414,3 +414,17 @@ def test_gate_building_scales_linearly():
 
     ratio = cost(big) / cost(small)
     assert ratio < 8, f"4x the log took {ratio:.1f}x the time (expected about 4x)"
+
+
+def test_spec_named_helpers_delegate():
+    from ecac import policy as pol
+
+    idx = idx_of(Epoch(HV, 0, 5, Hlc(0, 0, 0), Hlc(10, 0, 0)))
+    assert pol.is_permitted_at_pos(idx, USER_PK, SET_ADD, HV, 1, Hlc(1, 0, 0))
+    assert pol.deny_reason(idx, USER_PK, SET_ADD, HV, 7, Hlc(1, 0, 0)) == REVOKED_CRED
+    assert pol.subject_has_role_at(idx, USER_PK, "editor", 4, Hlc(9, 0, 0))
+    assert pol.role_active_at(idx, "editor", 4, Hlc(9, 0, 0))
+    assert not pol.role_active_at(idx, "issuer_admin", 4, Hlc(9, 0, 0))
+    assert not pol.issuer_admin_mode_active(idx, 4, Hlc(9, 0, 0))
+    assert not pol.author_is_issuer_admin_at(idx, USER_PK, 4, Hlc(9, 0, 0))
+    assert not pol.can_read_tag_version(idx, USER_PK, "hv", 1, 1, Hlc(1, 0, 0))

@@ -93,11 +93,21 @@ def _empty_map() -> Mapping:
 class EpochIndex:
     """Epochs grouped by ``(subject_pk, role)``, plus KeyGrant epochs per subject.
 
-    ``epochs[subject][role]`` lists epochs in the position order of their Grants.
+    ``epochs[subject][role]`` lists epochs in the position order of their Grants;
+    ``by_role`` (derived) lists every epoch of a role, so "is anyone issuer_admin here?"
+    does not scan all subjects.
     """
 
     epochs: Mapping[bytes, Mapping[str, tuple[Epoch, ...]]] = field(default_factory=_empty_map)
     key_epochs: Mapping[bytes, tuple[KeyEpoch, ...]] = field(default_factory=_empty_map)
+    by_role: Mapping[str, tuple[Epoch, ...]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        by_role: dict[str, list[Epoch]] = {}
+        for roles in self.epochs.values():
+            for role, eps in roles.items():
+                by_role.setdefault(role, []).extend(eps)
+        object.__setattr__(self, "by_role", MappingProxyType({r: tuple(e) for r, e in by_role.items()}))
 
     @classmethod
     def from_entries(
@@ -385,6 +395,35 @@ def explain(order: Sequence[Op]) -> list[Decision]:
         else:
             out.append((op, DENIED, gate.deny_reason(op.author_pk, d.action, d.tags, pos, op.hlc)))
     return out
+
+
+# --------------------------------------------------------------------------- spec-named helpers (§11.5–§11.8)
+
+
+def is_permitted_at_pos(
+    idx: EpochIndex, author: bytes, action: str, resource_tags: frozenset[str], pos: int, hlc: Hlc
+) -> bool:
+    return idx.is_permitted_at_pos(author, action, resource_tags, pos, hlc)
+
+
+def deny_reason(
+    idx: EpochIndex, author: bytes, action: str, resource_tags: frozenset[str], pos: int, hlc: Hlc
+) -> str:
+    return idx.deny_reason(author, action, resource_tags, pos, hlc)
+
+
+def can_read_tag_version(
+    idx: EpochIndex, subject: bytes, tag: str, key_version: int, pos: int, hlc: Hlc
+) -> bool:
+    return idx.can_read_tag_version(subject, tag, key_version, pos, hlc)
+
+
+def subject_has_role_at(idx: EpochIndex, subject: bytes, role: str, pos: int, hlc: Hlc) -> bool:
+    return idx.subject_has_role_at(subject, role, pos, hlc)
+
+
+def role_active_at(idx: EpochIndex, role: str, pos: int, hlc: Hlc) -> bool:
+    return idx.role_active_at(role, pos, hlc)
 
 
 def author_is_issuer_admin_at(idx: EpochIndex, author: bytes, pos: int, hlc: Hlc) -> bool:
