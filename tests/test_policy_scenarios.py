@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -32,8 +30,6 @@ from ecac.scenarios import (
 )
 from ecac.state import State
 from ecac.vc import cred_hash, editor_claims, mint_vc
-
-VECTORS = Path(os.environ.get("ECAC_VECTORS", Path(__file__).resolve().parents[2] / "shared/spec/vectors"))
 
 
 def verdicts(ops: list[Op]) -> list[tuple[str, str, str | None]]:
@@ -174,11 +170,8 @@ def test_issuer_admin_lockout_needs_the_self_issued_admin():
 # --------------------------------------------------------------------------- S1–S4 digests (core §16.1)
 
 
-def _expected_digests() -> dict[str, tuple[str, str]]:
-    path = VECTORS / "expected.json"
-    if not path.exists():
-        pytest.skip(f"spec vectors not found at {VECTORS}; set ECAC_VECTORS")
-    rows = json.loads(path.read_text())["state_digests"]
+def _expected_digests(vectors) -> dict[str, tuple[str, str]]:
+    rows = vectors.expected["state_digests"]
     out = {}
     for row in rows:
         for tag in ("S1", "S2", "S3", "S4"):
@@ -189,17 +182,17 @@ def _expected_digests() -> dict[str, tuple[str, str]]:
 
 
 @pytest.mark.parametrize("tag", ["S1", "S2", "S3", "S4"])
-def test_spec_scenario_digest(tag):
-    expected_json, expected_digest = _expected_digests()[tag]
+def test_spec_scenario_digest(vectors, tag):
+    expected_json, expected_digest = _expected_digests(vectors)[tag]
     state, digest = replay_full(SCENARIOS[tag.lower()]())
     assert state.to_json() == expected_json
     assert digest.hex() == expected_digest
 
 
 @pytest.mark.parametrize("tag", ["S1", "S2", "S3", "S4"])
-def test_spec_scenario_digest_is_key_independent(tag):
+def test_spec_scenario_digest_is_key_independent(vectors, tag):
     """The same scenario shapes with other keys give the same digest (no keys in the JSON)."""
-    expected_digest = _expected_digests()[tag][1]
+    expected_digest = _expected_digests(vectors)[tag][1]
     ops = _rebuild_with_keys(tag, key_pair(99, b"other-admin"), key_pair(99, b"other-user"))
     assert replay_full(ops)[1].hex() == expected_digest
 

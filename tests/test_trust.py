@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
-import os
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
@@ -31,23 +28,15 @@ from ecac.trust import (
 )
 from ecac.vc import mint_vc, verify_vc_inband
 
-VECTORS = Path(os.environ.get("ECAC_VECTORS", Path(__file__).resolve().parents[2] / "shared/spec/vectors"))
 PK = bytes(key_pair(3, b"trust-test").verify_key)
-
-
-def _vectors() -> Path:
-    if not (VECTORS / "expected.json").exists():
-        pytest.skip(f"spec vectors not found at {VECTORS}; set ECAC_VECTORS")
-    return VECTORS
 
 
 # --------------------------------------------------------------------------- issuers.toml
 
 
-def test_vector_trust_file_parses_as_expected():
-    v = _vectors()
-    expected = json.loads((v / "expected.json").read_text())["trust_file"]["vectors/trust/issuers.toml"]
-    store = TrustStore.load(v / "trust")
+def test_vector_trust_file_parses_as_expected(vectors):
+    expected = vectors.expected["trust_file"]["vectors/trust/issuers.toml"]
+    store = TrustStore.load(vectors.path("trust"))
     assert {k: key.hex() for k, key in store.issuers.items()} == expected["issuers"]
     assert dict(store.schemas) == expected["schemas"]
     assert store.schema("local-issuer-1") == "standard-v1"
@@ -101,9 +90,8 @@ def test_missing_trust_file_is_actionable(tmp_path):
 # --------------------------------------------------------------------------- status bits and files
 
 
-def test_status_bits_vector_cases_lsb_first():
-    v = _vectors()
-    cases = json.loads((v / "expected.json").read_text())["status_list_bits"]["cases"]
+def test_status_bits_vector_cases_lsb_first(vectors):
+    cases = vectors.expected["status_list_bits"]["cases"]
     for case in cases:
         chunks = [bytes.fromhex(c) for c in case["chunks_hex"]]
         # the file format is the concatenation of the bitset (one "chunk" of any size)
@@ -173,8 +161,8 @@ def chunk(data, index=0, sha=None, list_id="list-0", issuer="issuer-1", version=
     return make_op(signer, (), Hlc(ms, 0, 0), StatusListChunk(list_id, issuer, version, index, sha, data))
 
 
-def test_status_bits_vector_cases_through_trust_view():
-    cases = json.loads((_vectors() / "expected.json").read_text())["status_list_bits"]["cases"]
+def test_status_bits_vector_cases_through_trust_view(vectors):
+    cases = vectors.expected["status_list_bits"]["cases"]
     for case in cases:
         chunks = [bytes.fromhex(c) for c in case["chunks_hex"]]
         sha = hashlib.sha256(b"".join(chunks)).digest()

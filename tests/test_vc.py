@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import blake3
 import pytest
@@ -32,7 +30,6 @@ from ecac.vc import (
     verify_vc_m4,
 )
 
-VECTORS = Path(os.environ.get("ECAC_VECTORS", Path(__file__).resolve().parents[2] / "shared/spec/vectors"))
 ISSUER = key_pair(7, b"vc-test/issuer")
 OTHER = key_pair(7, b"vc-test/other")
 SUBJECT = key_pair(7, b"vc-test/subject")
@@ -461,21 +458,10 @@ def test_m4_rejects_bad_alg_and_padding():
 # --------------------------------------------------------------------------- file path and fixtures
 
 
-def _fixture(name: str) -> bytes:
-    path = VECTORS / "fixtures" / name
-    if not path.exists():
-        pytest.skip(f"spec vectors not found at {VECTORS}; set ECAC_VECTORS")
-    return path.read_bytes()
-
-
-def _expected() -> dict:
-    return json.loads((VECTORS / "expected.json").read_text())
-
-
 @pytest.mark.parametrize("name", ["example.jwt", "example2.jwt"])
-def test_fixture_jwt_facts(name):
-    tok = _fixture(name)
-    facts = _expected()["jwt"][f"fixtures/{name}"]
+def test_fixture_jwt_facts(vectors, name):
+    tok = vectors.read(f"fixtures/{name}")
+    facts = vectors.expected["jwt"][f"fixtures/{name}"]
     assert len(tok) == facts["file_size"] and not tok.endswith(b"\n")
     assert cred_hash(tok).hex() == facts["cred_hash_hex"]
     parsed = parse_compact(tok)
@@ -490,17 +476,17 @@ def test_fixture_jwt_facts(name):
 
 
 @pytest.mark.parametrize("name", ["example.jwt", "example2.jwt"])
-def test_fixture_against_trust_file_is_unknown_issuer(name):
-    tok = _fixture(name)
-    store = TrustStore.from_toml((VECTORS / "trust" / "issuers.toml").read_text())
+def test_fixture_against_trust_file_is_unknown_issuer(vectors, name):
+    tok = vectors.read(f"fixtures/{name}")
+    store = TrustStore.load(vectors.path("trust"))
     with pytest.raises(VcError) as ei:
         verify_vc_file(tok, store, MemoryStatusCache())
     assert ei.value.kind == "UnknownIssuer" and ei.value.detail == "oem-issuer-1"
     assert str(ei.value) == "UnknownIssuer(oem-issuer-1)"
 
 
-def test_fixture_signature_is_not_from_a_published_key():
-    tok = _fixture("example.jwt")
+def test_fixture_signature_is_not_from_a_published_key(vectors):
+    tok = vectors.read("fixtures/example.jwt")
     reject(tok, "BadSig", FakeTrust({"oem-issuer-1": bytes(ISSUER.verify_key)}))
 
 
