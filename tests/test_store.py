@@ -11,6 +11,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import settings as st_settings
+from hypothesis import strategies as st_
 
 from ecac.codec import dumps, loads
 from ecac.errors import StoreError
@@ -29,7 +32,6 @@ from ecac.store import (
     fast_decode_stored,
     keyring_key,
     open_rdict,
-    order_hash,
     resume_key,
 )
 
@@ -400,7 +402,7 @@ def test_keyring_round_trip_and_max_version(db):
 
 
 def test_checkpoints_raw_and_resume_records(db):
-    rec = ResumeRecord(3, order_hash([b"a" * 32, b"b" * 32, b"c" * 32]), False)
+    rec = ResumeRecord(3, bytes(range(32)), False)
     with Store.open(db) as st:
         assert st.checkpoint_latest() is None and st.checkpoint_list() == []
         assert st.checkpoint_create_raw(b"\x01", b"\x02" * 32, 3, rec) == 1
@@ -477,3 +479,160 @@ def test_vc_cache_parity(db, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the default trust dir is ./trust, relative to the working directory
     with Store.open(db) as st, pytest.raises(StoreError, match="vc_raw failed to verify"):
         st.verify_integrity()
+
+
+# --------------------------------------------------------------------------- replay from the store
+
+
+def _full(ops):
+    from ecac.dag import Dag
+    from ecac.replay import replay_full
+
+    return replay_full(Dag.from_ops(ops))
+
+
+@pytest.mark.parametrize("fixture", FIXTURES)
+def test_replay_from_store_matches_vectors(db, fixture):
+    from ecac.store import replay_from_store
+
+    ops = read_log((VECTORS / fixture).read_bytes())
+    log = EXPECTED["op_logs"][fixture]
+    with Store.open(db) as st:
+        st.put_many(list(reversed(ops)))
+    with Store.open(db) as st:
+        for kw in ({}, {"verify_sigs": True}, {"from_checkpoint": True}):
+            state, digest = replay_from_store(st, **kw)
+            assert state.to_json() == log["state_json"]
+            assert digest.hex() == log["state_digest_hex"]
+
+
+def test_replay_verify_sigs_detects_flipped_signature(db):
+    from ecac.store import replay_from_store
+
+    ops = hb_chain(13, 4)
+    with Store.open(db) as st:
+        st.put_many(ops)
+    obj = loads(ops[2].cbor)
+    obj["sig"][0] ^= 1
+    raw_edit(db, "ops", ops[2].op_id, dumps(obj))
+    with Store.open(db) as st:
+        assert replay_from_store(st)[1] == _full(ops)[1]  # not re-verified by default
+        with pytest.raises(StoreError, match=f"invalid signature for op {ops[2].op_id.hex()}"):
+            replay_from_store(st, verify_sigs=True)
+
+
+def test_replay_corrupt_op_names_it(db):
+    from ecac.store import replay_from_store
+
+    ops = hb_chain(14, 4)
+    with Store.open(db) as st:
+        st.put_many(ops)
+    changed = loads(ops[1].cbor)
+    changed["header"]["payload"]["Data"]["value"] = [1]
+    raw_edit(db, "ops", ops[1].op_id, dumps(changed))
+    with Store.open(db) as st, pytest.raises(StoreError, match=f"op_id mismatch for {ops[1].op_id.hex()}"):
+        replay_from_store(st)
+
+
+def test_checkpoint_resume_used_only_when_valid(db):
+    from ecac.dag import Dag
+    from ecac.replay import replay_full
+    from ecac.store import replay_store
+
+    ops = hb_chain(15, 60)
+    with Store.open(db) as st:
+        st.put_many(ops[:50])
+        dag = Dag.from_ops(ops[:50])
+        state, _ = replay_full(dag)
+        cid = st.checkpoint_create(state, 50, dag.topo_order())
+        assert st.checkpoint_load(cid)[0] == state and st.checkpoint_load(cid)[1] == 50
+        st.put_many(ops[50:])
+        res = replay_store(st, from_checkpoint=True)
+        assert (res.start, res.checkpoint_id) == (50, cid)
+        assert res.digest == _full(ops)[1] and res.state == _full(ops)[0]
+        # an op that sorts before the checkpoint position invalidates it
+        early = make_op(key_pair(1, b"early"), [], Hlc(5, 0, 0), Data("mv:o:x", b"early"))
+        st.put(early)
+        res = replay_store(st, from_checkpoint=True)
+        assert res.start == 0 and res.checkpoint_id is None
+        assert res.digest == _full([*ops, early])[1]
+        # a checkpoint without a resume record is never used
+        state2, _ = replay_full(Dag.from_ops([*ops, early]))
+        st.checkpoint_create(state2, 61)
+        assert replay_store(st, from_checkpoint=True).start == 0
+
+
+def test_checkpoint_digest_mismatch_and_missing(db):
+    from ecac.state import State
+
+    with Store.open(db) as st:
+        cid = st.checkpoint_create_raw(State().snapshot_cbor(), b"\x00" * 32, 0)
+        with pytest.raises(StoreError, match=r"^checkpoint digest mismatch$"):
+            st.checkpoint_load(cid)
+        with pytest.raises(StoreError, match=r"^checkpoint 7 not found$"):
+            st.checkpoint_load(7)
+
+
+@st_settings(max_examples=25, deadline=None)
+@given(
+    seed=st_.integers(0, 2**32),
+    n=st_.integers(2, 40),
+    splits=st_.lists(st_.floats(0, 1), min_size=1, max_size=3),
+    other_fraction=st_.sampled_from([0.0, 0.15, 0.4]),
+    random_hlc=st_.booleans(),
+    late=st_.sampled_from([0.0, 0.2, 1.0]),
+)
+def test_checkpoint_parity_random_splits_and_orders(
+    tmp_path_factory, seed, n, splits, other_fraction, random_hlc, late
+):
+    """Checkpoints at random points; ops arrive in generation order except a fraction
+    ``late`` that arrives in random order at the end (many then sort before a checkpoint
+    position); policy and retroactive kinds included: resume == full replay."""
+    import random
+
+    from ecac.dag import Dag
+    from ecac.replay import replay_full
+    from ecac.store import replay_store
+    from ecac.workloads import OTHER_KINDS, gen_random_dag
+
+    rng = random.Random(seed)
+    ops = gen_random_dag(
+        rng, n, random_hlc=random_hlc, other_kinds=OTHER_KINDS, other_fraction=other_fraction
+    )
+    moved = [op for op in ops if rng.random() < late]
+    rng.shuffle(moved)
+    arrival = [op for op in ops if op not in moved] + moved
+    cuts = sorted({int(f * n) for f in splits} | {n})
+    path = tmp_path_factory.mktemp("parity") / "db"
+    with Store.open(path) as st:
+        lo = 0
+        for cut in cuts:
+            st.put_many(arrival[lo:cut])
+            lo = cut
+            res = replay_store(st, from_checkpoint=True)
+            dag = Dag.from_ops(arrival[:cut])
+            full_state, full_digest = replay_full(dag)
+            assert res.digest == full_digest and res.state == full_state
+            assert st.topo_ids() == dag.topo_ids()
+            st.checkpoint_create(res.state, len(dag), dag.topo_order())
+
+
+def test_checkpoint_resume_happens_for_in_order_arrival(db):
+    """The property test above must not pass by always replaying in full."""
+    import random
+
+    from ecac.dag import Dag
+    from ecac.store import replay_store
+    from ecac.workloads import gen_random_dag
+
+    ops = gen_random_dag(random.Random(3), 40)
+    with Store.open(db) as st:
+        starts = []
+        for cut in (10, 20, 30, 40):
+            st.put_many(ops[cut - 10 : cut])
+            res = replay_store(st, from_checkpoint=True)
+            starts.append(res.start)
+            dag = Dag.from_ops(ops[:cut])
+            assert res.digest == _full(ops[:cut])[1]
+            st.checkpoint_create(res.state, len(dag), dag.topo_order())
+        assert starts == [0, 10, 20, 30]

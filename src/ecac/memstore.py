@@ -11,12 +11,21 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
 from ecac.codec import loads
 from ecac.errors import DecodeError, StoreError
-from ecac.op import REASON_ID_MISMATCH, Op, check_ops, decode_op, op_from_obj
+from ecac.op import (
+    REASON_ID_MISMATCH,
+    Op,
+    check_sigs,
+    decode_op,
+    decode_op_with_header,
+    op_from_obj,
+    op_id_of,
+)
 from ecac.opindex import OpIndex
 
 OnInvalid = Literal["raise", "skip"]
@@ -83,57 +92,90 @@ class OpStore(Protocol):
 # --------------------------------------------------------------------------- validation
 
 
-def _decode_for_put(data: bytes) -> Op:
-    """Strict decode without the canonical check, so that §1.4's checks run in its order."""
+def _decode_for_put(data: bytes) -> tuple[Op, bytes, bool]:
+    """Decode put input: ``(op, header_cbor, canonical)``; DecodeError as ``decode Op CBOR: …``.
+
+    Canonical input (the normal case) takes one strict decode that also yields the header
+    bytes to hash. Anything else is decoded again leniently, so that §1.4's checks still
+    run in its order (an invalid signature is reported before non-canonical bytes).
+    """
     try:
-        return op_from_obj(loads(data, "op"))
+        op, header = decode_op_with_header(data)
+        return op, header, True
+    except DecodeError:
+        pass
+    try:
+        op = op_from_obj(loads(data, "op"))
     except DecodeError as e:
         raise DecodeError(f"decode Op CBOR: {e}") from None
+    return op, op.header_bytes(), False
+
+
+_VERIFY_EXEC: ThreadPoolExecutor | None = None
+_CHUNK = 512
+
+
+def _verify_exec() -> ThreadPoolExecutor:
+    global _VERIFY_EXEC
+    if _VERIFY_EXEC is None:
+        _VERIFY_EXEC = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ecac-put-verify")
+    return _VERIFY_EXEC
 
 
 def validate_ops(
     items: Sequence[bytes | Op],
     stored_bytes: Callable[[bytes], bytes | None] = lambda _i: None,
 ) -> tuple[list[tuple[int, Op, bool]], list[PutRejection]]:
-    """Validate put input per store §1.4, verifying signatures in parallel.
+    """Validate put input per store §1.4; each op is verified once.
 
     Returns ``(ok, rejected)``. ``ok`` holds ``(index, op, known)`` for every input that
     passed, in input order; ``known`` is true when the store already holds exactly these
     bytes, in which case the op was not re-verified (the stored copy was verified at
-    ingest and identical bytes get the identical verdict).
+    ingest and identical bytes get the identical verdict). An ``Op`` is validated through
+    its ``cbor`` bytes, so its fields and the stored bytes cannot disagree.
+
+    Decoding (Python, holds the GIL) of one chunk overlaps signature checks of the
+    previous chunk (libsodium, releases the GIL, two threads via ``check_sigs``).
     """
     rejected: list[PutRejection] = []
-    decoded: list[tuple[int, Op, bytes | None]] = []
-    for i, item in enumerate(items):
-        if isinstance(item, Op):
-            if not item.cbor:
-                raise ValueError("put: Op without its canonical cbor bytes")
-            decoded.append((i, item, None))
-            continue
-        data = bytes(item)
-        try:
-            decoded.append((i, _decode_for_put(data), data))
-        except DecodeError as e:
-            rejected.append(PutRejection(i, None, str(e)))
-    known: set[int] = set()
-    to_check: list[tuple[int, Op, bytes | None]] = []
-    for i, op, data in decoded:
-        prev = stored_bytes(op.op_id)
-        if prev is not None and prev == (op.cbor if data is None else data):
-            known.add(i)
-        else:
-            to_check.append((i, op, data))
-    reasons = check_ops([op for _, op, _ in to_check])
-    bad: dict[int, PutRejection] = {}
-    for (i, op, data), reason in zip(to_check, reasons, strict=True):
-        hx = op.op_id.hex()
-        if reason is not None:
-            msg = REASON_ID_MISMATCH if reason == REASON_ID_MISMATCH else f"invalid signature for op {hx}"
-            bad[i] = PutRejection(i, op.op_id, msg)
-        elif data is not None and op.cbor != data:
-            bad[i] = PutRejection(i, op.op_id, f"non-canonical op encoding for {hx}")
-    ok = [(i, op, i in known) for i, op, _ in decoded if i not in bad]
-    rejected.extend(bad.values())
+    ok: list[tuple[int, Op, bool]] = []
+    pending: list[tuple[list[tuple[int, Op, bool]], Future[list[bool]]]] = []
+
+    def collect(entry: tuple[list[tuple[int, Op, bool]], Future[list[bool]]]) -> None:
+        checked, fut = entry
+        for (i, op, canonical), sig_good in zip(checked, fut.result(), strict=True):
+            if not sig_good:
+                rejected.append(PutRejection(i, op.op_id, f"invalid signature for op {op.op_id.hex()}"))
+            elif not canonical:
+                rejected.append(PutRejection(i, op.op_id, f"non-canonical op encoding for {op.op_id.hex()}"))
+            else:
+                ok.append((i, op, False))
+
+    for lo in range(0, len(items), _CHUNK):
+        checked: list[tuple[int, Op, bool]] = []
+        for i in range(lo, min(lo + _CHUNK, len(items))):
+            item = items[i]
+            data = item.cbor if isinstance(item, Op) else bytes(item)
+            try:
+                op, header, canonical = _decode_for_put(data)
+            except DecodeError as e:
+                rejected.append(PutRejection(i, None, str(e)))
+                continue
+            prev = stored_bytes(op.op_id)
+            if prev is not None and prev == data:
+                ok.append((i, op, True))
+            elif op_id_of(header) != op.op_id:
+                rejected.append(PutRejection(i, op.op_id, REASON_ID_MISMATCH))
+            else:
+                checked.append((i, op, canonical))
+        triples = [(op.author_pk, op.sig, op.op_id) for _, op, _ in checked]
+        fut = _verify_exec().submit(check_sigs, triples)
+        if pending:
+            collect(pending.pop())
+        pending.append((checked, fut))
+    if pending:
+        collect(pending.pop())
+    ok.sort(key=lambda t: t[0])
     rejected.sort(key=lambda r: r.index)
     return ok, rejected
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import gc
 import io
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,18 +27,22 @@ import cbor2
 from rocksdict import AccessType, Options, Rdict, WriteBatch, WriteOptions
 
 from ecac.codec import b2l, dumps, loads, struct_fields, to_bytes, to_u32, to_u64
+from ecac.dag import Dag
 from ecac.errors import DecodeError, EcacError, StoreError
 from ecac.hlc import Hlc
-from ecac.memstore import IndexedOpStore
+from ecac.memstore import IndexedOpStore, OpStore
 from ecac.op import (
     OP_DOMAIN,
-    POLICY_SWITCH_KINDS,
-    RETROACTIVE_KINDS,
+    REASON_ID_MISMATCH,
     Op,
+    check_ops,
     check_sigs,
     decode_op,
     decode_payload,
 )
+from ecac.replay import Replayer, ResumePoint, has_policy, replay_full
+from ecac.replay import order_hash as replay_order_hash
+from ecac.state import State
 
 #: the eight column families, in the reference's order (store §1.2)
 CF_NAMES = ("ops", "edges", "by_author", "vc_raw", "vc_verified", "checkpoints", "keys", "meta")
@@ -198,17 +202,12 @@ def verified_vc_persist(claims: Any) -> bytes:
     )
 
 
-def order_hash(ids: Iterable[bytes]) -> bytes:
-    """BLAKE3 over the concatenated op ids of an order."""
-    h = blake3.blake3()
-    for x in ids:
-        h.update(x)
-    return h.digest()
-
-
 # --------------------------------------------------------------------------- fast decode
 
 _SMALL = bytes(range(24))
+#: canonical CBOR of one uint 0..255 (the items of every byte array)
+_UINT8 = [bytes([b]) if b < 24 else bytes([0x18, b]) for b in range(256)]
+_ID_FIELD = b"\x65op_id\x98\x20"
 
 
 def _arr_len(b: bytes) -> int:
@@ -222,36 +221,44 @@ def _uint_len(v: int) -> int:
     return 1 if v < 24 else 2 if v < 256 else 3 if v < 65536 else 5 if v < 2**32 else 9
 
 
-def _payload_offset(parents: tuple[bytes, ...], ms: int, logical: int, node: int, author: bytes) -> int:
-    """Offset of the payload item in canonical op CBOR, computed from the header's other fields."""
-    n = len(parents)
-    off = 8 + 1 + 8 + (1 if n < 24 else 2 if n < 256 else 3) + sum(_arr_len(p) for p in parents)
-    off += 4 + 1 + 12 + _uint_len(ms) + 8 + _uint_len(logical) + 8 + _uint_len(node)
-    return off + 10 + _arr_len(author) + 8
+def _payload_offset(edge: EdgeVal) -> int:
+    """Offset of the payload item in canonical op CBOR, computed from the header's other fields.
+
+    Layout: ``a3 "header" a4 "parents" [..] "hlc" {..} "author_pk" [..] "payload"``.
+    """
+    ps = edge.parents
+    n = len(ps)
+    off = 17 + (1 if n < 24 else 2 if n < 256 else 3)
+    for p in ps:
+        off += _arr_len(p)
+    off += 33 + _uint_len(edge.hlc_ms) + _uint_len(edge.hlc_logical) + _uint_len(edge.hlc_node)
+    return off + 18 + _arr_len(edge.author_pk)
 
 
 def fast_decode_stored(data: bytes, op_id: bytes, edge: EdgeVal) -> Op | None:
     """Decode a stored op using its ``edges`` row for the header fields; None if anything is off.
 
-    Only the payload and signature are parsed; the header bytes are hashed and must give
-    ``op_id`` and the trailing ``op_id`` field must encode it, so a corrupted row is never
-    mistaken for a valid op (callers fall back to the strict ``decode_op``, which reports
-    the problem). The signature is not verified here (it was, at ingest).
+    Only the payload and signature are parsed. The header bytes are hashed and must give
+    ``op_id``, the trailing ``op_id`` field must encode it, and the parse must end exactly
+    at the end of the row, so the result always equals the strict decoder's or is None
+    (callers then fall back to ``decode_op``, which names the problem). The signature is
+    not verified here: it was, at ingest.
     """
     try:
-        off = _payload_offset(edge.parents, edge.hlc_ms, edge.hlc_logical, edge.hlc_node, edge.author_pk)
+        off = _payload_offset(edge)
         if data[off - 8 : off] != b"\x67payload" or data[:8] != b"\xa3\x66header":
             return None
         fp = io.BytesIO(data)
         fp.seek(off)
-        payload = decode_payload(cbor2.CBORDecoder(fp).decode())
+        dec = cbor2.CBORDecoder(fp)
+        payload = decode_payload(dec.decode())
         end = fp.tell()
         if data[end : end + 4] != b"\x63sig" or blake3.blake3(OP_DOMAIN + data[8:end]).digest() != op_id:
             return None
         fp.seek(end + 4)
-        sig = bytes(cbor2.CBORDecoder(fp).decode())
+        sig = bytes(dec.decode())
         tail = fp.tell()
-        if data[tail : tail + 6] != b"\x65op_id" or data[tail + 6 :] != dumps(b2l(op_id)):
+        if data[tail : tail + 8] != _ID_FIELD or data[tail + 8 :] != b"".join(map(_UINT8.__getitem__, op_id)):
             return None
     except (DecodeError, cbor2.CBORDecodeError, ValueError, TypeError, EOFError):
         return None
@@ -468,12 +475,13 @@ class Store(IndexedOpStore):
         with self._lock:
             ids = self._index.topo_slice(start)
         ops_cf = self._cfv("ops")
+        edges = self._edges
         for i in range(0, len(ids), _READ_CHUNK):
             chunk = ids[i : i + _READ_CHUNK]
             for op_id, data in zip(chunk, ops_cf.get(chunk), strict=True):
                 if data is None:
                     raise StoreError(f"missing op {op_id.hex()}")
-                op = fast_decode_stored(data, op_id, self._edges[op_id])
+                op = fast_decode_stored(data, op_id, edges[op_id])
                 yield op if op is not None else self._strict_stored(op_id, bytes(data))
 
     def _strict_stored(self, op_id: bytes, data: bytes) -> Op:
@@ -534,6 +542,60 @@ class Store(IndexedOpStore):
                 wb.put(resume_key(cid), resume.encode(), self._h["meta"])
             self._commit_batch(wb)
         return cid
+
+    def checkpoint_create(self, state: State, topo_idx: int, order: Sequence[Op] | None = None) -> int:
+        """Checkpoint ``state`` (store §1.9); with the ``order`` that produced it, also a resume record.
+
+        Without ``order`` the checkpoint can be loaded but is never resumed from.
+        """
+        rec = None
+        if order is not None:
+            if state.processed_count != len(order):
+                raise ValueError("state was not computed over this order")
+            rec = ResumeRecord(len(order), replay_order_hash(order), has_policy(order))
+        return self.checkpoint_create_raw(state.snapshot_cbor(), state.digest(), topo_idx, rec)
+
+    def checkpoint_create_point(self, point: ResumePoint) -> int:
+        """Checkpoint a replay ``ResumePoint`` (blob at ``topo_idx = k`` plus its resume record)."""
+        rec = ResumeRecord(point.k, point.order_hash, point.has_policy)
+        return self.checkpoint_create_raw(point.state_cbor, point.digest, point.k, rec)
+
+    def checkpoint_load(self, checkpoint_id: int) -> tuple[State, int]:
+        """``(state, topo_idx)``; ``checkpoint digest mismatch`` when the state does not match."""
+        blob = self.checkpoint_blob(checkpoint_id)
+        try:
+            state = State.from_snapshot_cbor(blob.state_cbor)
+        except DecodeError as e:
+            raise StoreError(f"checkpoint {checkpoint_id} is corrupt: {e}") from None
+        if state.digest() != blob.state_digest:
+            raise StoreError("checkpoint digest mismatch")
+        return state, blob.topo_idx
+
+    def checkpoint_points(self) -> list[tuple[int, ResumePoint]]:
+        """Checkpoints usable for resuming (with a consistent resume record), ascending by id.
+
+        The state is not decoded here; ``ResumePoint.restore`` checks its digest when used.
+        """
+        out = []
+        meta = self._cfv("meta")
+        for k, v in self._cfv("checkpoints").items():
+            if len(k) != 8:
+                continue
+            cid = int.from_bytes(k, "big")
+            raw = meta.get(resume_key(cid))
+            if raw is None:
+                continue
+            try:
+                rec = ResumeRecord.decode(bytes(raw))
+                blob = CheckpointBlob.decode(bytes(v))
+            except DecodeError:
+                continue
+            if rec.k != blob.topo_idx:
+                continue
+            out.append(
+                (cid, ResumePoint(rec.k, rec.order_hash, rec.has_policy, blob.state_cbor, blob.state_digest))
+            )
+        return out
 
     def checkpoint_blob(self, checkpoint_id: int) -> CheckpointBlob:
         v = self._cfv("checkpoints").get(checkpoint_key(checkpoint_id))
@@ -711,19 +773,91 @@ def _check_sig_chunk(items: list[tuple[bytes, bytes, bytes]]) -> None:
             raise StoreError(f"signature invalid for {op_id.hex()}")
 
 
-# --------------------------------------------------------------------------- resume decisions
+# --------------------------------------------------------------------------- replay from the store
 
 
-def resumable(order: Sequence[bytes], kinds_after: Iterable[str], rec: ResumeRecord) -> bool:
-    """Core §8.4's three conditions for continuing from a state saved over order ``P``.
+def load_dag(store: OpStore, verify_sigs: bool = False) -> Dag:
+    """A DAG of the store's complete ops, streamed in topo order.
 
-    ``order`` is the current order ``N``; ``kinds_after`` the payload kinds of ``N[k:]``.
+    Signatures were verified at ingest and are not checked again unless ``verify_sigs``
+    (then op ids are recomputed and signatures verified; a failure is a StoreError).
     """
-    if rec.k > len(order) or order_hash(order[: rec.k]) != rec.order_hash:
-        return False
-    for kind in kinds_after:
-        if kind in RETROACTIVE_KINDS:
-            return False
-        if not rec.has_policy and kind in POLICY_SWITCH_KINDS:
-            return False
-    return True
+    dag = Dag()
+    insert = dag.insert
+    chunk: list[Op] = []
+    gc_was = gc.isenabled()
+    gc.disable()  # hundreds of thousands of long-lived objects: collections would only rescan them
+    try:
+        for op in store.iter_topo_ops():
+            if verify_sigs:
+                chunk.append(op)
+                if len(chunk) >= 4096:
+                    _verify_chunk(chunk)
+                    chunk = []
+            insert(op)
+        if chunk:
+            _verify_chunk(chunk)
+    finally:
+        if gc_was:
+            gc.enable()
+    return dag
+
+
+def _verify_chunk(ops: Sequence[Op]) -> None:
+    for op, reason in zip(ops, check_ops(ops), strict=True):
+        if reason == REASON_ID_MISMATCH:
+            raise StoreError(f"op_id mismatch for {op.op_id.hex()}")
+        if reason is not None:
+            raise StoreError(f"invalid signature for op {op.op_id.hex()}")
+
+
+@dataclass(frozen=True, slots=True)
+class StoreReplay:
+    """Result of a replay from the store: state, digest, and where it started.
+
+    ``start`` is the number of ops taken from a checkpoint (0 for a full replay) and
+    ``checkpoint_id`` that checkpoint, or None.
+    """
+
+    state: State
+    digest: bytes
+    start: int
+    checkpoint_id: int | None
+
+
+def replay_store(store: Store, from_checkpoint: bool = False, verify_sigs: bool = False) -> StoreReplay:
+    """Replay the store's complete ops; the result always equals a full replay.
+
+    With ``from_checkpoint``, continue from the newest checkpoint whose resume record
+    satisfies core §8.4 against the current order (the ``Replayer`` falls back to older
+    ones, then to a full replay); checkpoints without a record are never used.
+    """
+    dag = load_dag(store, verify_sigs)
+    points = store.checkpoint_points() if from_checkpoint else []
+    if not points:
+        state, digest = replay_full(dag)
+        return StoreReplay(state, digest, 0, None)
+    newest_id, newest = points[-1]
+    try:
+        r = Replayer.from_point(newest, max_points=len(points))
+    except DecodeError as e:
+        raise StoreError(f"checkpoint {newest_id}: {e}") from None
+    for _, p in points[:-1]:
+        r.add_point(p)
+    try:
+        state, digest = r.apply(dag)
+    except DecodeError as e:
+        raise StoreError(f"checkpoint: {e}") from None
+    start = r.last_start
+    used = None
+    if start:
+        used = max(cid for cid, p in points if p.k == start)
+    return StoreReplay(state, digest, start, used)
+
+
+def replay_from_store(
+    store: Store, from_checkpoint: bool = False, verify_sigs: bool = False
+) -> tuple[State, bytes]:
+    """``(state, digest)`` of ``replay_store`` (the ``replay-from-store`` command)."""
+    res = replay_store(store, from_checkpoint, verify_sigs)
+    return res.state, res.digest
