@@ -34,7 +34,11 @@ _UNPLACED = 1 << 62  # position of an activated op not yet placed in the order
 
 
 class _Node:
-    """An activated op with its index data; ``children`` lists child nodes once per parent entry."""
+    """An activated op with its index data.
+
+    ``children`` holds the child nodes once per parent entry: None, a single node (the
+    common case, no list allocated) or a list.
+    """
 
     __slots__ = ("chain", "children", "deg", "idx", "op", "pos", "summary")
 
@@ -43,9 +47,18 @@ class _Node:
         self.chain = chain
         self.idx = idx
         self.summary = summary
-        self.children: list[_Node] | None = None
+        self.children: _Node | list[_Node] | None = None
         self.pos = _UNPLACED
         self.deg = 0
+
+
+def _kids(n: _Node) -> tuple[_Node, ...] | list[_Node]:
+    ch = n.children
+    if ch is None:
+        return ()
+    if type(ch) is _Node:
+        return (ch,)
+    return ch  # type: ignore[return-value]
 
 
 class _Pending:
@@ -173,7 +186,9 @@ class Dag:
         for pn in parents:
             ch = pn.children
             if ch is None:
-                pn.children = [node]
+                pn.children = node
+            elif type(ch) is _Node:
+                pn.children = [ch, node]
             else:
                 ch.append(node)
         nodes[op.op_id] = node
@@ -207,9 +222,9 @@ class Dag:
     def children(self, op_id: bytes) -> list[bytes]:
         """Child ids of an activated op, once per parent entry, in activation order."""
         n = self._nodes.get(op_id)
-        if n is None or n.children is None:
+        if n is None:
             return []
-        return [c.op.op_id for c in n.children]
+        return [c.op.op_id for c in _kids(n)]
 
     def hb(self, a: bytes, b: bytes) -> bool:
         """True iff ``a`` is a strict ancestor of ``b`` (both activated); O(1)."""
@@ -292,11 +307,10 @@ class Dag:
             if best_key is None or key > best_key:
                 best, best_key = op, key
             new_pmax.append(best)  # type: ignore[arg-type]
-            if n.children is not None:
-                for c in n.children:
-                    c.deg -= 1
-                    if c.deg == 0:
-                        heappush(ready, (c.op.sort_key(), c))
+            for c in _kids(n):
+                c.deg -= 1
+                if c.deg == 0:
+                    heappush(ready, (c.op.sort_key(), c))
         if len(new_tail) != len(rest):  # cannot happen: activated ops form a closed DAG
             raise AssertionError("topological sort lost ops")
         self._order = order[:j] + new_tail

@@ -8,6 +8,7 @@ fields, never over received bytes (core §4).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -408,7 +409,8 @@ def _payload_from_fields(name: str, body: Any) -> Payload:
     optional = ("prev_key_id",) if name == "IssuerKey" else ()
     f = struct_fields(body, _PAYLOAD_FIELDS[name], w, optional)
     if name == "Data":
-        return Data(to_text(f[0], f"{w}.key"), to_bytes(f[1], f"{w}.value"))
+        # keys repeat across ops; interned (mortal) strings keep one copy in memory
+        return Data(sys.intern(to_text(f[0], f"{w}.key")), to_bytes(f[1], f"{w}.value"))
     if name == "Credential":
         fmt = f[2]
         if fmt != "Jwt" and fmt != {"Jwt": None}:
@@ -492,29 +494,53 @@ _OP_FIELDS = ("header", "sig", "op_id")
 _FLAT_FIELDS = ("parents", "hlc", "author_pk", "payload", "sig", "op_id")
 
 
+_SHARED: dict[bytes, bytes] = {}
+_SHARED_MAX = 4096
+
+
+def _shared(b: bytes) -> bytes:
+    """One bytes object per recently decoded author key or op id (parents usually name a recent op).
+
+    Only memory is affected: a long log keeps one copy of each author key and of each parent
+    id instead of one per op. The table is bounded and simply cleared when full.
+    """
+    got = _SHARED.get(b)
+    if got is None:
+        if len(_SHARED) >= _SHARED_MAX:
+            _SHARED.clear()
+        _SHARED[b] = got = b
+    return got
+
+
 def _parents(obj: Any) -> tuple[bytes, ...]:
     if not isinstance(obj, list | tuple):
         raise DecodeError("header.parents: expected an array of op ids")
-    return tuple(to_bytes(p, "header.parents[]", ID_LEN) for p in obj)
+    return tuple([_shared(to_bytes(p, "header.parents[]", ID_LEN)) for p in obj])
 
 
-def _build(parents: Any, hlc: Any, author: Any, payload: Any, sig: Any, op_id: Any) -> tuple[Op, bytes]:
-    """The typed op and its re-encoded header CBOR (what the op_id is checked against)."""
+def _typed(
+    parents: Any, hlc: Any, author: Any, payload: Any, sig: Any, op_id: Any
+) -> tuple[tuple[bytes, ...], Hlc, bytes, Payload, bytes, bytes, bytes]:
+    """The typed fields and the header CBOR re-encoded from them (what the op_id is checked against)."""
     ps = _parents(parents)
     h = Hlc() if hlc is None else decode_hlc(hlc, "header.hlc")
-    pk = to_bytes(author, "header.author_pk", 32)
+    pk = _shared(to_bytes(author, "header.author_pk", 32))
     pl = decode_payload(payload)
     s = to_bytes(sig, "sig")
-    oid = to_bytes(op_id, "op_id", ID_LEN)
-    header_cbor = dumps(header_obj(ps, h, pk, pl))
-    return Op(ps, h, pk, pl, s, oid, _op_cbor(header_cbor, s, oid)), header_cbor
+    oid = _shared(to_bytes(op_id, "op_id", ID_LEN))
+    return ps, h, pk, pl, s, oid, dumps(header_obj(ps, h, pk, pl))
+
+
+def _build(parents: Any, hlc: Any, author: Any, payload: Any, sig: Any, op_id: Any) -> Op:
+    ps, h, pk, pl, s, oid, header_cbor = _typed(parents, hlc, author, payload, sig, op_id)
+    return Op(ps, h, pk, pl, s, oid, _op_cbor(header_cbor, s, oid))
 
 
 def op_from_obj(obj: Any) -> Op:
     """The nested ``{header, sig, op_id}`` form, in any accepted encoding; re-encoded canonically."""
     header, sig, op_id = struct_fields(obj, _OP_FIELDS, "op")
     parents, hlc, author, payload = struct_fields(header, _HEADER_FIELDS, "op.header", optional=("hlc",))
-    return _build(parents, hlc, author, payload, sig, op_id)[0]
+    return _build(parents, hlc, author, payload, sig, op_id)
 
 
 def flat_op_from_obj(obj: Any) -> Op:
@@ -524,7 +550,7 @@ def flat_op_from_obj(obj: Any) -> Op:
     parents, hlc, author, payload, sig, op_id = struct_fields(
         obj, _FLAT_FIELDS, "flat op", optional=("parents", "hlc")
     )
-    return _build([] if parents is None else parents, hlc, author, payload, sig, op_id)[0]
+    return _build([] if parents is None else parents, hlc, author, payload, sig, op_id)
 
 
 def decode_op_with_header(data: bytes) -> tuple[Op, bytes]:
@@ -532,10 +558,12 @@ def decode_op_with_header(data: bytes) -> tuple[Op, bytes]:
     obj = loads(data, "op")
     header, sig, op_id = struct_fields(obj, _OP_FIELDS, "op")
     parents, hlc, author, payload = struct_fields(header, _HEADER_FIELDS, "op.header", optional=("hlc",))
-    op, header_cbor = _build(parents, hlc, author, payload, sig, op_id)
-    if op.cbor != bytes(data):
-        raise DecodeError(f"non-canonical op encoding for {op.op_id.hex()}")
-    return op, header_cbor
+    ps, h, pk, pl, s, oid, header_cbor = _typed(parents, hlc, author, payload, sig, op_id)
+    raw = bytes(data)
+    if _op_cbor(header_cbor, s, oid) != raw:
+        raise DecodeError(f"non-canonical op encoding for {oid.hex()}")
+    # keep the caller's bytes object (equal to the canonical encoding): no second copy per op
+    return Op(ps, h, pk, pl, s, oid, raw), header_cbor
 
 
 def decode_op(data: bytes) -> Op:
