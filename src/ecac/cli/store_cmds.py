@@ -1,9 +1,256 @@
-"""CLI commands of one area (see ecac.cli)."""
+"""Store CLI commands (store §3.3): op-append, replay-from-store, checkpoints, verify-store, status.
+
+Every command takes ``--db/-d DIR`` and creates the store when it is missing (reference
+behaviour). Outputs are exactly the reference's lines; errors are ``EcacError``s, which
+the CLI prints as ``Error: <message>`` with exit code 1.
+"""
 
 from __future__ import annotations
 
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
 import click
+
+from ecac.errors import EcacError
+from ecac.memstore import PutRejectedError
+from ecac.op import Op, read_log
+from ecac.replay import replay_full
+from ecac.store import Store, load_dag, replay_store
+
+DEFAULT_BATCH = 1024
+
+db_option = click.option(
+    "--db",
+    "-d",
+    "db",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Store directory (created if missing).",
+)
+
+
+@contextmanager
+def opened(db: Path, *, read_only: bool = False) -> Iterator[Store]:
+    """Open the store for one command and always close it."""
+    st = Store.open(db, create_if_missing=not read_only, read_only=read_only)
+    try:
+        yield st
+    finally:
+        st.close()
+
+
+# --------------------------------------------------------------------------- op-append
+
+
+def op_files(paths: tuple[Path, ...]) -> list[Path]:
+    """Files to append: each file as given; a directory's ``*.cbor`` files (non-recursive, sorted)."""
+    out: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            out.extend(sorted(f for f in p.iterdir() if f.is_file() and f.suffix == ".cbor"))
+        else:
+            out.append(p)
+    return out
+
+
+def read_op_file(path: Path) -> list[Op]:
+    """Tolerant read (list of ops, op, list of flat ops, flat op), canonically re-encoded."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise EcacError(f"{path}: cannot read: {e.strerror or e}") from None
+    return read_log(data, str(path))
+
+
+def append_ops(
+    st: Store, ops: list[Op], batch: int, on_appended: Callable[[bytes], None] = lambda _i: None
+) -> int:
+    """Put ``ops`` in batches (one synced write each); the first invalid op aborts.
+
+    Ops before the failing one stay stored, as with the reference's one-put-per-op loop.
+    """
+    done = 0
+    for lo in range(0, len(ops), batch):
+        part = ops[lo : lo + batch]
+        try:
+            st.put_many([op.cbor for op in part])
+        except PutRejectedError as e:
+            good = part[: e.rejection.index]
+            if good:
+                st.put_many([op.cbor for op in good])
+            for op in good:
+                on_appended(op.op_id)
+            raise
+        for op in part:
+            on_appended(op.op_id)
+        done += len(part)
+    return done
+
+
+@click.command("op-append")
+@db_option
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--batch-size", default=DEFAULT_BATCH, show_default=True, type=click.IntRange(1, 1 << 20))
+@click.option("--quiet", "-q", is_flag=True, help="Do not print an `appended <id>` line per op.")
+def op_append_cmd(db: Path, inputs: tuple[Path, ...], batch_size: int, quiet: bool) -> None:
+    """Append op files (or directories of *.cbor files) to the store, validating every op."""
+    ops: list[Op] = []
+    unreadable: EcacError | None = None
+    for f in op_files(inputs):
+        try:
+            ops.extend(read_op_file(f))
+        except EcacError as e:  # ops of the files before it are still appended, then this fails
+            unreadable = e
+            break
+    with opened(db) as st:
+        _append_with_feedback(st, ops, batch_size, quiet)
+    if unreadable is not None:
+        raise unreadable
+
+
+def _append_with_feedback(st: Store, ops: list[Op], batch_size: int, quiet: bool) -> None:
+    """``append_ops`` with ``appended`` lines and, on a terminal, a progress bar."""
+    if not (sys.stderr.isatty() and len(ops) > batch_size):
+        emit = (lambda _i: None) if quiet else (lambda i: click.echo(f"appended {i.hex()}", err=True))
+        append_ops(st, ops, batch_size, emit)
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    console = Console(stderr=True)
+    columns = (TextColumn("appending"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task("ops", total=len(ops))
+
+        def emit_bar(op_id: bytes) -> None:
+            if not quiet:
+                bar.console.print(f"appended {op_id.hex()}", highlight=False, soft_wrap=True)
+            bar.advance(task)
+
+        append_ops(st, ops, batch_size, emit_bar)
+
+
+# --------------------------------------------------------------------------- replay and checkpoints
+
+
+@click.command("replay-from-store")
+@db_option
+@click.option(
+    "--from-checkpoint", is_flag=True, help="Resume from the newest checkpoint that is still valid."
+)
+@click.option("--verify-sigs", is_flag=True, help="Re-verify every op's signature (done at ingest already).")
+def replay_from_store_cmd(db: Path, from_checkpoint: bool, verify_sigs: bool) -> None:
+    """Replay the store's ops: the state JSON, then digest=<hex>."""
+    with opened(db) as st:
+        res = replay_store(st, from_checkpoint=from_checkpoint, verify_sigs=verify_sigs)
+    click.echo(res.state.to_json())
+    click.echo(f"digest={res.digest.hex()}")
+
+
+@click.command("checkpoint-create")
+@db_option
+def checkpoint_create_cmd(db: Path) -> None:
+    """Replay the store in full and save a checkpoint; prints its id."""
+    with opened(db) as st:
+        dag = load_dag(st)
+        state, _ = replay_full(dag)
+        order = dag.topo_order()
+        cid = st.checkpoint_create(state, len(order), order)
+    click.echo(str(cid))
+
+
+@click.command("checkpoint-list")
+@db_option
+def checkpoint_list_cmd(db: Path) -> None:
+    """The latest checkpoint: `latest: <id> @ topo_idx=<n>`, or `(no checkpoints)`."""
+    with opened(db) as st:
+        latest = st.checkpoint_latest()
+    if latest is None:
+        click.echo("(no checkpoints)")
+    else:
+        click.echo(f"latest: {latest[0]} @ topo_idx={latest[1]}")
+
+
+@click.command("checkpoint-load")
+@db_option
+@click.argument("checkpoint_id", type=click.IntRange(0, 2**64 - 1))
+def checkpoint_load_cmd(db: Path, checkpoint_id: int) -> None:
+    """Print a checkpoint's state JSON (its topo_idx goes to stderr)."""
+    with opened(db) as st:
+        state, topo_idx = st.checkpoint_load(checkpoint_id)
+    click.echo(state.to_json())
+    click.echo(f"checkpoint_topo_idx={topo_idx}", err=True)
+
+
+@click.command("verify-store")
+@db_option
+@click.option("--verify-sigs", is_flag=True, help="Also re-verify every op's signature.")
+def verify_store_cmd(db: Path, verify_sigs: bool) -> None:
+    """Check the store's integrity (store §1.10); prints OK."""
+    with opened(db) as st:
+        st.verify_integrity(verify_sigs=verify_sigs)
+    click.echo("OK")
+
+
+# --------------------------------------------------------------------------- status
+
+
+def local_status(st: Store) -> dict[str, Any]:
+    """Status of a local store; the state digest comes from a (checkpoint-resumed) replay."""
+    res = replay_store(st, from_checkpoint=True)
+    latest = st.checkpoint_latest()
+    return {
+        "op_count": st.complete_count(),
+        "stored_ops": st.op_count(),
+        "pending_ops": st.pending_count(),
+        "head_count": st.index.head_count(),
+        "heads": [h.hex() for h in st.heads(8)],
+        "topo_watermark": st.topo_watermark(),
+        "state_digest": res.digest.hex(),
+        "latest_checkpoint": None if latest is None else {"id": latest[0], "topo_idx": latest[1]},
+    }
+
+
+def render_status(status: dict[str, Any], as_json: bool) -> str:
+    """One JSON object, or ``key: value`` lines (the same keys) for people."""
+    if as_json:
+        return json.dumps(status, separators=(",", ":"))
+    lines = []
+    for k, v in status.items():
+        if isinstance(v, list):
+            v = ", ".join(v) if v else "-"
+        elif isinstance(v, dict):
+            v = " ".join(f"{a}={b}" for a, b in v.items())
+        elif v is None:
+            v = "-"
+        lines.append(f"{k}: {v}")
+    return "\n".join(lines)
+
+
+@click.command("status")
+@db_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of key: value lines.")
+def status_cmd(db: Path, as_json: bool) -> None:
+    """Ops, heads, pending ops, watermark, latest checkpoint and state digest of a store."""
+    with opened(db) as st:
+        status = local_status(st)
+    click.echo(render_status(status, as_json))
 
 
 def register(group: click.Group) -> None:
     """Add this area's commands to the top-level group."""
+    for cmd in (
+        op_append_cmd,
+        replay_from_store_cmd,
+        checkpoint_create_cmd,
+        checkpoint_list_cmd,
+        checkpoint_load_cmd,
+        verify_store_cmd,
+        status_cmd,
+    ):
+        group.add_command(cmd)

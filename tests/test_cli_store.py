@@ -1,0 +1,209 @@
+"""Store CLI commands: exact outputs and exit codes (store §3.3)."""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from ecac.cli import cli
+from ecac.codec import dumps, loads
+from ecac.errors import EcacError
+from ecac.op import encode_ops
+from ecac.store import open_rdict
+from ecac.workloads import gen_hb_chain
+
+FIXTURES = [
+    "fixtures/ops.cbor",
+    "fixtures/hb_chain.cbor",
+    "fixtures/mv_concurrent.cbor",
+    "fixtures/orset_races.cbor",
+]
+ECAC = [sys.executable, "-c", "from ecac.cli import main; main()"]
+
+
+def run(*args: str):
+    return CliRunner().invoke(cli, list(args))
+
+
+def ok(*args: str):
+    r = run(*args)
+    assert r.exception is None, (r.exception, r.stderr)
+    assert r.exit_code == 0
+    return r
+
+
+def fails(msg: str, *args: str, prefix: bool = False):
+    r = run(*args)
+    assert isinstance(r.exception, EcacError), r.exception
+    assert str(r.exception).startswith(msg) if prefix else str(r.exception) == msg
+    return r
+
+
+@pytest.mark.parametrize("fixture", FIXTURES)
+def test_append_then_replay_equals_file_replay(tmp_path, vectors, fixture):
+    db = str(tmp_path / "db")
+    path = str(vectors.path(fixture))
+    r = ok("op-append", "--db", db, path)
+    ids = [o["op_id_hex"] for o in vectors.op_logs[fixture]["ops_in_file_order"]]
+    assert r.stderr.splitlines() == [f"appended {h}" for h in ids]
+    assert r.stdout == ""
+    want = ok("replay", path).stdout
+    log = vectors.op_logs[fixture]
+    assert want == f"{log['state_json']}\ndigest={log['state_digest_hex']}\n"
+    assert ok("replay-from-store", "-d", db).stdout == want
+    assert ok("replay-from-store", "-d", db, "--verify-sigs").stdout == want
+    assert ok("replay-from-store", "-d", db, "--from-checkpoint").stdout == want
+    assert ok("verify-store", "-d", db).stdout == "OK\n"
+    assert ok("verify-store", "-d", db, "--verify-sigs").stdout == "OK\n"
+
+
+def test_append_directory_sorted_non_recursive(tmp_path):
+    ops = gen_hb_chain(21, 4)
+    d = tmp_path / "in"
+    (d / "sub").mkdir(parents=True)
+    (d / "b.op.cbor").write_bytes(encode_ops(ops[2:4]))
+    (d / "a.cbor").write_bytes(ops[1].cbor)  # a single op, not a list
+    (d / "0.cbor").write_bytes(ops[0].cbor)
+    (d / "notes.txt").write_bytes(b"ignored")
+    (d / "sub" / "x.cbor").write_bytes(b"ignored too")
+    r = ok("op-append", "-d", str(tmp_path / "db"), str(d))
+    assert r.stderr.splitlines() == [f"appended {op.op_id.hex()}" for op in ops]
+    r = ok("op-append", "-d", str(tmp_path / "db2"), "--quiet", "--batch-size", "1", str(d))
+    assert r.stderr == ""
+    assert ok("status", "-d", str(tmp_path / "db2"), "--json").stdout.count('"op_count":4') == 1
+
+
+def test_append_first_failure_aborts_earlier_ops_stay(tmp_path):
+    ops = gen_hb_chain(22, 5)
+    bad = loads(ops[2].cbor)
+    bad["sig"][0] ^= 1
+    payload = b"\x85" + ops[0].cbor + ops[1].cbor + dumps(bad) + ops[3].cbor + ops[4].cbor
+    f = tmp_path / "log.cbor"
+    f.write_bytes(payload)
+    for batch in ("1", "2", "1024"):
+        db = str(tmp_path / f"db{batch}")
+        r = fails(
+            f"invalid signature for op {ops[2].op_id.hex()}",
+            "op-append",
+            "-d",
+            db,
+            "--batch-size",
+            batch,
+            str(f),
+        )
+        assert r.stderr.splitlines() == [f"appended {op.op_id.hex()}" for op in ops[:2]]
+        st = json.loads(ok("status", "-d", db, "--json").stdout)
+        assert st["op_count"] == 2 and st["stored_ops"] == 2
+
+
+def test_append_unreadable_file_after_good_ones(tmp_path):
+    ops = gen_hb_chain(23, 2)
+    (tmp_path / "a.cbor").write_bytes(encode_ops(ops))
+    (tmp_path / "b.cbor").write_bytes(b"\xff\x00garbage")
+    db = str(tmp_path / "db")
+    msg = f"{tmp_path / 'b.cbor'}: not a CBOR Vec<Op> or Op"
+    r = fails(msg, "op-append", "-d", db, str(tmp_path), prefix=True)
+    assert len(r.stderr.splitlines()) == 2
+    assert json.loads(ok("status", "-d", db, "--json").stdout)["op_count"] == 2
+
+
+def test_checkpoint_commands(tmp_path):
+    ops = gen_hb_chain(24, 30)
+    f1, f2 = tmp_path / "p1.cbor", tmp_path / "p2.cbor"
+    f1.write_bytes(encode_ops(ops[:20]))
+    f2.write_bytes(encode_ops(ops[20:]))
+    db = str(tmp_path / "db")
+    assert ok("checkpoint-list", "-d", db).stdout == "(no checkpoints)\n"
+    ok("op-append", "-d", db, "-q", str(f1))
+    assert ok("checkpoint-create", "-d", db).stdout == "1\n"
+    assert ok("checkpoint-list", "-d", db).stdout == "latest: 1 @ topo_idx=20\n"
+    r = ok("checkpoint-load", "-d", db, "1")
+    prefix = ok("replay-from-store", "-d", db).stdout.splitlines()[0]
+    assert r.stdout == prefix + "\n" and r.stderr == "checkpoint_topo_idx=20\n"
+    ok("op-append", "-d", db, "-q", str(f2))
+    full = ok("replay-from-store", "-d", db).stdout
+    assert ok("replay-from-store", "-d", db, "--from-checkpoint").stdout == full
+    assert ok("checkpoint-create", "-d", db).stdout == "2\n"
+    assert ok("checkpoint-list", "-d", db).stdout == "latest: 2 @ topo_idx=30\n"
+    fails("checkpoint 3 not found", "checkpoint-load", "-d", db, "3")
+    status = json.loads(ok("status", "-d", db, "--json").stdout)
+    assert status["latest_checkpoint"] == {"id": 2, "topo_idx": 30}
+    assert status["state_digest"] == full.splitlines()[1].removeprefix("digest=")
+
+
+def test_status_keys_and_orphans(tmp_path):
+    ops = gen_hb_chain(25, 4)
+    f = tmp_path / "x.cbor"
+    f.write_bytes(encode_ops([ops[0], ops[2], ops[3]]))  # ops 2 and 3 wait for op 1
+    db = str(tmp_path / "db")
+    ok("op-append", "-d", db, "-q", str(f))
+    s = json.loads(ok("status", "-d", db, "--json").stdout)
+    for key in (
+        "op_count",
+        "head_count",
+        "topo_watermark",
+        "state_digest",
+        "latest_checkpoint",
+        "pending_ops",
+    ):
+        assert key in s
+    assert (s["op_count"], s["pending_ops"], s["stored_ops"], s["head_count"]) == (1, 2, 3, 1)
+    assert s["heads"] == [ops[0].op_id.hex()] and s["topo_watermark"] is None
+    text = ok("status", "-d", db).stdout
+    assert "op_count: 1\n" in text and "pending_ops: 2\n" in text
+    fails("1 missing parent references", "verify-store", "-d", db)
+
+
+def test_usage_error_exits_2(tmp_path):
+    r = run("replay-from-store")
+    assert r.exit_code == 2 and "--db" in r.stderr
+
+
+def _corrupt(db: Path, op_id: bytes) -> None:
+    h = open_rdict(db)
+    cf = h.get_column_family("ops")
+    v = bytes(cf[op_id])
+    cf[op_id] = v[:-1] + bytes([v[-1] ^ 1])
+    del cf
+    gc.collect()
+    h.close()
+    del h
+    gc.collect()
+
+
+def test_verify_store_corruption_process_exit_code(tmp_path):
+    ops = gen_hb_chain(26, 3)
+    f = tmp_path / "x.cbor"
+    f.write_bytes(encode_ops(ops))
+    db = tmp_path / "db"
+    ok("op-append", "-d", str(db), "-q", str(f))
+    _corrupt(db, ops[1].op_id)
+    p = subprocess.run([*ECAC, "verify-store", "--db", str(db)], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1 and p.stdout == ""
+    assert p.stderr.startswith("Error: ") and ops[1].op_id.hex() in p.stderr
+    p = subprocess.run(
+        [*ECAC, "replay-from-store", "--db", str(db)], capture_output=True, text=True, timeout=60
+    )
+    assert p.returncode == 1 and p.stderr == f"Error: op_id mismatch for {ops[1].op_id.hex()}\n"
+
+
+def test_crash_hook_aborts_after_first_batch(tmp_path):
+    ops = gen_hb_chain(27, 6)
+    f = tmp_path / "x.cbor"
+    f.write_bytes(encode_ops(ops))
+    db = tmp_path / "db"
+    env = dict(os.environ, ECAC_CRASH_AFTER_WRITE="1")
+    p = subprocess.run([*ECAC, "op-append", "-d", str(db), "--batch-size", "2", str(f)], env=env, timeout=60)
+    assert p.returncode == -6  # SIGABRT (a shell reports 134)
+    assert ok("verify-store", "-d", str(db)).stdout == "OK\n"
+    s = json.loads(ok("status", "-d", str(db), "--json").stdout)
+    assert s["op_count"] == 2  # exactly the first committed batch
+    ok("op-append", "-d", str(db), "-q", str(f))
+    assert ok("replay-from-store", "-d", str(db)).stdout == ok("replay", str(f)).stdout
