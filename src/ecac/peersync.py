@@ -565,7 +565,9 @@ class SyncCoordinator:
         self._announce_dirty = True
         if self._ae_rid is not None:
             return []  # the previous round's More chain is still running
-        peers = sorted(p for p, s in self._peers.items() if s.available(now) and self._free_slots(s) > 0)
+        # a peer we are already fetching from is being synced: pulling everything from it again
+        # would only fetch the same ops twice, so the round goes to an idle peer (or waits)
+        peers = sorted(p for p, s in self._peers.items() if s.available(now) and not self._busy(s))
         if not peers:
             return []
         after = [p for p in peers if self._ae_cursor is None or p > self._ae_cursor]
@@ -576,6 +578,9 @@ class SyncCoordinator:
         return [eff]
 
     # ------------------------------------------------------------------ requests
+
+    def _busy(self, s: PeerState) -> bool:
+        return any(self._requests[r].phase in (_ACTIVE, _TRAILER) for r in s.requests)
 
     def _free_slots(self, s: PeerState) -> int:
         busy = sum(1 for r in s.requests if self._requests[r].phase in (_ACTIVE, _TRAILER))
@@ -656,23 +661,27 @@ class SyncCoordinator:
         if violation is None and decoded.error is not None:
             violation = decoded.error
         if violation is not None:
-            return self._fail(q, f"protocol violation: {violation}", now, penalise=True)
-        if len(q.buffer) > self.config.max_held_ops:
+            out = self._fail(q, f"protocol violation: {violation}", now, penalise=True)
+        elif len(q.buffer) > self.config.max_held_ops:
+            for op in q.buffer:
+                pending.discard(op.op_id)
             q.buffer.clear()
-            return self._fail(
+            out = self._fail(
                 q, "too many ops awaiting commit (reader ignored back-pressure)", now, local=True
             )
-        if decoded.trailer is not None:
-            q.phase = _TRAILER
-            q.trailer = decoded.trailer
-        return self._pump(q, now)
+        else:
+            if decoded.trailer is not None:
+                q.phase = _TRAILER
+                q.trailer = decoded.trailer
+            out = self._pump(q, now)
+        return out + self._plan(now)
 
     def stream_closed(self, request_id: int, now: float) -> list[Effect]:
         """EOF on the response stream; before a trailer it is a failure (retried elsewhere)."""
         q = self._requests.get(request_id)
         if q is None or q.phase != _ACTIVE:
             return []
-        return self._fail(q, "stream ended without a trailer", now, cancel=False)
+        return self._fail(q, "stream ended without a trailer", now, cancel=False) + self._plan(now)
 
     def request_failed(
         self, request_id: int, reason: str, now: float, violation: bool = False
@@ -682,7 +691,7 @@ class SyncCoordinator:
         if q is None or q.phase != _ACTIVE:
             return []
         reason = f"protocol violation: {reason}" if violation else reason
-        return self._fail(q, reason, now, penalise=violation, cancel=False)
+        return self._fail(q, reason, now, penalise=violation, cancel=False) + self._plan(now)
 
     def commit_finished(self, outcome: CommitOutcome, now: float) -> list[Effect]:
         """Report the outcome of a ``CommitOps`` (from ``apply_commit``)."""
@@ -764,7 +773,8 @@ class SyncCoordinator:
         was_active = q.phase == _ACTIVE
         q.phase = _FAILED
         self.counters.requests_failed += 1
-        self.planner.finish(q.rid)
+        if q.commit_id is None and not q.buffer:
+            self.planner.finish(q.rid)  # else at the end of the drain, so the retry's boundary includes it
         if self._ae_rid == q.rid:
             self._ae_rid = None
         if was_active and cancel:
