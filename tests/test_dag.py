@@ -1,0 +1,287 @@
+"""DAG: staging, activation, duplicates, deterministic incremental order, happens-before (core §6)."""
+
+from __future__ import annotations
+
+import heapq
+import random
+from dataclasses import replace
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ecac.dag import Dag
+from ecac.hlc import Hlc
+from ecac.keys import key_pair
+from ecac.op import Data, Op, make_op
+
+SK = key_pair(3, b"test/dag")
+
+
+def fake_op(i: int, parents: list[bytes], hlc: Hlc, tag: bytes = b"") -> Op:
+    """An unsigned op with a made-up id: the DAG never verifies (callers admit first)."""
+    oid = bytes([i % 256, i // 256 % 256]) + tag.ljust(30, b"\0")[:30]
+    return Op(tuple(parents), hlc, bytes(32), Data("mv:o:x", b"v%d" % i), bytes(64), oid)
+
+
+def random_dag(rng: random.Random, n: int, max_parents: int = 3, dup_parents: bool = True) -> list[Op]:
+    """Ops in generation order (parents first); HLCs from a small range so ties are common."""
+    ops: list[Op] = []
+    for i in range(n):
+        k = rng.randint(0, min(max_parents, i))
+        parents = [ops[j].op_id for j in rng.sample(range(i), k)] if k else []
+        if dup_parents and parents and rng.random() < 0.1:
+            parents.append(parents[0])
+        hlc = Hlc(rng.randrange(4), rng.randrange(2), rng.randrange(3))
+        ops.append(fake_op(i, sorted(parents), hlc, rng.randbytes(30)))
+    return ops
+
+
+def naive_topo(ops: list[Op]) -> list[bytes]:
+    """Core §17's pseudo-code over the given (complete) set of ops."""
+    by_id = {op.op_id: op for op in ops}
+    indeg = {op.op_id: len(op.parents) for op in ops}
+    children: dict[bytes, list[bytes]] = {}
+    for op in ops:
+        for p in op.parents:
+            children.setdefault(p, []).append(op.op_id)
+    heap = [(by_id[i].sort_key(), i) for i, d in indeg.items() if d == 0]
+    heapq.heapify(heap)
+    out = []
+    while heap:
+        _, i = heapq.heappop(heap)
+        out.append(i)
+        for c in children.get(i, []):
+            indeg[c] -= 1
+            if indeg[c] == 0:
+                heapq.heappush(heap, (by_id[c].sort_key(), c))
+    return out
+
+
+def dfs_hb(ops: list[Op], a: bytes, b: bytes) -> bool:
+    """The reference's happens-before: a DFS from b over parents."""
+    by_id = {op.op_id: op for op in ops}
+    if a == b or b not in by_id:
+        return False
+    seen: set[bytes] = set()
+    stack = list(by_id[b].parents)
+    while stack:
+        x = stack.pop()
+        if x == a:
+            return True
+        if x in seen or x not in by_id:
+            continue
+        seen.add(x)
+        stack.extend(by_id[x].parents)
+    return False
+
+
+# ---------------------------------------------------------------------- staging and activation
+
+
+def test_child_before_parent_is_pending_then_ordered():
+    parent = make_op(SK, [], Hlc(10, 0, 1), Data("mv:o:x", b"A"))
+    child = make_op(SK, [parent.op_id], Hlc(11, 0, 1), Data("mv:o:x", b"B"))
+    dag = Dag()
+    assert dag.insert(child)
+    assert len(dag) == 0
+    assert dag.topo_order() == []
+    assert dag.is_pending(child.op_id)
+    assert dag.missing_ids() == [parent.op_id]
+    assert child.op_id not in dag
+    assert dag.insert(parent)
+    assert dag.topo_ids() == [parent.op_id, child.op_id]
+    assert not dag.is_pending(child.op_id)
+    assert dag.pending_ids() == [] and dag.missing_ids() == []
+
+
+def test_child_of_two_parents_waits_for_both():
+    a = make_op(SK, [], Hlc(10, 0, 1), Data("mv:o:x", b"A"))
+    b = make_op(SK, [], Hlc(10, 0, 2), Data("mv:o:x", b"B"))
+    c = make_op(SK, [a.op_id, b.op_id], Hlc(11, 0, 1), Data("mv:o:x", b"C"))
+    dag = Dag()
+    dag.insert(c)
+    dag.insert(a)
+    assert dag.topo_ids() == [a.op_id]
+    assert dag.pending_ids() == [c.op_id]
+    dag.insert(b)
+    assert dag.topo_ids() == [a.op_id, b.op_id, c.op_id]
+    assert dag.children(a.op_id) == [c.op_id]
+
+
+def test_duplicate_first_copy_wins_even_with_another_signature():
+    a = make_op(SK, [], Hlc(10, 0, 1), Data("mv:o:x", b"A"))
+    other = replace(a, sig=bytes(64))
+    dag = Dag()
+    assert dag.insert(a)
+    assert not dag.insert(other)
+    assert dag.get(a.op_id).sig == a.sig
+    assert len(dag) == 1
+    # also while pending
+    child = make_op(SK, [b"\x01" * 32], Hlc(11, 0, 1), Data("mv:o:x", b"B"))
+    assert dag.insert(child)
+    assert not dag.insert(replace(child, sig=bytes(64)))
+    assert dag.pending_ids() == [child.op_id]
+
+
+def test_duplicate_parent_entries_count_twice():
+    a = make_op(SK, [], Hlc(10, 0, 1), Data("mv:o:x", b"A"))
+    c = make_op(SK, [a.op_id, a.op_id], Hlc(11, 0, 1), Data("mv:o:x", b"C"))
+    assert c.parents == (a.op_id, a.op_id)
+    dag = Dag()
+    dag.insert(c)
+    assert dag.pending_ids() == [c.op_id]  # the missing set counts the parent once
+    dag.insert(a)
+    assert dag.topo_ids() == [a.op_id, c.op_id]
+    assert dag.children(a.op_id) == [c.op_id, c.op_id]
+    assert dag.hb(a.op_id, c.op_id) and not dag.hb(c.op_id, a.op_id)
+
+
+def test_long_chain_inserted_child_first_does_not_recurse():
+    n = 5000
+    ops: list[Op] = []
+    for i in range(n):
+        ops.append(fake_op(i, [ops[-1].op_id] if ops else [], Hlc(i, 0, 0)))
+    dag = Dag()
+    for op in reversed(ops):
+        dag.insert(op)
+    assert len(dag) == n
+    assert dag.topo_order() == ops
+    assert dag.chain_count() == 1
+    assert dag.hb(ops[0].op_id, ops[-1].op_id)
+    assert not dag.hb(ops[-1].op_id, ops[0].op_id)
+    assert dag.position(ops[1234].op_id) == 1234
+
+
+def test_pending_ops_are_invisible_to_hb_and_order():
+    a = fake_op(0, [], Hlc(1, 0, 0))
+    b = fake_op(1, [a.op_id, b"\xee" * 32], Hlc(2, 0, 0))
+    dag = Dag.from_ops([a, b])
+    assert dag.topo_order() == [a]
+    assert not dag.hb(a.op_id, b.op_id)
+    assert dag.get(b.op_id) is None
+    assert dag.missing_ids() == [b"\xee" * 32]
+
+
+def test_ready_ties_are_broken_by_hlc_then_op_id():
+    root = fake_op(0, [], Hlc(100, 0, 0))
+    kids = [
+        fake_op(1, [root.op_id], Hlc(101, 0, 3)),
+        fake_op(2, [root.op_id], Hlc(101, 0, 1)),
+        fake_op(3, [root.op_id], Hlc(101, 0, 2)),
+        fake_op(
+            4, [root.op_id], Hlc(101, 0, 1), b"\x00"
+        ),  # same HLC as kid 2: op id decides (0x02.. < 0x04..)
+        fake_op(5, [root.op_id], Hlc(100, 7, 9)),
+    ]
+    dag = Dag.from_ops([root, *kids])
+    want = [root, *sorted(kids, key=Op.sort_key)]
+    assert dag.topo_order() == want
+    assert dag.topo_order()[1] is kids[4]  # (100, 7, 9) sorts before every (101, …)
+
+
+def test_diamond_order_is_the_same_for_100_shuffles():
+    root = fake_op(0, [], Hlc(100, 0, 0))
+    a = [fake_op(i, [root.op_id], Hlc(101, 0, i)) for i in (1, 2, 3)]
+    merge = fake_op(4, [x.op_id for x in a], Hlc(102, 0, 0))
+    b1 = fake_op(5, [merge.op_id], Hlc(103, 0, 0))
+    c = [fake_op(6, [b1.op_id], Hlc(104, 0, 2)), fake_op(7, [b1.op_id], Hlc(104, 0, 1))]
+    tail = fake_op(8, [x.op_id for x in c], Hlc(105, 0, 0))
+    ops = [root, *a, merge, b1, *c, tail]
+    want = [root, *a, merge, b1, c[1], c[0], tail]
+    rng = random.Random(1)
+    for _ in range(100):
+        perm = ops[:]
+        rng.shuffle(perm)
+        assert Dag.from_ops(perm).topo_order() == want
+
+
+def test_chain_with_extra_edges_to_i_minus_2():
+    ops: list[Op] = []
+    for i in range(30):
+        parents = [ops[i - 1].op_id] if i else []
+        if i >= 2:
+            parents.append(ops[i - 2].op_id)
+        ops.append(fake_op(i, sorted(parents), Hlc(50 - i, 0, 0)))  # HLC decreasing: order from edges only
+    rng = random.Random(2)
+    for _ in range(20):
+        perm = ops[:]
+        rng.shuffle(perm)
+        assert Dag.from_ops(perm).topo_order() == ops
+
+
+def test_new_op_sorting_before_the_cached_order_moves_into_place():
+    a = fake_op(0, [], Hlc(10, 0, 0))
+    b = fake_op(1, [], Hlc(30, 0, 0))
+    c = fake_op(2, [a.op_id], Hlc(40, 0, 0))
+    dag = Dag.from_ops([a, b, c])
+    assert dag.topo_order() == [a, b, c]
+    first = dag.topo_order()
+    d = fake_op(3, [], Hlc(20, 0, 0))
+    dag.insert(d)
+    assert dag.topo_order() == [a, d, b, c]
+    assert first == [a, b, c]  # a returned order is never mutated afterwards
+    assert [dag.position(x.op_id) for x in (a, d, b, c)] == [0, 1, 2, 3]
+
+
+def test_admit_and_insert_rejects_bad_ops_and_admits_a_later_valid_copy():
+    a = make_op(SK, [], Hlc(10, 0, 1), Data("mv:o:x", b"A"))
+    bad_sig = replace(a, sig=bytes([a.sig[0] ^ 1]) + a.sig[1:])
+    dag = Dag()
+    rej = dag.admit_and_insert([bad_sig])
+    assert [(r.op_id, r.reason) for r in rej] == [(a.op_id, "invalid signature")]
+    assert len(dag) == 0
+    assert dag.admit_and_insert([a]) == []
+    assert dag.get(a.op_id) == a
+
+
+# ---------------------------------------------------------------------- properties
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32), n=st.integers(1, 45))
+def test_any_insertion_order_gives_the_naive_kahn_order(seed, n):
+    rng = random.Random(seed)
+    ops = random_dag(rng, n)
+    want = naive_topo(ops)
+    perm = ops[:]
+    rng.shuffle(perm)
+    dag = Dag()
+    for op in perm:
+        dag.insert(op)
+        if rng.random() < 0.3:
+            dag.topo_order()  # exercise incremental maintenance at random points
+    order = dag.topo_ids()
+    assert order == want
+    pos = {oid: i for i, oid in enumerate(order)}
+    for op in ops:
+        assert dag.position(op.op_id) == pos[op.op_id]
+        assert all(pos[p] < pos[op.op_id] for p in op.parents)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32), n=st.integers(1, 35))
+def test_fast_hb_equals_dfs(seed, n):
+    rng = random.Random(seed)
+    ops = random_dag(rng, n)
+    perm = ops[:]
+    rng.shuffle(perm)
+    dag = Dag.from_ops(perm)
+    ids = [op.op_id for op in ops]
+    for a in ids:
+        for b in ids:
+            assert dag.hb(a, b) == dfs_hb(ops, a, b), (a.hex(), b.hex())
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32), n=st.integers(2, 30))
+def test_hb_over_a_partial_dag_ignores_pending_ops(seed, n):
+    rng = random.Random(seed)
+    ops = random_dag(rng, n)
+    held_back = set(rng.sample(range(n), rng.randint(1, n // 2 + 1)))
+    dag = Dag.from_ops([op for i, op in enumerate(ops) if i not in held_back])
+    active = [op for op in ops if op.op_id in dag]
+    assert len(dag) == len(active)
+    for a in ops:
+        for b in ops:
+            want = dfs_hb(active, a.op_id, b.op_id) if a.op_id in dag and b.op_id in dag else False
+            assert dag.hb(a.op_id, b.op_id) == want
