@@ -493,3 +493,14 @@ def test_counters_dict() -> None:
         "peers_penalised",
     ):
         assert d[name] == 0
+
+
+def test_peer_states_are_bounded() -> None:
+    node = Node(SyncConfig(max_peer_states=3))
+    node.run(node.coord.peer_connected("A", 0.0))
+    for i in range(6):
+        store = MemoryOpStore(chain(1, b"o%d" % i))
+        node.run(node.coord.announce_received(f"far{i}", local_announce(store, key_pair(i, b"o")), "A", 0.0))
+    assert node.coord.peer("A") is not None and node.coord.peer("A").connected
+    remembered = [f"far{i}" for i in range(6) if node.coord.peer(f"far{i}") is not None]
+    assert remembered == ["far4", "far5"]

@@ -121,6 +121,7 @@ class SyncConfig:
     want_ttl: float = 60.0
     max_held_ops: int = 10_000  # ops buffered per request awaiting commit
     no_progress_limit: int = 2  # More answers in a row without a new op end the chain
+    max_peer_states: int = 4096  # remembered peers (announce originators included); idle ones evicted
 
     def __post_init__(self) -> None:
         check_max_frame(self.max_frame)
@@ -444,9 +445,19 @@ class SyncCoordinator:
     def _state(self, peer: PeerId) -> PeerState:
         s = self._peers.get(peer)
         if s is None:
+            if len(self._peers) >= self.config.max_peer_states:
+                self._evict_peer_state()
             s = PeerState(peer)
             self._peers[peer] = s
         return s
+
+    def _evict_peer_state(self) -> None:
+        """Forget the oldest peer that is disconnected, idle and not banned (bounded memory)."""
+        for p, s in self._peers.items():
+            if not s.connected and not s.requests and s.banned_until == 0.0:
+                del self._peers[p]
+                self.planner.clear_unavailable(p)
+                return
 
     def peer_connected(self, peer: PeerId, now: float) -> list[Effect]:
         s = self._state(peer)
