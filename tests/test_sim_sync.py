@@ -55,13 +55,18 @@ step = st.one_of(
     dup=st.sampled_from([0.0, 0.3]),
     cut=st.sampled_from([0.0, 0.15, 0.3]),
     stall=st.sampled_from([0.0, 0.1]),
+    lost=st.sampled_from([0.0, 0.2]),
+    twice=st.sampled_from([0.0, 0.5]),
     final=st.sampled_from(["mesh", "line"]),
 )
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-def test_random_partitions_and_faults_converge(n, seed, steps, drop, dup, cut, stall, final) -> None:
-    """Random writes, partitions, heals, lost/duplicated/reordered announces and failing streams:
-    after healing and anti-entropy every replica holds the same ops and the same replay digest."""
-    net = SimNet(n, seed=seed, faults=Faults(drop, dup, cut, stall))
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_random_partitions_and_faults_converge(
+    n, seed, steps, drop, dup, cut, stall, lost, twice, final
+) -> None:
+    """Random writes, partitions, heals, lost/duplicated/reordered announces, lost requests, repeated
+    batches and failing streams: after healing and anti-entropy every replica holds the same ops and the
+    same replay digest, and no honest peer was penalised."""
+    net = SimNet(n, seed=seed, faults=Faults(drop, dup, cut, stall, lost, twice))
     names = sorted(net.nodes)
     net.full_mesh()
     written = 0

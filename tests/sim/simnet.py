@@ -6,11 +6,11 @@ the I/O layer of the node exactly as ``ecac.peersync`` documents it:
 * gossip: ``PublishAnnounce`` goes to every neighbour; receivers validate, deliver and
   forward (multi-hop, with a per-node seen cache like gossipsub). Announces may be
   dropped, duplicated and reordered (random latency);
-* requests: ``SendRequest`` reaches the peer after a latency, the peer serves it with
-  ``ecac.syncserve`` and the blobs travel back as a stream, split at random points so the
-  ``FrameReader`` sees partial frames. A stream may be cut (EOF without trailer) or
-  stall (the requester's idle timeout fires); the next blob is read only when the
-  requester is ``accepting`` (back-pressure);
+* requests: ``SendRequest`` reaches the peer after a latency (or is lost), the peer serves
+  it with ``ecac.syncserve`` and the blobs travel back as a stream, split at random points
+  so the ``FrameReader`` sees partial frames. A batch may arrive twice, a stream may be
+  cut (EOF without trailer) or stall (the requester's idle timeout fires); the next blob
+  is read only when the requester is ``accepting`` (back-pressure);
 * commits: ``CommitOps`` run through ``apply_commit`` on a per-node FIFO worker with a
   delay, then ``commit_finished``;
 * links go down and up (partitions, heals, ``Disconnect``); timers fire at
@@ -70,6 +70,8 @@ class Faults:
     dup_announce: float = 0.0
     cut_stream: float = 0.0
     stall_stream: float = 0.0
+    drop_request: float = 0.0  # the request is lost: nothing ever comes back (idle timeout)
+    dup_batch: float = 0.0  # a response batch (not the last) is delivered twice: duplicates in one response
     latency: tuple[float, float] = (0.001, 0.03)
 
 
@@ -324,6 +326,8 @@ class SimNet:
             )
             return
         frame = e.frame()
+        if self.rng.random() < self.faults.drop_request:
+            return
         self._at(self.now + self._latency(), lambda: self._serve(node.name, e.peer, e.request_id, frame))
 
     def _serve(self, requester: str, server: str, rid: int, frame: bytes) -> None:
@@ -339,6 +343,13 @@ class SimNet:
         blobs = list(response_blobs(srv.store, plan, cfg.batch_ops, cfg.max_frame))
         if srv.tamper is not None:
             blobs = self._tampered(blobs, srv.tamper)
+        if self.faults.dup_batch:
+            doubled: list[bytes] = []
+            for i, blob in enumerate(blobs):
+                doubled.append(blob)
+                if i < len(blobs) - 1 and self.rng.random() < self.faults.dup_batch:
+                    doubled.append(blob)
+            blobs = doubled
         chunks: list[bytes] = []
         for blob in blobs:  # split at random points: partial frames for the reader
             cuts = (
