@@ -57,14 +57,20 @@ def replay_file(path: str) -> FileReplay:
 
 @click.command("replay")
 @click.argument("ops_file", metavar="OPS_FILE")
-def replay_cmd(ops_file: str) -> None:
+@click.option(
+    "--explain",
+    is_flag=True,
+    help="First print one line per data op: '<op_id> <key> ALLOWED' or '<op_id> <key> DENIED <reason>'.",
+)
+def replay_cmd(ops_file: str, explain: bool) -> None:
     """Replay an op file: the state JSON, then digest=<hex>."""
     result = replay_file(ops_file)
+    if explain:  # decision lines before the two usual lines, which stay unchanged
+        from ecac.cli.policy_cmds import echo_decisions  # policy_cmds imports this module
+
+        echo_decisions(result.order)
     click.echo(result.state.to_json())
     click.echo(f"digest={result.digest.hex()}")
-    # Hook for the policy engineer's `--explain`: add the option to this command and, when
-    # it is given, print the per-op decisions for `result.order` here (the order and DAG
-    # are on `result`; the state and digest lines above stay unchanged).
 
 
 @click.command("project")
