@@ -13,6 +13,10 @@ Integration guide for the node (libp2p + RocksDB ``Store``; both stores implemen
 
     coord = SyncCoordinator(store, node_signing_key, SyncConfig(...))
     run(coord.start(now()))                     # after subscribing to the announce topic
+    # peers are the base58 PeerId strings (anti-entropy goes round them in sorted order);
+    # now() is trio.current_time() / time.monotonic(); the coordinator is NOT thread-safe:
+    # call it from one task only (decode_frames, apply_commit and serve_sync may run in
+    # worker threads: they only read their arguments and the thread-safe store).
 
     # gossip topic validator (store §2.3.3); accept => gossipsub forwards it
     sa = coord.validate_announce(msg.data, expected_vk=originator_pubkey_or_None)
@@ -25,9 +29,10 @@ Integration guide for the node (libp2p + RocksDB ``Store``; both stores implemen
 
     # effects
     SendRequest(peer, request_id, request): open an /ecac/sync/1 stream, write
-        effect.frame(), then read: reader = FrameReader(cfg.max_frame); for each chunk
-        bodies = reader.feed(chunk); decoded = decode_frames(bodies) (pure: may run in
-        a worker thread); run(coord.decoded_received(request_id, decoded, now())).
+        effect.frame() (optionally report coord.request_started(...)), then read:
+        reader = FrameReader(cfg.max_frame); for each chunk: bodies = reader.feed(chunk),
+        decoded = decode_frames(bodies) (pure: may run in a worker thread),
+        run(coord.decoded_received(request_id, decoded, now())).
         Before reading more, carry out the CommitOps it returned and wait for them
         (back-pressure; ``coord.accepting(request_id)`` says whether to read on).
         An oversized frame (ProtocolError from feed) is the peer's protocol violation:
@@ -48,9 +53,11 @@ Integration guide for the node (libp2p + RocksDB ``Store``; both stores implemen
     # 50-100 ms); local writes: run(coord.local_write(now())).
 
     # server side (incoming /ecac/sync/1 stream): read one frame with
-    # FrameReader(MAX_REQUEST_FRAME), then for blob in syncserve.serve_sync(store, body):
+    # FrameReader(MAX_REQUEST_FRAME), then for blob in syncserve.serve_sync(store, body,
+    # server_max_ops=cfg.server_max_ops, max_frame=cfg.max_frame):
     #     await stream.write(blob)        # one write per batch of <= 512 ops
-    # then close. Decode errors => reset the stream.
+    # then close. Decode errors => reset the stream. Computing the response set is
+    # CPU-bound (the paint-down walk): run plan_response in a worker thread for big stores.
 
 Signature verification happens exactly once per op: in the store's validating
 ``put_many`` (run by ``apply_commit``), which is the final gate (store §2.3.6). The
