@@ -17,7 +17,7 @@ from __future__ import annotations
 import gc
 import io
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -279,17 +279,8 @@ def _db_options(create_if_missing: bool) -> Options:
     return o
 
 
-def open_rdict(
-    path: str | os.PathLike[str], create_if_missing: bool = True, read_only: bool = False
-) -> Rdict:
-    """The one place that opens RocksDB: raw mode, all eight CFs (store §9.2 pitfalls)."""
-    p = Path(path)
-    if not create_if_missing and not (p / "CURRENT").exists():
-        raise StoreError(f"store {p} does not exist")
-    cfs = {name: Options(raw_mode=True) for name in CF_NAMES}
-    kwargs: dict[str, Any] = {}
-    if read_only:
-        kwargs["access_type"] = AccessType.read_only()
+def _rdict(p: Path, names: Iterable[str], create_if_missing: bool, **kwargs: Any) -> Rdict:
+    cfs = {name: Options(raw_mode=True) for name in names if name != "default"}
     try:
         return Rdict(str(p), _db_options(create_if_missing), column_families=cfs, **kwargs)
     except Exception as e:
@@ -297,6 +288,39 @@ def open_rdict(
         if "lock" in msg.lower():
             raise StoreError(f"store {p} is locked by another process") from None
         raise StoreError(f"cannot open store {p}: {msg}") from None
+
+
+def _close_rdict(db: Rdict) -> None:
+    gc.collect()
+    db.close()
+    del db
+    gc.collect()
+
+
+def open_rdict(
+    path: str | os.PathLike[str], create_if_missing: bool = True, read_only: bool = False
+) -> Rdict:
+    """The one place that opens RocksDB: raw mode, all eight CFs (store §9.2 pitfalls).
+
+    Missing column families are created one by one in the order of store §1.2 (rocksdict
+    alone would create them in hash order), then the database is opened with all eight.
+    """
+    p = Path(path)
+    exists = (p / "CURRENT").exists()
+    if not create_if_missing and not exists:
+        raise StoreError(f"store {p} does not exist")
+    if read_only:
+        return _rdict(p, CF_NAMES, False, access_type=AccessType.read_only())
+    present = Rdict.list_cf(str(p), Options(raw_mode=True)) if exists else ["default"]
+    if any(name not in present for name in CF_NAMES):
+        db = _rdict(p, present, create_if_missing)
+        try:
+            for name in CF_NAMES:
+                if name not in present:
+                    db.create_column_family(name, Options(raw_mode=True))
+        finally:
+            _close_rdict(db)
+    return _rdict(p, CF_NAMES, create_if_missing)
 
 
 def _crash_hook() -> None:
