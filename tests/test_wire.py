@@ -293,6 +293,9 @@ def test_fetch_missing_strict() -> None:
         dumps({"OpBytes": b"\x01"}),  # byte string, not an int array
         dumps({"OpBytes": [1], "End": None}),
         dumps({"OpBytes": [256]}),
+        dumps({"OpBytes": [True]}),  # bool where a byte is expected
+        dumps({"OpBytes": [1.0]}),
+        dumps({"OpBytes": [-1]}),
         bytes.fromhex("a1674f704279746573810101"),  # trailing byte
         bytes.fromhex("a1674f7042797465738118 01".replace(" ", "")),  # non-minimal int
         b"",

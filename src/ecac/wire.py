@@ -333,6 +333,7 @@ END = End()
 MORE = More()
 _END_CBOR = dumps("End")
 _MORE_CBOR = dumps("More")
+_OPBYTES_PREFIX = dumps({"OpBytes": []})[:-1]  # a1 67 "OpBytes"
 
 
 def decode_rpc_frame(data: bytes) -> RpcFrame:
@@ -343,6 +344,15 @@ def decode_rpc_frame(data: bytes) -> RpcFrame:
     if b == _MORE_CBOR:
         return MORE
     obj = _strict(b, "RpcFrame")
+    if b.startswith(_OPBYTES_PREFIX) and type(obj) is dict and type(obj.get("OpBytes")) is list:
+        # fast path (every op of a response): C-level conversion, then re-encode equality
+        try:
+            raw = bytes(obj["OpBytes"])
+        except (TypeError, ValueError):
+            raise DecodeError("RpcFrame.OpBytes: array element is not a byte") from None
+        frame = OpBytes(raw)
+        _require_canonical(frame.encode(), b, "RpcFrame")
+        return frame
     if isinstance(obj, str):
         raise DecodeError(f"RpcFrame: unknown unit variant {obj!r}")
     if not isinstance(obj, dict) or len(obj) != 1:
