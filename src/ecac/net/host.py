@@ -48,7 +48,7 @@ import socket
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -227,6 +227,7 @@ class HostConfig:
     dial_retries: int = 0  # libp2p's own retries; the node does its own backoff
     negotiate_timeout: int = 10
     auto_connect: bool = False  # libp2p's auto-connector re-dials peerstore peers on its own
+    shutdown_timeout: float = 5.0
     event_buffer: int = 1024
 
 
@@ -315,6 +316,47 @@ class _EcacPubsub(Pubsub):
         # treats as equivocation and then silently stops forwarding. Nanoseconds avoid that.
         self.counter = time.time_ns()
         self._on_subscription = on_subscription
+
+    async def stream_handler(self, stream: INetStream) -> None:
+        """Inbound gossip stream; its exceptions must not reach the connection's nursery.
+
+        While the service stops, an arriving message makes ``manager.run_task`` raise
+        "Nursery is closed to new arrivals"; unguarded, that error tears down the swarm.
+        """
+        try:
+            await super().stream_handler(stream)
+        except Exception as exc:
+            stopping = not self.manager.is_running or self.manager.is_cancelled
+            level = logging.DEBUG if stopping else logging.WARNING
+            log.log(level, "gossip stream from %s failed: %s", stream.muxed_conn.peer_id, exc)
+            with trio.CancelScope(shield=True), suppress(Exception):
+                await stream.reset()
+
+    async def _handle_new_peer(self, peer_id: ID) -> None:
+        """Replace an outbound gossip stream left over from a previous connection.
+
+        When a peer reconnects before its old connection's death was processed, libp2p
+        sees a stream in ``peers`` and skips the new connection; the dead-peer handler then
+        keeps the stale stream because a connection exists, and we never send our
+        subscriptions again: no mesh with that peer until it reconnects once more.
+        """
+        stale = self.peers.get(peer_id)
+        if stale is not None and not self._is_live(peer_id, stale):
+            del self.peers[peer_id]
+            queue = self.peer_queues.pop(peer_id, None)
+            if queue is not None:
+                queue.close()
+            self.router.remove_peer(peer_id)
+            with trio.CancelScope(shield=True), suppress(Exception):
+                await stale.reset()
+        await super()._handle_new_peer(peer_id)
+
+    def _is_live(self, peer_id: ID, stream: INetStream) -> bool:
+        muxed = getattr(stream, "muxed_conn", None)
+        if muxed is None or getattr(muxed, "is_closed", False):
+            return False
+        conns = self.host.get_network().get_connections(peer_id)
+        return any(getattr(c, "muxed_conn", None) is muxed for c in conns)
 
     def handle_subscription(self, origin_id: ID, sub_message: rpc_pb2.RPC.SubOpts) -> None:
         topic = sub_message.topicid
@@ -530,7 +572,9 @@ class P2PHost:
             connection_config=ConnectionConfig(
                 max_connections_per_peer=1,  # avoids a 250 ms happy-eyeballs wait per dial
                 max_connections=cfg.max_connections,
-                high_watermark=cfg.max_connections,
+                high_watermark=cfg.max_connections,  # the pruner trims above this
+                low_watermark=0,  # both only drive the (disabled) auto-connector and
+                min_connections=0,  # reserve inbound slots for its outbound dials
                 dial_timeout=cfg.dial_timeout,
             ),
         )
@@ -580,27 +624,30 @@ class P2PHost:
                 background_trio_service(pubsub),
                 background_trio_service(router),
             ):
-                if len(host.get_transport_addrs()) < len(maddrs):
-                    # Raised after teardown (below), not inside libp2p's nurseries.
-                    body_error = P2PError(f"cannot listen on {list(listen_addrs)} (see libp2p log)")
-                else:
-                    await pubsub.wait_until_ready()
-                    async with trio.open_nursery() as nursery:
-                        self._nursery = nursery
-                        nursery.start_soon(self._dispatch_events, events_recv)
-                        for topic in list(self._topics):
-                            await self._start_topic(topic)
-                        try:
-                            yield self
-                        except BaseException as exc:
-                            if isinstance(exc, trio.Cancelled):
-                                raise
-                            # Re-raised below, after a clean teardown, so callers see their own
-                            # exception instead of it wrapped in ~10 nested ExceptionGroups.
-                            body_error = exc
-                        finally:
-                            self._nursery = None
-                            nursery.cancel_scope.cancel()
+                try:
+                    if len(host.get_transport_addrs()) < len(maddrs):
+                        # Raised after teardown (below), not inside libp2p's nurseries.
+                        body_error = P2PError(f"cannot listen on {list(listen_addrs)} (see libp2p log)")
+                    else:
+                        await pubsub.wait_until_ready()
+                        async with trio.open_nursery() as nursery:
+                            self._nursery = nursery
+                            nursery.start_soon(self._dispatch_events, events_recv)
+                            for topic in list(self._topics):
+                                await self._start_topic(topic)
+                            try:
+                                yield self
+                            except BaseException as exc:
+                                if isinstance(exc, trio.Cancelled):
+                                    raise
+                                # Re-raised below, after a clean teardown, so callers see their
+                                # own exception instead of ~10 nested ExceptionGroups.
+                                body_error = exc
+                            finally:
+                                self._nursery = None
+                                nursery.cancel_scope.cancel()
+                finally:
+                    await _close_host(host, (router, pubsub), cfg.shutdown_timeout)
         finally:
             self._host = self._pubsub = self._router = None
             self._events_send = None
@@ -641,6 +688,11 @@ class P2PHost:
         neg = getattr(host.get_network(), "_negative_peer_cache", None)
         if neg is not None:
             neg.evict(str(info.peer_id))
+        # The swarm tries only one TCP address per peer, the first one in the peerstore;
+        # after a peer restarts on a new port that is its stale old address. Dial exactly
+        # the address we were given.
+        if not host.get_network().get_connections(info.peer_id):
+            host.get_peerstore().clear_addrs(info.peer_id)
         limit = self.config.dial_timeout if timeout is None else timeout
         try:
             with trio.fail_after(limit):
@@ -878,6 +930,47 @@ class P2PHost:
                     local=local,
                 )
                 await _call_safely(entry.on_message, gm, what=f"gossip callback for {topic}")
+
+
+async def _close_host(host: IHost, services: Sequence[Any], timeout: float) -> None:
+    """Stop gossip, then close listeners, connections (concurrently) and the swarm, shielded.
+
+    libp2p's own teardown runs in an unshielded ``finally`` of a cancelled task: its first
+    await raises Cancelled and the rest is skipped, so the TCP listener (a trio *system*
+    task) keeps accepting connections after the host "stopped". Each connection close also
+    sleeps ~0.2 s, so closing them one by one scales badly with the peer count.
+    """
+    swarm: Any = host.get_network()
+    with trio.move_on_after(timeout) as scope:
+        scope.shield = True
+        for service in services:  # gossip first, so it does not race the closing connections
+            manager = getattr(service, "_manager", None)
+            if manager is not None and manager.is_running:
+                await manager.stop()
+        for cancel in list(getattr(host, "_identify_tasks", ())):
+            cancel.cancel()
+        for listener in list(swarm.listeners.values()):
+            try:
+                await listener.close()
+            except Exception as exc:
+                log.debug("closing listener: %s", exc)
+        async with trio.open_nursery() as nursery:
+            for conns in list(swarm.connections.values()):
+                for conn in list(conns):
+                    nursery.start_soon(_close_quietly, conn)
+        try:
+            await host.close()
+        except Exception as exc:
+            log.debug("closing host: %s", exc)
+    if scope.cancelled_caught:
+        log.warning("libp2p host did not close within %.1f s", timeout)
+
+
+async def _close_quietly(conn: INetConn) -> None:
+    try:
+        await conn.close()
+    except Exception as exc:
+        log.debug("closing connection: %s", exc)
 
 
 def _check_port_free(maddr: multiaddr.Multiaddr) -> None:
