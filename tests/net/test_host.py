@@ -309,3 +309,46 @@ async def _restart_round(a: P2PHost, got_a: list[bytes], round_: int) -> None:
         # got_b may also hold A's previous message: gossipsub replays its recent-message
         # cache (a few heartbeats) to a peer that (re)subscribes.
         await wait_until(lambda: b"to-b-%d" % round_ in got_b and b"to-a-%d" % round_ in got_a)
+
+
+async def _stalled_transfer(stall: float, cfg: HostConfig) -> tuple[BaseException | None, object]:
+    """A writes 4 MiB to a reader that pauses ``stall`` seconds; returns (writer error, reader result)."""
+    a, b = P2PHost(seed(1), config=cfg), P2PHost(seed(2), config=cfg)
+    outcome: dict[str, object] = {}
+
+    async def stalling(stream: P2PStream) -> None:
+        n = len(await stream.read(1000))
+        await trio.sleep(stall)
+        try:
+            n += len(await read_all(stream))
+            outcome["reader"] = n
+        except StreamResetError as exc:
+            outcome["reader"] = exc
+
+    b.set_stream_handler("/stall", stalling)
+    writer_error: BaseException | None = None
+    async with a.run(LOCAL), b.run(LOCAL):
+        await a.dial(b.listen_addrs()[0])
+        stream = await a.open_stream(b.peer_id, "/stall")
+        try:
+            await stream.write(os.urandom(4 << 20))
+            await stream.close()
+        except StreamResetError as exc:
+            writer_error = exc
+        await wait_until(lambda: "reader" in outcome, timeout=stall + 10)
+    return writer_error, outcome["reader"]
+
+
+@pytest.mark.timeout(60)
+async def test_writer_resets_a_stream_whose_reader_stalls() -> None:
+    error, reader = await _stalled_transfer(2.5, HostConfig(heartbeat_interval=0.2, write_stall_timeout=1.0))
+    assert isinstance(error, StreamResetError)
+    assert isinstance(reader, StreamResetError)  # the reader learns it too instead of hanging
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+async def test_reader_may_pause_longer_than_yamux_five_seconds() -> None:
+    error, reader = await _stalled_transfer(6.0, HostConfig(heartbeat_interval=0.2, write_stall_timeout=15.0))
+    assert error is None
+    assert reader == 4 << 20

@@ -228,6 +228,7 @@ class HostConfig:
     negotiate_timeout: int = 10
     auto_connect: bool = False  # libp2p's auto-connector re-dials peerstore peers on its own
     shutdown_timeout: float = 5.0
+    write_stall_timeout: float = 15.0  # a peer that reads nothing this long gets its stream reset
     event_buffer: int = 1024
 
 
@@ -409,10 +410,13 @@ class P2PStream:
     write half only: keep reading until b"" to get the peer's answer); ``reset`` aborts both
     directions. Reads and writes raise :class:`StreamResetError` once the stream is reset.
     Deadlines are the caller's job (``trio.fail_after``); after a timeout, call ``reset``.
+    A write waits at most ``write_stall_timeout`` for a peer that stopped reading, then
+    resets the stream.
     """
 
-    def __init__(self, raw: INetStream) -> None:
+    def __init__(self, raw: INetStream, *, write_stall_timeout: float = 15.0) -> None:
         self._raw = raw
+        self._stall_timeout = write_stall_timeout
         self.peer_id: str = raw.muxed_conn.peer_id.to_base58()
         self.protocol: str = str(raw.get_protocol() or "")
         self._eof = False
@@ -462,16 +466,36 @@ class P2PStream:
             raise StreamResetError("stream was reset")
         if self._write_closed:
             raise StreamClosedError("write half already closed")
-        if not data:
+        view = memoryview(data).cast("B")
+        muxed = getattr(self._raw, "muxed_stream", None)
+        if not isinstance(getattr(muxed, "send_window", None), int):
+            await self._write_raw(view.tobytes())
             return
+        # yamux fails a write whose send window stays empty for 5 s (hard-coded), leaving
+        # the peer waiting forever; write only what the window allows and wait ourselves.
+        while view:
+            window = muxed.send_window
+            if window <= 0 and not muxed.closed:
+                await self._wait_for_window(muxed)
+                continue
+            n = min(len(view), window) if window > 0 else len(view)  # closed: let yamux raise
+            await self._write_raw(view[:n].tobytes())
+            view = view[n:]
+
+    async def _wait_for_window(self, muxed: Any) -> None:
+        with trio.move_on_after(self._stall_timeout) as scope:
+            while muxed.send_window <= 0 and not muxed.closed:
+                await trio.sleep(0.01)  # yamux offers no window event; it polls the same way
+        if scope.cancelled_caught:
+            await self.reset()
+            raise StreamResetError(f"{self.peer_id} stopped reading for {self._stall_timeout:g} s")
+
+    async def _write_raw(self, data: bytes) -> None:
         try:
-            await self._raw.write(bytes(data))
-        except StreamClosed as exc:
-            self._reset = True
-            raise StreamResetError(f"stream to {self.peer_id} closed by the peer") from exc
-        except (StreamReset, StreamError, OSError) as exc:
-            self._reset = True
-            raise StreamResetError(f"stream to {self.peer_id} failed: {exc}") from exc
+            await self._raw.write(data)
+        except (StreamClosed, StreamReset, StreamError, OSError) as exc:
+            await self.reset()  # tell the peer, which would otherwise wait for more data
+            raise StreamResetError(f"stream to {self.peer_id} failed: {exc or type(exc).__name__}") from exc
 
     async def close(self) -> None:
         """Half-close: send FIN so the peer reads EOF; reading stays possible. Idempotent."""
@@ -781,7 +805,7 @@ class P2PHost:
 
     def _wrap_handler(self, protocol: str) -> Callable[[INetStream], Awaitable[None]]:
         async def serve(raw: INetStream) -> None:
-            stream = P2PStream(raw)
+            stream = P2PStream(raw, write_stall_timeout=self.config.write_stall_timeout)
             handler = self._handlers.get(protocol)
             if handler is None:
                 await stream.reset()
@@ -808,7 +832,7 @@ class P2PHost:
             raise StreamOpenError(f"opening {protocol} to {peer_id} timed out") from exc
         except Exception as exc:
             raise StreamOpenError(f"opening {protocol} to {peer_id} failed: {_root_cause(exc)}") from exc
-        return P2PStream(raw)
+        return P2PStream(raw, write_stall_timeout=self.config.write_stall_timeout)
 
     # ---- gossip -------------------------------------------------------------------------
 
