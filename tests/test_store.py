@@ -402,7 +402,7 @@ def test_keyring_round_trip_and_max_version(db):
 
 
 def test_checkpoints_raw_and_resume_records(db):
-    rec = ResumeRecord(3, bytes(range(32)), False)
+    rec = ResumeRecord(3, bytes(range(32)), False, (b"\x09" * 32,))
     with Store.open(db) as st:
         assert st.checkpoint_latest() is None and st.checkpoint_list() == []
         assert st.checkpoint_create_raw(b"\x01", b"\x02" * 32, 3, rec) == 1
@@ -636,3 +636,30 @@ def test_checkpoint_resume_happens_for_in_order_arrival(db):
             assert res.digest == _full(ops[:cut])[1]
             st.checkpoint_create(res.state, len(dag), dag.topo_order())
         assert starts == [0, 10, 20, 30]
+
+
+def test_resume_with_policy_ops_in_the_prefix(db):
+    """S1 (grant, writes, revoke, writes): checkpoint after the revoke, then more writes by the
+    revoked user and by nobody else: the resumed replay reads the prefix's policy ops in full
+    and equals the full replay (the later writes stay denied)."""
+    from ecac.dag import Dag
+    from ecac.scenarios import add, s1_revoke_closes_epochs
+    from ecac.store import replay_store
+
+    ops = s1_revoke_closes_epochs()
+    more = [add(ops[-1], Hlc(1060, 0, 1), "E")]
+    more.append(add(more[-1], Hlc(1070, 0, 1), "F"))
+    with Store.open(db) as st:
+        st.put_many(ops)
+        dag = Dag.from_ops(ops)
+        res = replay_store(st)
+        st.checkpoint_create(res.state, len(dag), dag.topo_order())
+        rec = st.resume_record(1)
+        # issuer key, credential, grant and revoke are the non-Data ops
+        assert rec is not None and rec.has_policy and len(rec.non_data) == 4
+        st.put_many(more)
+        resumed = replay_store(st, from_checkpoint=True)
+        assert (resumed.start, resumed.checkpoint_id) == (len(ops), 1)
+        full = _full([*ops, *more])
+        assert resumed.digest == full[1] and resumed.state == full[0]
+        assert replay_store(st, from_checkpoint=True, verify_sigs=True).digest == full[1]

@@ -115,7 +115,8 @@ _VERIFY_EXEC: ThreadPoolExecutor | None = None
 _CHUNK = 512
 
 
-def _verify_exec() -> ThreadPoolExecutor:
+def verify_executor() -> ThreadPoolExecutor:
+    """One background thread that runs ``check_sigs`` (itself two threads) while the caller decodes."""
     global _VERIFY_EXEC
     if _VERIFY_EXEC is None:
         _VERIFY_EXEC = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ecac-put-verify")
@@ -169,7 +170,7 @@ def validate_ops(
             else:
                 checked.append((i, op, canonical))
         triples = [(op.author_pk, op.sig, op.op_id) for _, op, _ in checked]
-        fut = _verify_exec().submit(check_sigs, triples)
+        fut = verify_executor().submit(check_sigs, triples)
         if pending:
             collect(pending.pop())
         pending.append((checked, fut))
