@@ -207,3 +207,88 @@ def test_crash_hook_aborts_after_first_batch(tmp_path):
     assert s["op_count"] == 2  # exactly the first committed batch
     ok("op-append", "-d", str(db), "-q", str(f))
     assert ok("replay-from-store", "-d", str(db)).stdout == ok("replay", str(f)).stdout
+
+
+# --------------------------------------------------------------------------- trust ops
+
+
+def test_trust_commands_outputs_and_dump(tmp_path, monkeypatch):
+    import hashlib
+
+    import blake3
+    import cbor2
+
+    from ecac.keys import public_key, signing_key_from_hex
+    from ecac.store import Store
+
+    monkeypatch.setenv("ECAC_TIME_MS", "5000")
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "99")  # ECAC_TIME_MS wins
+    db = tmp_path / "db"
+    monkeypatch.setenv("ECAC_DB", str(db))
+    sk_hex = "11" * 32
+    pk_hex = public_key(signing_key_from_hex(sk_hex)).hex()
+    r = ok("trust-issuer-publish", "issuer-1", "k1", "EdDSA", sk_hex)
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("issuer_key_op_id=") and lines[0].endswith(" issuer_id=issuer-1 key_id=k1")
+    assert lines[1] == f"valid_from_ms=5000 valid_until_ms={5000 + 365 * 86_400_000}"
+    key_op = bytes.fromhex(lines[0].split()[0].split("=")[1])
+    fails(
+        "valid_until_ms (5) must be > valid_from_ms (10)",
+        *("trust-issuer-publish", "issuer-1", "k2", "EdDSA", sk_hex, "--valid-from-ms", "10"),
+        *("--valid-until-ms", "5"),
+    )
+    chunk = tmp_path / "chunk.bin"
+    chunk.write_bytes(b"\x05")
+    args = ("trust-status-chunk", "issuer-1", "list-0", "1", "0", str(chunk), sk_hex)
+    fails("bitset_sha256_hex not provided; pass --bitset-sha256-hex <64-hex>", *args)
+    fails("expected 64 hex chars for SHA-256 value", *args, "--bitset-sha256-hex", "abc")
+    sha = hashlib.sha256(b"\x05").hexdigest()
+    r = ok(*args, "--bitset-sha256-hex", sha.upper())
+    assert r.stdout.endswith(" issuer_id=issuer-1 list_id=list-0 version=1 chunk_index=0\n")
+    monkeypatch.setenv("ECAC_TIME_MS", "7000")
+    r = ok("trust-issuer-revoke", "issuer-1", "k1", "compromised", sk_hex)
+    assert r.stdout.startswith("issuer_revoke_op_id=")
+    assert r.stdout.endswith(" issuer_id=issuer-1 key_id=k1 reason=compromised\n")
+    revoke_op = bytes.fromhex(r.stdout.split()[0].split("=")[1])
+    with Store.open(db) as st:
+        op = st.get_op(revoke_op)
+        assert op.hlc.physical_ms == 7000 and op.hlc.logical == 0 and op.hlc.node_id == 1
+        assert set(op.parents) == set(st.heads(8)) - {revoke_op} or key_op in st.topo_ids()
+        assert st.op_count() == 3
+    dump = json.loads(ok("trust-dump").stdout)
+    issuers = {
+        "issuer-1": {
+            "k1": {
+                "algo": "EdDSA",
+                "valid_from_ms": 5000,
+                "valid_until_ms": 5000 + 365 * 86_400_000,
+                "activated_at_ms": 5000,
+                "revoked_at_ms": 7000,
+                "pubkey_hex": pk_hex,
+            }
+        }
+    }
+    lists = {
+        "list-0": {
+            "issuer_id": "issuer-1",
+            "list_id": "list-0",
+            "version": 1,
+            "num_chunks": 1,
+            "bitset_sha256_hex": sha,
+            "digest_matches": True,
+        }
+    }
+    assert dump["issuers"] == issuers and dump["status_lists"] == lists
+    assert dump["issuers_digest_hex"] == blake3.blake3(cbor2.dumps(issuers)).hexdigest()
+    assert dump["status_lists_digest_hex"] == blake3.blake3(cbor2.dumps(lists)).hexdigest()
+    text = ok("trust-dump").stdout
+    assert text.startswith(
+        '{\n  "issuers": {\n    "issuer-1": {\n      "k1": {\n        "activated_at_ms": 5000,'
+    )
+
+
+def test_trust_time_falls_back_to_source_date_epoch(tmp_path, monkeypatch):
+    monkeypatch.delenv("ECAC_TIME_MS", raising=False)
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "3")
+    r = ok("trust-issuer-publish", "-d", str(tmp_path / "db"), "iss", "k", "EdDSA", "22" * 32)
+    assert r.stdout.splitlines()[1] == f"valid_from_ms=3000 valid_until_ms={3000 + 365 * 86_400_000}"

@@ -8,19 +8,27 @@ the CLI prints as ``Error: <message>`` with exit code 1.
 from __future__ import annotations
 
 import json
+import os
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import blake3
 import click
+from nacl.signing import SigningKey
 
+from ecac.codec import dumps
 from ecac.errors import EcacError
+from ecac.hlc import U32_MAX, U64_MAX, Hlc
+from ecac.keys import parse_hex, public_key, signing_key_from_hex
 from ecac.memstore import PutRejectedError
-from ecac.op import Op, read_log
+from ecac.op import IssuerKey, IssuerKeyRevoke, Op, Payload, StatusListChunk, make_op, read_log
 from ecac.replay import replay_full
 from ecac.store import Store, load_dag, replay_store
+from ecac.trust import TrustView
 
 DEFAULT_BATCH = 1024
 
@@ -242,6 +250,176 @@ def status_cmd(db: Path, as_json: bool) -> None:
     click.echo(render_status(status, as_json))
 
 
+# --------------------------------------------------------------------------- trust ops (store §3.3)
+
+YEAR_MS = 365 * 86_400_000
+
+env_db_option = click.option(
+    "--db",
+    "-d",
+    "db",
+    envvar="ECAC_DB",
+    default=".ecac.db",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Store directory (env ECAC_DB; created if missing).",
+)
+
+
+def deterministic_now_ms() -> int:
+    """``ECAC_TIME_MS``, else ``SOURCE_DATE_EPOCH`` × 1000, else the wall clock (store §3.1)."""
+    for name, scale in (("ECAC_TIME_MS", 1), ("SOURCE_DATE_EPOCH", 1000)):
+        raw = os.environ.get(name)
+        if raw is not None:
+            try:
+                v = int(raw.strip()) * scale
+            except ValueError:
+                continue
+            if 0 <= v < 2**64:
+                return v
+    return time.time_ns() // 1_000_000
+
+
+def mint_and_store(db: Path, sk: SigningKey, now_ms: int, payload: Payload) -> Op:
+    """Sign ``payload`` with parents ``heads(8)`` and HLC ``{now, 0, 1}``, then put it."""
+    with opened(db) as st:
+        op = make_op(sk, st.heads(8), Hlc(now_ms, 0, 1), payload)
+        st.put(op)
+    return op
+
+
+@click.command("trust-issuer-publish")
+@env_db_option
+@click.argument("issuer_id")
+@click.argument("key_id")
+@click.argument("algo")
+@click.argument("issuer_sk_hex")
+@click.option("--prev-key-id", default=None, help="The key this one replaces.")
+@click.option("--valid-from-ms", type=click.IntRange(0, U64_MAX), default=None, help="Default: now.")
+@click.option(
+    "--valid-until-ms", type=click.IntRange(0, U64_MAX), default=None, help="Default: now + 365 days."
+)
+def trust_issuer_publish_cmd(
+    db: Path,
+    issuer_id: str,
+    key_id: str,
+    algo: str,
+    issuer_sk_hex: str,
+    prev_key_id: str | None,
+    valid_from_ms: int | None,
+    valid_until_ms: int | None,
+) -> None:
+    """Publish the issuer's own public key as an IssuerKey op (in-band trust)."""
+    sk = signing_key_from_hex(issuer_sk_hex)
+    now = deterministic_now_ms()
+    vf = now if valid_from_ms is None else valid_from_ms
+    vu = min(now + YEAR_MS, U64_MAX) if valid_until_ms is None else valid_until_ms
+    if vu <= vf:
+        raise EcacError(f"valid_until_ms ({vu}) must be > valid_from_ms ({vf})")
+    payload = IssuerKey(issuer_id, key_id, algo, public_key(sk), vf, vu, prev_key_id)
+    op = mint_and_store(db, sk, now, payload)
+    click.echo(f"issuer_key_op_id={op.op_id.hex()} issuer_id={issuer_id} key_id={key_id}")
+    click.echo(f"valid_from_ms={vf} valid_until_ms={vu}")
+
+
+@click.command("trust-issuer-revoke")
+@env_db_option
+@click.argument("issuer_id")
+@click.argument("key_id")
+@click.argument("reason")
+@click.argument("issuer_sk_hex")
+def trust_issuer_revoke_cmd(db: Path, issuer_id: str, key_id: str, reason: str, issuer_sk_hex: str) -> None:
+    """Revoke an issuer key with an IssuerKeyRevoke op."""
+    sk = signing_key_from_hex(issuer_sk_hex)
+    op = mint_and_store(db, sk, deterministic_now_ms(), IssuerKeyRevoke(issuer_id, key_id, reason))
+    click.echo(f"issuer_revoke_op_id={op.op_id.hex()} issuer_id={issuer_id} key_id={key_id} reason={reason}")
+
+
+@click.command("trust-status-chunk")
+@env_db_option
+@click.argument("issuer_id")
+@click.argument("list_id")
+@click.argument("version", type=click.IntRange(0, U32_MAX))
+@click.argument("chunk_index", type=click.IntRange(0, U32_MAX))
+@click.argument("chunk_path", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("issuer_sk_hex")
+@click.option("--bitset-sha256-hex", "bitset_hex", default=None, help="SHA-256 of the whole bitset (64 hex).")
+def trust_status_chunk_cmd(
+    db: Path,
+    issuer_id: str,
+    list_id: str,
+    version: int,
+    chunk_index: int,
+    chunk_path: Path,
+    issuer_sk_hex: str,
+    bitset_hex: str | None,
+) -> None:
+    """Publish one chunk of a status list (LSB-first bits) as a StatusListChunk op."""
+    if bitset_hex is None:
+        raise EcacError("bitset_sha256_hex not provided; pass --bitset-sha256-hex <64-hex>")
+    bitset_sha = parse_hex(bitset_hex, 32, "SHA-256 value")
+    sk = signing_key_from_hex(issuer_sk_hex)
+    try:
+        chunk = chunk_path.read_bytes()
+    except OSError as e:
+        raise EcacError(f"{chunk_path}: cannot read: {e.strerror or e}") from None
+    payload = StatusListChunk(list_id, issuer_id, version, chunk_index, bitset_sha, chunk)
+    op = mint_and_store(db, sk, deterministic_now_ms(), payload)
+    click.echo(
+        f"status_list_chunk_op_id={op.op_id.hex()} issuer_id={issuer_id} list_id={list_id} "
+        f"version={version} chunk_index={chunk_index}"
+    )
+
+
+def trust_dump_obj(tv: TrustView) -> dict[str, Any]:
+    """The ``trust-dump`` document: ordered views of issuer keys and status lists plus their digests.
+
+    Each digest is BLAKE3 of the CBOR of the ordered map (keys ascending, struct fields in
+    declaration order), as the reference computes it.
+    """
+    issuers: dict[str, dict[str, dict[str, Any]]] = {}
+    for iss in sorted(tv.issuers):
+        issuers[iss] = {}
+        for kid in sorted(tv.issuers[iss]):
+            r = tv.issuers[iss][kid]
+            issuers[iss][kid] = {
+                "algo": r.algo,
+                "valid_from_ms": r.valid_from_ms,
+                "valid_until_ms": r.valid_until_ms,
+                "activated_at_ms": r.activated_at_ms,
+                "revoked_at_ms": r.revoked_at_ms,
+                "pubkey_hex": r.pubkey.hex(),
+            }
+    lists: dict[str, dict[str, Any]] = {}
+    for lid in sorted(tv.status_lists):
+        sl = tv.status_lists[lid]
+        lists[lid] = {
+            "issuer_id": sl.issuer_id,
+            "list_id": sl.list_id,
+            "version": sl.version,
+            "num_chunks": len(sl.chunks),
+            "bitset_sha256_hex": sl.bitset_sha256.hex(),
+            "digest_matches": True,  # TrustView keeps only complete lists whose SHA-256 matches
+        }
+    return {
+        "issuers": issuers,
+        "issuers_digest_hex": blake3.blake3(dumps(issuers)).hexdigest(),
+        "status_lists": lists,
+        "status_lists_digest_hex": blake3.blake3(dumps(lists)).hexdigest(),
+    }
+
+
+@click.command("trust-dump")
+@env_db_option
+def trust_dump_cmd(db: Path) -> None:
+    """Print the in-band TrustView of the store's ops as pretty JSON with sorted keys."""
+    from ecac.policy import trust_view_for
+
+    with opened(db) as st:
+        tv = trust_view_for(list(st.iter_topo_ops()))
+    click.echo(json.dumps(trust_dump_obj(tv), indent=2, sort_keys=True, ensure_ascii=False))
+
+
 def register(group: click.Group) -> None:
     """Add this area's commands to the top-level group."""
     for cmd in (
@@ -252,5 +430,9 @@ def register(group: click.Group) -> None:
         checkpoint_load_cmd,
         verify_store_cmd,
         status_cmd,
+        trust_issuer_publish_cmd,
+        trust_issuer_revoke_cmd,
+        trust_status_chunk_cmd,
+        trust_dump_cmd,
     ):
         group.add_command(cmd)
