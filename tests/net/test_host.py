@@ -7,6 +7,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
+from typing import Any
 
 import blake3
 import pytest
@@ -215,6 +216,28 @@ async def test_gossip_is_forwarded_along_a_line_only_after_validation() -> None:
 
         assert await c.publish(TOPIC, b"from-c")  # and the other way round
         await wait_until(lambda: [m.data for m in got[a.peer_id]] == [b"from-c"])
+
+
+@pytest.mark.timeout(60)
+async def test_spec_vector_announce_gets_the_spec_message_id_and_originator_key(vectors: Any) -> None:
+    """The node key signs announces, so the gossip originator's key must equal the announce vk."""
+    wire = vectors.expected["wire"]
+    data = bytes.fromhex(wire["signed_announce_cbor_hex"])
+    signer = bytes.fromhex(wire["announce_signer_seed_hex"])
+    a, b = P2PHost(signer, config=CFG), P2PHost(seed(2), config=CFG)
+    assert a.public_key == bytes.fromhex(wire["announce_signer_vk_hex"])
+    got: list[GossipMessage] = []
+    keys: list[bytes] = []
+    await a.subscribe(TOPIC, lambda m: None)
+    await b.subscribe(TOPIC, got.append, validator=lambda d, key: keys.append(key) is None)
+    async with a.run(LOCAL), b.run(LOCAL):
+        await a.dial(b.listen_addrs()[0])
+        await wait_until(lambda: a.mesh_peers(TOPIC) == [b.peer_id])
+        assert await a.publish(TOPIC, data)
+        await wait_until(lambda: len(got) == 1)
+    assert got[0].data == data and len(data) == wire["signed_announce_len"]
+    assert got[0].msg_id.hex() == wire["gossip_message_id_hex"]
+    assert got[0].originator_public_key == keys[0] == a.public_key
 
 
 @pytest.mark.timeout(60)
