@@ -285,3 +285,26 @@ def test_hb_over_a_partial_dag_ignores_pending_ops(seed, n):
         for b in ops:
             want = dfs_hb(active, a.op_id, b.op_id) if a.op_id in dag and b.op_id in dag else False
             assert dag.hb(a.op_id, b.op_id) == want
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32), n=st.integers(1, 40))
+def test_an_earlier_order_is_a_subsequence_of_a_later_one(seed, n):
+    """Replay relies on this to check "the old order is a prefix" in O(1)."""
+    rng = random.Random(seed)
+    ops = random_dag(rng, n)
+    perm = ops[:]
+    rng.shuffle(perm)
+    dag = Dag()
+    snapshots = []
+    for op in perm:
+        dag.insert(op)
+        if rng.random() < 0.4:
+            snapshots.append(dag.topo_order())
+    final = dag.topo_order()
+    for old in snapshots:
+        it = iter(final)
+        assert all(any(x is y for y in it) for x in old)  # subsequence, by identity
+        k = len(old)
+        is_prefix = final[:k] == old
+        assert is_prefix == (k == 0 or final[k - 1] is old[-1])

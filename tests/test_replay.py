@@ -499,3 +499,16 @@ def test_appending_any_payload_kinds_after_the_prefix_equals_full(seed, n, kinds
     assert state.snapshot_cbor() == want_state.snapshot_cbor()
     restart = any(k in RETROACTIVE_KINDS or k in ("Grant", "Revoke") for k in kinds)
     assert r.last_start == (0 if restart else n)
+
+
+def test_switching_to_another_dag_compares_the_whole_prefix():
+    a = _data([], 10, value=b"A")
+    x = _data([], 11, value=b"X")
+    b = _data([], 20, "set+:o:s:e", b"B")
+    r = Replayer()
+    r.apply(Dag.from_ops([a, b]))
+    # same length and same last op, but another op before it: not a prefix
+    state, digest = r.apply(Dag.from_ops([x, b]))
+    assert r.last_start == 0
+    assert digest == full([x, b])[1]
+    assert state.get_field("o", "x").values() == [b"X"]

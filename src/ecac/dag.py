@@ -72,7 +72,7 @@ class _Pending:
 class Dag:
     """Activated ops, pending ops, the cached total order and the happens-before index."""
 
-    __slots__ = ("_fresh", "_nodes", "_order", "_pending", "_pmax", "_tails", "_waiting")
+    __slots__ = ("__weakref__", "_fresh", "_nodes", "_order", "_pending", "_pmax", "_tails", "_waiting")
 
     def __init__(self) -> None:
         self._nodes: dict[bytes, _Node] = {}
@@ -249,7 +249,10 @@ class Dag:
         """The activated ops in the deterministic total order.
 
         The returned list is never mutated afterwards (a new list is made when the order
-        changes), so callers may keep it to compare with a later order.
+        changes), so callers may keep it to compare with a later order. An earlier order of
+        the same DAG is always a subsequence of a later one: new ops are never parents of
+        old ones, so they cannot change when an old op becomes ready. Hence an earlier
+        order ``P`` is a prefix of the current one iff ``current[len(P) - 1] is P[-1]``.
         """
         if self._fresh:
             self._refresh()

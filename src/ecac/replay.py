@@ -20,6 +20,7 @@ returns None when the order has no Grant/Revoke (allow-all).
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -267,6 +268,7 @@ class Replayer:
     """
 
     __slots__ = (
+        "_live_dag",
         "_live_hash",
         "_live_k",
         "_live_order",
@@ -288,6 +290,7 @@ class Replayer:
         self.auto_every = auto_every
         self.last_start = 0
         self._live_order: Sequence[Op] | None = []
+        self._live_dag: weakref.ref[Dag] | None = None
         self._live_hash: bytes | None = None
         self._live_k = 0
         self._live_policy = False
@@ -321,13 +324,19 @@ class Replayer:
         self._since_point = 0
         return p
 
-    def _live_start(self, order: Sequence[Op]) -> int | None:
+    def _live_start(self, dag: Dag, order: Sequence[Op]) -> int | None:
         k = self._live_k
         if k > len(order):
             return None
         if self._live_order is not None:
             live = self._live_order
-            if order is not live and order[:k] != live:
+            if order is live:
+                pass
+            elif self._live_dag is not None and self._live_dag() is dag:
+                # same (grown) DAG: the old order is a subsequence of the new one (Dag.topo_order)
+                if k and order[k - 1] is not live[k - 1]:
+                    return None
+            elif order[:k] != live:
                 return None
         elif order_hash(order, k) != self._live_hash:
             return None
@@ -338,7 +347,7 @@ class Replayer:
     def apply(self, dag: Dag, observer: Observer | None = None) -> tuple[State, bytes]:
         """Bring the state up to ``dag``'s current order; returns ``(state, digest)``."""
         order = dag.topo_order()
-        start = self._live_start(order)
+        start = self._live_start(dag, order)
         if start is None:
             ids = b"".join(op.op_id for op in order) if self.points else b""
             point = next((p for p in reversed(self.points) if p.valid_for(order, ids)), None)
@@ -352,6 +361,7 @@ class Replayer:
         self.digest = apply_over_order(dag, self.state, order, start, observer)
         self._live_policy = self._live_policy or has_policy(order[start:])
         self._live_order = order
+        self._live_dag = weakref.ref(dag)
         self._live_hash = None
         self._since_point += len(order) - start
         self._live_k = len(order)
