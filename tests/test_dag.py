@@ -308,3 +308,48 @@ def test_an_earlier_order_is_a_subsequence_of_a_later_one(seed, n):
         k = len(old)
         is_prefix = final[:k] == old
         assert is_prefix == (k == 0 or final[k - 1] is old[-1])
+
+
+def test_an_op_may_extend_a_chain_whose_tail_is_a_non_parent_ancestor():
+    def mk(first: int, parents: list[Op], ms: int) -> Op:
+        return Op(
+            tuple(sorted(p.op_id for p in parents)),
+            Hlc(ms, 0, 0),
+            bytes(32),
+            Data("k", b""),
+            bytes(64),
+            bytes([first]) * 32,
+        )
+
+    t = mk(9, [], 1)  # chain 0
+    u = mk(1, [], 2)  # chain 1
+    q = mk(5, [u, t], 3)  # parents sorted (u, t): extends u's chain, t stays tail of chain 0
+    w1 = mk(6, [q], 4)  # extends q
+    w2 = mk(7, [q], 5)  # q is no longer a tail, but t (an ancestor) is: reuses chain 0
+    ops = [t, u, q, w1, w2]
+    dag = Dag.from_ops(ops)
+    assert dag.chain_count() == 2
+    for a in ops:
+        for b in ops:
+            assert dag.hb(a.op_id, b.op_id) == dfs_hb(ops, a.op_id, b.op_id)
+
+
+def test_fork_heavy_history_keeps_few_chains():
+    # 8 writers in rounds, each writing on a random subset of the current heads
+    rng = random.Random(4)
+    ops: list[Op] = []
+    heads: list[bytes] = []
+    for r in range(60):
+        new = []
+        for w in range(8):
+            ps = sorted(rng.sample(heads, min(len(heads), rng.randint(1, 8)))) if heads else []
+            new.append(fake_op(len(ops) + len(new), ps, Hlc(r, 0, w), rng.randbytes(30)))
+        used = {p for op in new for p in op.parents}
+        heads = sorted((set(heads) - used) | {op.op_id for op in new})
+        ops.extend(new)
+    dag = Dag.from_ops(ops)
+    assert dag.chain_count() <= 24  # about the width of the DAG, not the number of forks
+    sample = rng.sample(ops, 40)
+    for a in sample:
+        for b in sample:
+            assert dag.hb(a.op_id, b.op_id) == dfs_hb(ops, a.op_id, b.op_id)

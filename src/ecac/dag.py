@@ -10,15 +10,18 @@ activations only invalidate the order from the first position whose op sorts aft
 smallest new key (found by bisecting a prefix-maximum list), and Kahn resumes from there.
 Appending ops that sort after everything (the usual case) costs O(new · log new).
 
-Happens-before index: every activated op is put on a *chain* (a path of parent → child
-edges): it extends the chain of a parent that is currently that chain's tail, otherwise it
-starts a new chain. Each op stores ``(chain, idx)`` and a *summary* mapping every other
-chain to the highest index of one of its strict ancestors there. Because a chain is a
-path, ``hb(a, b)`` is then O(1): same chain → ``idx(a) < idx(b)``, else
+Happens-before index: every activated op is put on a *chain*, a set of ops totally
+ordered by ancestry. It extends the chain of a parent that is currently that chain's
+tail, else any chain whose tail is an ancestor, else it starts a new chain; so in practice the
+number of chains stays near the width of the DAG (the concurrent writers), not the
+number of forks. Each op stores ``(chain, idx)`` and a *summary* mapping every other
+chain to the highest index of one of its strict ancestors there. Because a chain is
+totally ordered, ``hb(a, b)`` is O(1): same chain → ``idx(a) < idx(b)``, else
 ``summary(b)[chain(a)] >= idx(a)``. An op that only extends its single parent's chain
 shares that parent's summary object, so chain-like histories (one chain per writer) use
-O(1) extra memory per op; a merge creates a dict with one entry per chain it has seen,
-so the worst case is O(ops · chains) memory and O(parents · chains) time per activation.
+O(1) index memory per op. An op with several parents (or a forked parent) gets its own
+summary: O(parents · chains) time and O(chains) memory for that op, so the worst case is
+O(ops · chains) memory, with chains ≈ DAG width.
 """
 
 from __future__ import annotations
@@ -152,22 +155,14 @@ class Dag:
         nodes = self._nodes
         tails = self._tails
         parents = [nodes[p] for p in op.parents]
-        ext: _Node | None = None
-        for pn in parents:
-            if tails[pn.chain] is pn:
-                ext = pn
-                break
-        if ext is not None:
-            chain = ext.chain
-            idx = ext.idx + 1
+        first = parents[0] if parents else None
+        if first is None:
+            chain, idx, summary = -1, 0, _EMPTY
+        elif tails[first.chain] is first and all(pn is first for pn in parents):
+            # the common case: extend the single parent's chain and share its summary
+            chain, idx, summary = first.chain, first.idx + 1, first.summary
         else:
-            chain = len(tails)
-            idx = 0
-        if not parents:
-            summary = _EMPTY
-        elif ext is not None and all(pn is ext for pn in parents):
-            summary = ext.summary  # shared: the ancestors off this chain are exactly the parent's
-        else:
+            # merged summary: highest ancestor index per chain, parents included
             summary = {}
             for pn in parents:
                 for c, i in pn.summary.items():
@@ -175,14 +170,27 @@ class Dag:
                         summary[c] = i
                 if summary.get(pn.chain, -1) < pn.idx:
                     summary[pn.chain] = pn.idx
+            # extend a chain whose tail is an ancestor (chains stay totally ordered by
+            # ancestry): a parent's chain first, else the lowest such chain id
+            chain = -1
+            for pn in parents:
+                if tails[pn.chain] is pn:
+                    chain = pn.chain
+                    break
+            else:
+                for c in sorted(summary):
+                    if tails[c].idx == summary[c]:
+                        chain = c
+                        break
+            idx = tails[chain].idx + 1 if chain >= 0 else 0
             summary.pop(chain, None)
             if not summary:
                 summary = _EMPTY
+        if chain < 0:
+            chain = len(tails)
+            tails.append(None)  # type: ignore[arg-type]
         node = _Node(op, chain, idx, summary)
-        if ext is not None:
-            tails[chain] = node
-        else:
-            tails.append(node)
+        tails[chain] = node
         for pn in parents:
             ch = pn.children
             if ch is None:
