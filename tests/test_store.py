@@ -663,3 +663,15 @@ def test_resume_with_policy_ops_in_the_prefix(db):
         full = _full([*ops, *more])
         assert resumed.digest == full[1] and resumed.state == full[0]
         assert replay_store(st, from_checkpoint=True, verify_sigs=True).digest == full[1]
+
+
+def test_read_only_open(db):
+    ops = hb_chain(16, 3)
+    with Store.open(db) as st:
+        st.put_many(ops)
+    with Store.open(db, read_only=True) as st:
+        assert st.topo_ids() == [op.op_id for op in ops]
+        with pytest.raises(StoreError, match="read-only"):
+            st.put_tag_key("t", 1, bytes(32))
+    with pytest.raises(StoreError, match="does not exist"):
+        Store.open(db.parent / "nope", read_only=True)

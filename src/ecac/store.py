@@ -379,7 +379,7 @@ def open_rdict(
     """
     p = Path(path)
     exists = (p / "CURRENT").exists()
-    if not create_if_missing and not exists:
+    if (read_only or not create_if_missing) and not exists:
         raise StoreError(f"store {p} does not exist")
     if read_only:
         return _rdict(p, CF_NAMES, False, access_type=AccessType.read_only())
