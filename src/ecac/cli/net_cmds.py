@@ -1,9 +1,206 @@
-"""CLI commands of one area (see ecac.cli)."""
+"""Network CLI commands: ``node`` (the long-lived libp2p node) and ``inject-demo-ops``.
+
+``ecac.net.node`` imports libp2p (~0.7 s, ~60 MB), so it is imported inside the commands
+that need it, never at CLI start-up. ``status --node URL`` lives in ``store_cmds`` and uses
+``node_status`` below.
+"""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 import click
+
+from ecac.errors import EcacError
+
+LEVELS = click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False)
+
+
+@click.command("node")
+@click.option(
+    "--db",
+    "-d",
+    "db",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Store directory (created if missing; holds node_key).",
+)
+@click.option(
+    "--listen",
+    "listen",
+    multiple=True,
+    required=True,
+    help="Listen multiaddr, e.g. /ip4/127.0.0.1/tcp/0 (repeatable).",
+)
+@click.option("--peer", "peers", multiple=True, help="Bootstrap peer /ip4/…/tcp/…/p2p/<id> (repeatable).")
+@click.option("--project", required=True, help="Project id: gossip topic ecac/v1/<project>/announce.")
+@click.option("--control", default=None, help="Control API HOST:PORT on loopback (port 0 = any free port).")
+@click.option("--log-level", default="INFO", show_default=True, type=LEVELS, help="stderr log level.")
+@click.option(
+    "--anti-entropy-ms",
+    default=5000,
+    show_default=True,
+    type=click.IntRange(10, 3_600_000),
+    help="Anti-entropy period.",
+)
+@click.option(
+    "--key-file",
+    default=None,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Node identity seed file (default <db>/node_key; created if missing).",
+)
+@click.option(
+    "--heartbeat-ms",
+    default=500,
+    show_default=True,
+    type=click.IntRange(50, 60_000),
+    help="Gossipsub heartbeat interval.",
+)
+@click.option(
+    "--request-max-ops",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0, 2**32 - 1),
+    help="Ops asked for per sync request (0 = the server's cap).",
+)
+def node_cmd(
+    db: Path,
+    listen: tuple[str, ...],
+    peers: tuple[str, ...],
+    project: str,
+    control: str | None,
+    log_level: str,
+    anti_entropy_ms: int,
+    key_file: Path | None,
+    heartbeat_ms: int,
+    request_max_ops: int,
+) -> None:
+    """Run a network node until SIGINT/SIGTERM.
+
+    The first stdout line is `listening <multiaddr>/p2p/<peer-id>`; with --control a second
+    line `control http://HOST:PORT` follows. Logs go to stderr.
+    """
+    from ecac.net.control import parse_control_addr
+    from ecac.wire import announce_topic
+
+    try:
+        announce_topic(project)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--project") from None
+    ctl = parse_control_addr(control) if control is not None else None
+
+    from ecac.net.node import NodeOptions, configure_logging, run_node
+
+    configure_logging(log_level)
+    overrides = {"request_max_ops": request_max_ops} if request_max_ops else {}
+    opts = NodeOptions(
+        db=db,
+        listen=listen,
+        project=project,
+        peers=peers,
+        control=ctl,
+        anti_entropy_ms=anti_entropy_ms,
+        key_file=key_file,
+        heartbeat_interval=heartbeat_ms / 1000.0,
+        sync_overrides=overrides,
+    )
+
+    def ready(node: Any) -> None:
+        click.echo(f"listening {node.listen_addrs[0]}")
+        if node.control_url is not None:
+            click.echo(f"control {node.control_url}")
+        import sys
+
+        sys.stdout.flush()
+
+    try:
+        run_node(opts, ready)
+    except EcacError:
+        raise
+    except Exception as e:
+        from ecac.net.host import P2PError
+
+        if isinstance(e, P2PError):
+            raise EcacError(str(e)) from None
+        raise
+
+
+@click.command("inject-demo-ops")
+@click.option(
+    "--db",
+    "-d",
+    "db",
+    default=None,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Append to this store (offline; the node must not be running on it).",
+)
+@click.option("--node", "node_url", default=None, help="Inject through a running node's control API URL.")
+@click.option("--count", required=True, type=click.IntRange(1, 1_000_000), help="Number of ops.")
+@click.option("--seed", required=True, type=click.IntRange(0, 2**64 - 1), help="Author key and payload seed.")
+def inject_demo_ops_cmd(db: Path | None, node_url: str | None, count: int, seed: int) -> None:
+    """Write COUNT chained, signed demo Data ops (see ecac.net.demo_ops), offline or live."""
+    if (db is None) == (node_url is None):
+        raise click.UsageError("give exactly one of --db and --node")
+    if node_url is not None:
+        from ecac.net.control import ControlClient
+
+        click.echo(json.dumps(ControlClient(node_url).inject(count, seed), separators=(",", ":")))
+        return
+    assert db is not None
+    from ecac.cli.store_cmds import opened
+    from ecac.net.demo_ops import demo_ops_for
+    from ecac.store import replay_store
+
+    with opened(db) as st:
+        ops = demo_ops_for(st, count, seed)
+        result = st.put_many([op.cbor for op in ops])
+        digest = replay_store(st, from_checkpoint=True).digest
+        total = st.op_count()
+    click.echo(f"injected {len(result.stored)} ops ({ops[0].op_id.hex()} … {ops[-1].op_id.hex()})")
+    click.echo(f"op_count={total}")
+    click.echo(f"digest={digest.hex()}")
+
+
+# --------------------------------------------------------------------------- status --node
+
+
+def node_status(url: str) -> dict[str, Any]:
+    """``GET /status`` of a running node (EcacError when unreachable)."""
+    from ecac.net.control import ControlClient
+
+    return ControlClient(url, timeout=10.0).status()
+
+
+def render_node_status(status: dict[str, Any]) -> None:
+    """A small rich table for people (``status --node URL`` without ``--json``)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"node {status.get('peer_id', '?')}", show_header=False)
+    t.add_column("key", style="bold")
+    t.add_column("value", overflow="fold")
+    rows = [
+        ("listen", ", ".join(status.get("listen", []))),
+        ("project", status.get("project")),
+        (
+            "ops (stored / complete / pending)",
+            f"{status.get('op_count')} / {status.get('complete_count')} / {status.get('pending_ops')}",
+        ),
+        ("heads", status.get("head_count")),
+        ("state digest", f"{status.get('state_digest')} (over {status.get('digest_ops')} ops)"),
+        ("peers", "\n".join(status.get("peers", [])) or "-"),
+        ("sync idle", status.get("sync_idle")),
+    ]
+    for k, v in rows:
+        t.add_row(k, str(v))
+    counters = status.get("counters", {})
+    t.add_row("counters", " ".join(f"{k}={v}" for k, v in counters.items() if v) or "-")
+    Console().print(t)
 
 
 def register(group: click.Group) -> None:
     """Add this area's commands to the top-level group."""
+    for cmd in (node_cmd, inject_demo_ops_cmd):
+        group.add_command(cmd)

@@ -241,10 +241,29 @@ def render_status(status: dict[str, Any], as_json: bool) -> str:
 
 
 @click.command("status")
-@db_option
+@click.option(
+    "--db",
+    "-d",
+    "db",
+    default=None,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Store directory (created if missing).",
+)
+@click.option("--node", "node_url", default=None, help="A running node's control API URL instead of --db.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of key: value lines.")
-def status_cmd(db: Path, as_json: bool) -> None:
-    """Ops, heads, pending ops, watermark, latest checkpoint and state digest of a store."""
+def status_cmd(db: Path | None, node_url: str | None, as_json: bool) -> None:
+    """Ops, heads, pending ops, watermark, latest checkpoint and state digest of a store (or a live node)."""
+    if (db is None) == (node_url is None):
+        raise click.UsageError("give exactly one of --db and --node")
+    if node_url is not None:
+        from ecac.cli.net_cmds import node_status, render_node_status
+
+        status = node_status(node_url)
+        if as_json:
+            click.echo(json.dumps(status, separators=(",", ":")))
+        else:
+            render_node_status(status)
+        return
     with opened(db) as st:
         status = local_status(st)
     click.echo(render_status(status, as_json))
