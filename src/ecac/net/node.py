@@ -163,6 +163,10 @@ def _now() -> float:
     return trio.current_time()
 
 
+def _drop_connect_errors(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Failed to open TCP stream")
+
+
 def _peer_of(addr: str) -> str:
     """The ``/p2p/<PeerId>`` part of a multiaddr (ValueError when absent)."""
     parts = addr.rstrip("/").split("/")
@@ -259,8 +263,9 @@ class Node:
         self.host = P2PHost(seed, config=HostConfig(heartbeat_interval=opts.heartbeat_interval))
         self.peer_id = self.host.peer_id
         if not log.isEnabledFor(logging.DEBUG):
-            # libp2p logs every refused TCP connect at ERROR; our dial loop reports it once
-            logging.getLogger("libp2p.transport.tcp.tcp").setLevel(logging.CRITICAL)
+            # libp2p logs every refused TCP connect at ERROR; our dial loop reports it already.
+            # A filter, because the host resets libp2p logger levels when it starts.
+            logging.getLogger("libp2p.transport.tcp.tcp").addFilter(_drop_connect_errors)
         self.counters = NodeCounters()
         self.digest = DigestTracker(store)
         self.listen_addrs: list[str] = []
