@@ -430,3 +430,11 @@ def test_fast_path_agrees_on_byte_mutations(seed):
         i = rng.randrange(len(data))
         data[i] = rng.randrange(256)
     _agree(bytes(data))
+
+
+def test_every_truncation_of_a_log_is_a_decode_error():
+    data = encode_ops(gen_hb_chain(6, 2))
+    for n in range(len(data)):
+        with pytest.raises(DecodeError):
+            read_log(data[:n], "t.cbor")
+    assert len(read_log(data)) == 2
