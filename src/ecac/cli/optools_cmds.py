@@ -1,0 +1,110 @@
+"""Op-file tools of the reference CLI (store §3.3): ``op-make-min``, ``op-make-grant``,
+``op-corrupt-sig`` and ``op-make-orphan``.
+
+They transform or mint op files for tests and demos; they do not replay, so they do not
+filter invalid ops (``op-corrupt-sig`` exists precisely to produce them).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import blake3
+import click
+
+from ecac.cli.core_cmds import load_ops, read_file
+from ecac.cli.policy_cmds import echo_attach_result, write_bytes
+from ecac.codec import b2l, dumps
+from ecac.errors import EcacError
+from ecac.hlc import Hlc
+from ecac.keys import signing_key_from_hex
+from ecac.op import Credential, Grant, Op, encode_ops, make_op
+
+
+def _with_sig(op: Op, sig: bytes) -> Op:
+    """The same op with another signature (and its canonical bytes re-encoded)."""
+    cbor = dumps({"header": op.header_obj(), "sig": b2l(sig), "op_id": b2l(op.op_id)})
+    return replace(op, sig=sig, cbor=cbor)
+
+
+def corrupt_sig(op: Op) -> Op:
+    """``sig[0] ^= 1``, or ``sig = [0]`` when the signature is empty (reference behaviour)."""
+    sig = bytes([op.sig[0] ^ 1]) + op.sig[1:] if op.sig else b"\x00"
+    return _with_sig(op, sig)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@click.command("op-make-min")
+@click.argument("author_sk_hex")
+@click.argument("output", type=click.Path(dir_okay=False))
+def op_make_min_cmd(author_sk_hex: str, output: str) -> None:
+    """Write one deterministic op (Credential "min-cred", HLC {0,0,1}) as a 1-element list."""
+    op = make_op(
+        signing_key_from_hex(author_sk_hex), (), Hlc(0, 0, 1), Credential("min-cred", b"\x01\x02\x03")
+    )
+    write_bytes(output, encode_ops([op]))
+    click.echo(f"wrote minimal op to {output}", err=True)
+
+
+@click.command("op-make-grant")
+@click.argument("author_sk_hex")
+@click.argument("admin_sk_hex")
+@click.argument("out_dir", type=click.Path(file_okay=False))
+def op_make_grant_cmd(author_sk_hex: str, admin_sk_hex: str, out_dir: str) -> None:
+    """Write cred.op.cbor (a test Credential by the author) and grant.op.cbor (its Grant by the admin)."""
+    author = signing_key_from_hex(author_sk_hex)
+    admin = signing_key_from_hex(admin_sk_hex)
+    body = b"m8-test-credential"
+    t = now_ms()
+    cred = make_op(author, (), Hlc(t, 0, 1), Credential("m8:test:cred", body))
+    grant = make_op(
+        admin, (cred.op_id,), Hlc(t, 0, 2), Grant(bytes(author.verify_key), blake3.blake3(body).digest())
+    )
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+        raise EcacError(f"{out_dir}: cannot create directory: {e.strerror or e}") from None
+    cred_path, grant_path = str(Path(out_dir) / "cred.op.cbor"), str(Path(out_dir) / "grant.op.cbor")
+    write_bytes(cred_path, cred.cbor)
+    write_bytes(grant_path, grant.cbor)
+    echo_attach_result(cred, grant, cred_path, grant_path)
+
+
+@click.command("op-corrupt-sig")
+@click.argument("input_file", metavar="INPUT")
+@click.argument("output", type=click.Path(dir_okay=False))
+def op_corrupt_sig_cmd(input_file: str, output: str) -> None:
+    """Flip bit 0 of every op's signature (for admission tests); writes a list of ops."""
+    ops = [corrupt_sig(op) for op in load_ops(input_file)]
+    write_bytes(output, encode_ops(ops))
+    click.echo(f"wrote corrupted signatures to {output}", err=True)
+
+
+@click.command("op-make-orphan")
+@click.argument("base")
+@click.argument("author_sk_hex")
+@click.argument("output", type=click.Path(dir_okay=False))
+def op_make_orphan_cmd(base: str, author_sk_hex: str, output: str) -> None:
+    """Append an op whose only parent (32 zero bytes) does not exist; payload cloned from the last op."""
+    ops = load_ops(base)
+    if not ops:
+        raise EcacError(f"{base}: no ops to clone a payload from")
+    last = ops[-1]
+    hlc = Hlc(max(now_ms(), last.hlc.physical_ms + 1), 0, last.hlc.logical)
+    orphan = make_op(signing_key_from_hex(author_sk_hex), (bytes(32),), hlc, last.payload)
+    write_bytes(output, encode_ops([*ops, orphan]))
+    click.echo(f"appended orphan op → {output}", err=True)
+
+
+def register(group: click.Group) -> None:
+    for cmd in (op_make_min_cmd, op_make_grant_cmd, op_corrupt_sig_cmd, op_make_orphan_cmd):
+        group.add_command(cmd)
+
+
+__all__ = ["corrupt_sig", "read_file", "register"]
