@@ -370,12 +370,13 @@ class Node:
                 if outcome.stored:
                     stored = set(outcome.stored)
                     self.digest.add([op for op in commit.ops if op.op_id in stored])
-                log.debug(
-                    "commit %d from %s: %d stored, %d duplicates",
-                    commit.commit_id,
-                    commit.peer,
+                log.log(
+                    logging.INFO if outcome.stored else logging.DEBUG,
+                    "committed %d ops from %s (%d duplicates; %d stored)",
                     len(outcome.stored),
+                    commit.peer,
                     outcome.duplicates,
+                    self.store.op_count(),
                 )
             else:
                 self.counters.commit_rejections += 1
