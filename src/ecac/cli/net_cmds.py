@@ -65,6 +65,12 @@ LEVELS = click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=Fals
     type=click.IntRange(0, 2**32 - 1),
     help="Ops asked for per sync request (0 = the server's cap).",
 )
+@click.option(
+    "--exit-on-stdin-eof",
+    is_flag=True,
+    hidden=True,
+    help="Stop when stdin reaches EOF (used by ecac.net.procs so nodes never outlive their parent).",
+)
 def node_cmd(
     db: Path,
     listen: tuple[str, ...],
@@ -76,6 +82,7 @@ def node_cmd(
     key_file: Path | None,
     heartbeat_ms: int,
     request_max_ops: int,
+    exit_on_stdin_eof: bool,
 ) -> None:
     """Run a network node until SIGINT/SIGTERM.
 
@@ -105,6 +112,7 @@ def node_cmd(
         key_file=key_file,
         heartbeat_interval=heartbeat_ms / 1000.0,
         sync_overrides=overrides,
+        exit_on_stdin_eof=exit_on_stdin_eof,
     )
 
     def ready(node: Any) -> None:

@@ -133,6 +133,7 @@ class NodeOptions:
     key_file: Path | None = None
     heartbeat_interval: float = 0.5
     sync_overrides: dict[str, Any] = field(default_factory=dict)
+    exit_on_stdin_eof: bool = False  # for nodes started by ecac.net.procs: die with the parent
 
     def sync_config(self) -> SyncConfig:
         return SyncConfig(anti_entropy_period=self.anti_entropy_ms / 1000.0, **self.sync_overrides)
@@ -303,6 +304,8 @@ class Node:
                 self.control_url = f"http://{ctl_host}:{port}"
             if stop_on_signals:
                 nursery.start_soon(self._signals, nursery.cancel_scope)
+            if self.opts.exit_on_stdin_eof:
+                nursery.start_soon(self._watch_stdin, nursery.cancel_scope)
             nursery.start_soon(self.digest.run)
             nursery.start_soon(self._commit_worker)
             nursery.start_soon(self._publisher)
@@ -327,6 +330,15 @@ class Node:
                 log.info("received %s, shutting down", signal.Signals(signum).name)
                 scope.cancel()
                 return
+
+    @staticmethod
+    async def _watch_stdin(scope: trio.CancelScope) -> None:
+        """Stop when stdin reaches EOF: the parent that holds the pipe's other end is gone."""
+        async with trio.lowlevel.FdStream(os.dup(0)) as stdin:
+            while await stdin.receive_some(4096):
+                pass
+        log.info("stdin closed (parent process gone?), shutting down")
+        scope.cancel()
 
     # ------------------------------------------------------------------ effects
 

@@ -8,7 +8,8 @@
     a.stop()            # SIGTERM, waits for a clean exit (SIGKILL after the timeout)
     b.kill()            # SIGKILL
 
-Each node writes its stderr log to ``<db>.log`` (or ``log_path``). ``start_node`` returns once
+Each node writes its stderr log to ``<db>.log`` (or ``log_path``) and stops by itself when this
+process exits (its stdin is a pipe from us; EOF stops it). ``start_node`` returns once
 the node printed its ``listening …`` (and ``control …``) lines, so ``.addr`` and
 ``.control_url`` are real bound addresses even with port 0.
 """
@@ -107,6 +108,8 @@ class NodeProc:
         self._close()
 
     def _close(self) -> None:
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            self.proc.stdin.close()
         if self.proc.stdout is not None:
             self.proc.stdout.close()
         if self._log_file is not None:
@@ -133,6 +136,7 @@ def node_args(
 ) -> list[str]:
     """The ``ecac node`` argument list for these settings."""
     args = ["--db", str(db), "--project", project, "--anti-entropy-ms", str(anti_entropy_ms)]
+    args += ["--exit-on-stdin-eof"]
     args += ["--log-level", log_level]
     for a in listen:
         args += ["--listen", a]
@@ -176,7 +180,7 @@ def start_node(
     log_file = open(logp, "ab")  # noqa: SIM115 - closed by NodeProc
     proc = subprocess.Popen(
         [*NODE_COMMAND, *args],
-        stdin=subprocess.DEVNULL,
+        stdin=subprocess.PIPE,  # never written: its EOF tells the node that we are gone
         stdout=subprocess.PIPE,
         stderr=log_file,
         env=env,
