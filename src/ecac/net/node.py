@@ -518,7 +518,8 @@ class Node:
         self._req_scopes[rid] = scope
         stream = None
         saw_trailer = False
-        log.debug(
+        log.log(
+            logging.INFO if eff.request.want else logging.DEBUG,  # anti-entropy rounds are frequent
             "request %d to %s: want %d, boundary %d",
             rid,
             eff.peer,
@@ -532,7 +533,7 @@ class Node:
                     await stream.write(eff.frame())
                     await stream.close()
                 except P2PError as e:
-                    self._apply(coord.request_failed(rid, str(e), _now()))
+                    self._request_failed(rid, eff.peer, str(e))
                     return
                 self._apply(coord.request_started(rid, _now()))
                 reader = FrameReader(self.cfg.max_frame)
@@ -544,19 +545,21 @@ class Node:
                     try:
                         chunk = await stream.read(READ_CHUNK)
                     except StreamResetError as e:
-                        self._apply(coord.request_failed(rid, str(e), _now()))
+                        self._request_failed(rid, eff.peer, str(e))
                         return
                     if not chunk:
                         try:
                             reader.eof()
                         except ProtocolError as e:
                             log.info("request %d to %s: %s", rid, eff.peer, e)
+                        if rid in coord.active_requests():
+                            log.info("request %d to %s: stream ended without a trailer", rid, eff.peer)
                         self._apply(coord.stream_closed(rid, _now()))
                         return
                     try:
                         bodies = reader.feed(chunk)
                     except ProtocolError as e:
-                        self._apply(coord.request_failed(rid, str(e), _now(), violation=True))
+                        self._request_failed(rid, eff.peer, str(e), violation=True)
                         return
                     if not bodies:
                         continue
@@ -571,6 +574,11 @@ class Node:
             if stream is not None:
                 with trio.CancelScope(shield=True):
                     await self._finish_stream(stream, saw_trailer)
+
+    def _request_failed(self, rid: int, peer: str, reason: str, violation: bool = False) -> None:
+        if rid in self.coord.active_requests():
+            log.info("request %d to %s failed: %s", rid, peer, reason)
+        self._apply(self.coord.request_failed(rid, reason, _now(), violation=violation))
 
     @staticmethod
     async def _finish_stream(stream: Any, clean: bool) -> None:
