@@ -57,6 +57,28 @@ def test_inject_offline_twice(tmp_path: Path) -> None:
         ["node", "--db", "x", "--project", "p"],
         ["node", "--db", "x", "--listen", "/ip4/127.0.0.1/tcp/0", "--project", "a/b"],
         ["node", "--db", "x", "--listen", "/ip4/127.0.0.1/tcp/0", "--project", "p", "--log-level", "LOUD"],
+        [
+            "node",
+            "--db",
+            "x",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--project",
+            "p",
+            "--peer",
+            "/ip4/1.2.3.4/tcp/1",
+        ],
+        [
+            "node",
+            "--db",
+            "x",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--project",
+            "p",
+            "--peer",
+            "/nope/p2p/12D3Koo",
+        ],
     ],
 )
 def test_usage_errors_exit_2(tmp_path: Path, args: list[str]) -> None:

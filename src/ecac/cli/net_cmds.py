@@ -98,7 +98,13 @@ def node_cmd(
         raise click.BadParameter(str(e), param_hint="--project") from None
     ctl = parse_control_addr(control) if control is not None else None
 
-    from ecac.net.node import NodeOptions, configure_logging, run_node
+    from ecac.net.node import NodeOptions, check_peer_addr, configure_logging, run_node
+
+    for addr in peers:
+        try:
+            check_peer_addr(addr)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--peer") from None
 
     configure_logging(log_level)
     overrides = {"request_max_ops": request_max_ops} if request_max_ops else {}

@@ -168,6 +168,18 @@ def _drop_connect_errors(record: logging.LogRecord) -> bool:
     return not str(record.msg).startswith("Failed to open TCP stream")
 
 
+def check_peer_addr(addr: str) -> str:
+    """Validate a bootstrap multiaddr (``…/p2p/<PeerId>``); returns its PeerId or raises ValueError."""
+    import multiaddr
+
+    peer = _peer_of(addr)
+    try:
+        multiaddr.Multiaddr(addr)
+    except Exception as e:
+        raise ValueError(f"invalid multiaddr {addr!r}: {e}") from None
+    return peer
+
+
 def _peer_of(addr: str) -> str:
     """The ``/p2p/<PeerId>`` part of a multiaddr (ValueError when absent)."""
     parts = addr.rstrip("/").split("/")
@@ -412,6 +424,7 @@ class Node:
             now = _now()
             if wake is not None and now >= wake:
                 self._apply(self.coord.timer(now))
+                await trio.lowlevel.checkpoint()  # never spin without yielding
                 continue
             deadline = now + TIMER_MAX_SLEEP if wake is None else min(wake, now + TIMER_MAX_SLEEP)
             self._timer_kick = trio.Event()
