@@ -353,3 +353,153 @@ def test_fork_heavy_history_keeps_few_chains():
     for a in sample:
         for b in sample:
             assert dag.hb(a.op_id, b.op_id) == dfs_hb(ops, a.op_id, b.op_id)
+
+
+# ---------------------------------------------------------------------- bounded hb index
+
+
+def rooty_dag(rng: random.Random, n: int, p_root: float, max_parents: int, authors: int = 3) -> list[Op]:
+    """Many roots and wide merges (the shape that makes summaries overflow), parents first."""
+    ops: list[Op] = []
+    for i in range(n):
+        if not ops or rng.random() < p_root:
+            parents: list[bytes] = []
+        else:
+            k = rng.randint(1, min(max_parents, len(ops)))
+            parents = sorted(ops[j].op_id for j in rng.sample(range(len(ops)), k))
+        author = bytes([rng.randrange(authors)]) * 32
+        op = fake_op(i, parents, Hlc(i, 0, 0), rng.randbytes(30))
+        ops.append(replace(op, author_pk=author))
+    return ops
+
+
+def ancestor_sets(ops: list[Op]) -> dict[bytes, int]:
+    """Exact strict-ancestor sets as bitsets over the generation order (parents first)."""
+    index = {op.op_id: i for i, op in enumerate(ops)}
+    anc: dict[bytes, int] = {}
+    for op in ops:
+        bits = 0
+        for p in op.parents:
+            bits |= anc[p] | (1 << index[p])
+        anc[op.op_id] = bits
+    return anc
+
+
+class CountingDag(Dag):
+    """Counts how often ``hb`` needs the bounded search (the path past the O(1) checks)."""
+
+    __slots__ = ("searches",)
+
+    def __init__(self, **kw: int) -> None:
+        super().__init__(**kw)
+        self.searches = 0
+
+    def _search(self, na, nb):  # type: ignore[no-untyped-def]
+        self.searches += 1
+        return super()._search(na, nb)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    seed=st.integers(0, 2**32),
+    n=st.integers(2, 45),
+    k=st.integers(1, 4),
+    bits=st.integers(1, 8),
+    p_root=st.sampled_from([0.1, 0.3, 0.6]),
+)
+def test_hb_with_tiny_summaries_equals_dfs(seed, n, k, bits, p_root):
+    """Summaries of 1-4 entries and a filter of 1-8 bits: floors and the search carry the answers."""
+    rng = random.Random(seed)
+    ops = rooty_dag(rng, n, p_root, max_parents=5)
+    perm = ops[:]
+    rng.shuffle(perm)
+    small = Dag(summary_max=k, filter_bits=bits)
+    small.insert_many(perm)
+    full = Dag.from_ops(ops)
+    assert small.hb_index_stats()["largest_summary"] <= k
+    for a in ops:
+        for b in ops:
+            want = dfs_hb(ops, a.op_id, b.op_id)
+            assert small.hb(a.op_id, b.op_id) == want, (a.op_id.hex(), b.op_id.hex())
+            assert full.hb(a.op_id, b.op_id) == want
+
+
+def test_the_search_path_runs_and_agrees_with_dfs():
+    rng = random.Random(7)
+    ops = rooty_dag(rng, 300, 0.3, max_parents=6)
+    anc = ancestor_sets(ops)
+    index = {op.op_id: i for i, op in enumerate(ops)}
+    dag = CountingDag(summary_max=2, filter_bits=3)
+    dag.insert_many(ops)
+    stats = dag.hb_index_stats()
+    assert stats["floored_ops"] > 0 and stats["largest_summary"] <= 2
+    for a in ops:
+        for b in ops[::3]:
+            assert dag.hb(a.op_id, b.op_id) == bool(anc[b.op_id] >> index[a.op_id] & 1)
+    assert dag.searches > 100
+
+
+def test_adversarial_roots_then_merges_keep_summaries_bounded():
+    """3000 roots, then a merge chain over them, a merge of every head and random wide merges."""
+    rng = random.Random(11)
+    ops: list[Op] = []
+
+    def add(parents: list[bytes]) -> Op:
+        op = fake_op(len(ops), sorted(parents), Hlc(len(ops), 0, 0), rng.randbytes(30))
+        ops.append(op)
+        return op
+
+    roots = [add([]) for _ in range(3000)]
+    acc = add([roots[0].op_id, roots[1].op_id])
+    for r in roots[2:1500]:
+        acc = add([acc.op_id, r.op_id])  # every step sees one more chain
+    everything = add([acc.op_id] + [r.op_id for r in roots[1500:]])
+    for _ in range(1000):
+        add([ops[j].op_id for j in rng.sample(range(len(ops)), 20)])
+    add([everything.op_id, ops[-1].op_id])
+    dag = Dag.from_ops(ops)
+    stats = dag.hb_index_stats()
+    n = len(ops)
+    assert stats["ops"] == n
+    assert stats["largest_summary"] <= 32
+    assert stats["summary_entries"] <= 32 * (n - 3000)  # roots store nothing
+    assert stats["largest_filter_bits"] <= 1024
+    anc = ancestor_sets(ops)
+    index = {op.op_id: i for i, op in enumerate(ops)}
+    sample = [*rng.sample(ops, 60), roots[0], roots[2999], acc, everything, ops[-1]]
+    for a in sample:
+        for b in sample:
+            assert dag.hb(a.op_id, b.op_id) == bool(anc[b.op_id] >> index[a.op_id] & 1)
+
+
+def test_chains_follow_authors_when_writers_merge_a_shared_head():
+    """Editors merging the admin's head extend their own chains; the admin keeps its chain."""
+    admin = bytes([1]) * 32
+    editors = [bytes([10 + e]) * 32 for e in range(5)]
+    rng = random.Random(5)
+    ops: list[Op] = []
+    last: dict[bytes, bytes] = {}
+    for i in range(400):
+        author = admin if rng.random() < 0.2 else rng.choice(editors)
+        parents = {last[author]} if author in last else set()
+        if author != admin and admin in last:
+            parents.add(last[admin])
+        op = replace(fake_op(i, sorted(parents), Hlc(i, 0, 0), rng.randbytes(30)), author_pk=author)
+        last[author] = op.op_id
+        ops.append(op)
+    dag = Dag.from_ops(ops)
+    assert dag.chain_count() == 1 + len(editors)
+    sample = ops[::7]
+    for a in sample:
+        for b in sample:
+            assert dag.hb(a.op_id, b.op_id) == dfs_hb(ops, a.op_id, b.op_id)
+
+
+def test_dag_rejects_an_empty_index_size():
+    for kw in ({"summary_max": 0}, {"filter_bits": 0}):
+        try:
+            Dag(**kw)
+        except ValueError as e:
+            assert "at least 1" in str(e)
+        else:
+            raise AssertionError(f"Dag({kw}) accepted")

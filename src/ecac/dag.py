@@ -10,18 +10,36 @@ activations only invalidate the order from the first position whose op sorts aft
 smallest new key (found by bisecting a prefix-maximum list), and Kahn resumes from there.
 Appending ops that sort after everything (the usual case) costs O(new · log new).
 
-Happens-before index: every activated op is put on a *chain*, a set of ops totally
-ordered by ancestry. It extends the chain of a parent that is currently that chain's
-tail, else any chain whose tail is an ancestor, else it starts a new chain; so in practice the
-number of chains stays near the width of the DAG (the concurrent writers), not the
-number of forks. Each op stores ``(chain, idx)`` and a *summary* mapping every other
-chain to the highest index of one of its strict ancestors there. Because a chain is
-totally ordered, ``hb(a, b)`` is O(1): same chain → ``idx(a) < idx(b)``, else
-``summary(b)[chain(a)] >= idx(a)``. An op that only extends its single parent's chain
-shares that parent's summary object, so chain-like histories (one chain per writer) use
-O(1) index memory per op. An op with several parents (or a forked parent) gets its own
-summary: O(parents · chains) time and O(chains) memory for that op, so the worst case is
-O(ops · chains) memory, with chains ≈ DAG width.
+Happens-before index (exact, bounded memory). Every activated op ``x`` gets:
+
+* ``gen(x)`` = 1 + max gen of its parents (0 for roots): an ancestor has a strictly smaller gen;
+* a *chain* and an index on it. A chain is a sequence of ops totally ordered by ancestry.
+  An op extends the chain of a parent that is currently that chain's tail, preferring a
+  parent with the same author (so chains follow writers), else a chain whose tail is a
+  known non-parent ancestor, else it starts a new chain;
+* a *summary*: for at most ``SUMMARY_MAX`` (K) other chains, the exact highest index of an
+  ancestor of ``x`` there, plus a *floor*: every ancestor on a chain missing from the
+  summary has gen < floor (0 when nothing was left out). A merge keeps the K entries whose
+  ancestor has the highest gen and raises the floor above the ones it drops, so the newest
+  history stays exact and only old history is forgotten;
+* a *chain filter*: a ``CHAIN_FILTER_BITS``-bit set of (chain id mod bits) over every chain
+  holding an ancestor, never truncated (exact while there are fewer chains than bits).
+
+``hb(a, b)``: same chain → ``idx(a) < idx(b)``; chain(a) in summary(b) → compare indexes;
+``gen(a) >= floor(b)`` or chain(a) not in b's filter → False. All O(1). Only when a is
+older than b's floor and its chain may hold an ancestor of b does a search run: a DFS from
+b over parents that never expands a node whose gen is <= gen(a) (it cannot reach a) and
+that answers at every visited node with the same O(1) checks instead of expanding it.
+
+Cost model. Memory: an op that extends its only parent's chain shares the parent's summary
+and filter (O(1)); any other op stores at most K entries and a filter of at most
+``CHAIN_FILTER_BITS`` bits, so the index is O(ops · K) for ANY DAG (roots and merges
+included). Insert: O(1) for a chain extension, O(parents · K) otherwise. Queries: O(1)
+whenever the summary covers the chains b saw recently — always for fewer than K+1 chains
+(one writer, concurrent writers, writers merging each other's heads) and for any a newer
+than b's floor. Otherwise the search visits at most the ancestors of b whose gen lies in
+``(gen(a), gen(b)]`` and that are themselves unable to answer, each once (one visited set
+per query): bounded by the gen window between a and b, never the whole DAG above a.
 """
 
 from __future__ import annotations
@@ -32,24 +50,35 @@ from heapq import heapify, heappop, heappush
 
 from ecac.op import Op, Rejection, admit
 
+#: K: the most chains a summary lists exactly (see the module docstring)
+SUMMARY_MAX = 32
+#: size of the per-op set of chains holding an ancestor (chain id mod this many bits)
+CHAIN_FILTER_BITS = 1024
+
 _EMPTY: dict[int, int] = {}  # shared summary of ops with no ancestors on other chains; never mutated
 _UNPLACED = 1 << 62  # position of an activated op not yet placed in the order
 
 
 class _Node:
-    """An activated op with its index data.
+    """An activated op with its index data (see the module docstring).
 
     ``children`` holds the child nodes once per parent entry: None, a single node (the
-    common case, no list allocated) or a list.
+    common case, no list allocated) or a list. ``summary`` and ``filt`` may be shared
+    with the parent whose chain this node extends; they are never mutated.
     """
 
-    __slots__ = ("chain", "children", "deg", "idx", "op", "pos", "summary")
+    __slots__ = ("chain", "children", "deg", "filt", "floor", "gen", "idx", "op", "pos", "summary")
 
-    def __init__(self, op: Op, chain: int, idx: int, summary: dict[int, int]) -> None:
+    def __init__(
+        self, op: Op, chain: int, idx: int, gen: int, summary: dict[int, int], floor: int, filt: int
+    ) -> None:
         self.op = op
         self.chain = chain
         self.idx = idx
+        self.gen = gen
         self.summary = summary
+        self.floor = floor
+        self.filt = filt
         self.children: _Node | list[_Node] | None = None
         self.pos = _UNPLACED
         self.deg = 0
@@ -75,13 +104,29 @@ class _Pending:
 class Dag:
     """Activated ops, pending ops, the cached total order and the happens-before index."""
 
-    __slots__ = ("__weakref__", "_fresh", "_nodes", "_order", "_pending", "_pmax", "_tails", "_waiting")
+    __slots__ = (
+        "__weakref__",
+        "_chains",
+        "_fbits",
+        "_fresh",
+        "_k",
+        "_nodes",
+        "_order",
+        "_pending",
+        "_pmax",
+        "_waiting",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, *, summary_max: int = SUMMARY_MAX, filter_bits: int = CHAIN_FILTER_BITS) -> None:
+        """An empty DAG; ``summary_max`` and ``filter_bits`` size the hb index (tests shrink them)."""
+        if summary_max < 1 or filter_bits < 1:
+            raise ValueError("summary_max and filter_bits must be at least 1")
+        self._k = summary_max
+        self._fbits = filter_bits
         self._nodes: dict[bytes, _Node] = {}
         self._pending: dict[bytes, _Pending] = {}
         self._waiting: dict[bytes, list[bytes]] = {}  # missing parent id -> waiting child ids
-        self._tails: list[_Node] = []  # chain id -> its current last node
+        self._chains: list[list[_Node]] = []  # chain id -> its nodes by index (the last is the tail)
         self._order: list[Op] = []
         self._pmax: list[Op] = []  # _pmax[i] = the op with the largest sort key in _order[: i + 1]
         self._fresh: list[_Node] = []  # activated since the order was last computed
@@ -153,54 +198,93 @@ class Dag:
 
     def _activate(self, op: Op) -> None:
         nodes = self._nodes
-        tails = self._tails
+        chains = self._chains
         parents = [nodes[p] for p in op.parents]
-        first = parents[0] if parents else None
-        if first is None:
-            chain, idx, summary = -1, 0, _EMPTY
-        elif tails[first.chain] is first and all(pn is first for pn in parents):
-            # the common case: extend the single parent's chain and share its summary
-            chain, idx, summary = first.chain, first.idx + 1, first.summary
+        if not parents:
+            node = _Node(op, len(chains), 0, 0, _EMPTY, 0, 0)
+            chains.append([node])
         else:
-            # merged summary: highest ancestor index per chain, parents included
-            summary = {}
-            for pn in parents:
-                for c, i in pn.summary.items():
-                    if summary.get(c, -1) < i:
-                        summary[c] = i
-                if summary.get(pn.chain, -1) < pn.idx:
-                    summary[pn.chain] = pn.idx
-            # extend a chain whose tail is an ancestor (chains stay totally ordered by
-            # ancestry): a parent's chain first, else the lowest such chain id
-            chain = -1
-            for pn in parents:
-                if tails[pn.chain] is pn:
-                    chain = pn.chain
-                    break
+            first = parents[0]
+            line = chains[first.chain]
+            if line[-1] is first and all(pn is first for pn in parents):
+                # the common case: extend the single parent's chain and share its index data
+                node = _Node(
+                    op, first.chain, first.idx + 1, first.gen + 1, first.summary, first.floor, first.filt
+                )
+                line.append(node)
             else:
-                for c in sorted(summary):
-                    if tails[c].idx == summary[c]:
-                        chain = c
-                        break
-            idx = tails[chain].idx + 1 if chain >= 0 else 0
-            summary.pop(chain, None)
-            if not summary:
-                summary = _EMPTY
-        if chain < 0:
-            chain = len(tails)
-            tails.append(None)  # type: ignore[arg-type]
-        node = _Node(op, chain, idx, summary)
-        tails[chain] = node
-        for pn in parents:
-            ch = pn.children
-            if ch is None:
-                pn.children = node
-            elif type(ch) is _Node:
-                pn.children = [ch, node]
-            else:
-                ch.append(node)
+                node = self._merged(op, parents)
+            for pn in parents:
+                ch = pn.children
+                if ch is None:
+                    pn.children = node
+                elif type(ch) is _Node:
+                    pn.children = [ch, node]
+                else:
+                    ch.append(node)
         nodes[op.op_id] = node
         self._fresh.append(node)
+
+    def _merged(self, op: Op, parents: list[_Node]) -> _Node:
+        """The node of an op with several parents or a forked parent: O(parents · K)."""
+        chains = self._chains
+        fbits = self._fbits
+        k = self._k
+        gen = 0
+        floor = 0
+        filt = 0
+        summary: dict[int, int] = {}
+        for pn in parents:
+            if pn.gen >= gen:
+                gen = pn.gen + 1
+            if pn.floor > floor:
+                floor = pn.floor
+            filt |= pn.filt | (1 << (pn.chain % fbits))
+            for c, i in pn.summary.items():
+                if summary.get(c, -1) < i:
+                    summary[c] = i
+            c = pn.chain
+            if summary.get(c, -1) < pn.idx:
+                summary[c] = pn.idx
+        if floor:
+            # an entry whose ancestor is below a parent's floor may be short of an ancestor
+            # that parent forgot: below the floor, the summary knows nothing
+            summary = {c: i for c, i in summary.items() if chains[c][i].gen >= floor}
+        chain = self._chain_to_extend(op.author_pk, parents, summary)
+        if chain < 0:
+            chain = len(chains)
+            chains.append([])
+        line = chains[chain]
+        summary.pop(chain, None)  # the own chain is implicit: every earlier index is an ancestor
+        if len(summary) > k:
+            ranked = sorted(summary.items(), key=lambda ci: (chains[ci[0]][ci[1]].gen, ci[0]), reverse=True)
+            c, i = ranked[k]
+            floor = max(floor, chains[c][i].gen + 1)
+            summary = dict(ranked[:k])
+        node = _Node(op, chain, len(line), gen, summary or _EMPTY, floor, filt)
+        line.append(node)
+        return node
+
+    def _chain_to_extend(self, author: bytes, parents: list[_Node], summary: dict[int, int]) -> int:
+        """A chain whose tail is an ancestor: a parent's (same author first), else a summary's; or -1."""
+        chains = self._chains
+        fallback = -1
+        for pn in parents:
+            if chains[pn.chain][-1] is pn:
+                if pn.op.author_pk == author:
+                    return pn.chain
+                if fallback < 0:
+                    fallback = pn.chain
+        if fallback >= 0:
+            return fallback
+        for c in sorted(summary):
+            tail = chains[c][-1]
+            if tail.idx == summary[c]:
+                if tail.op.author_pk == author:
+                    return c
+                if fallback < 0:
+                    fallback = c
+        return fallback
 
     # ------------------------------------------------------------------ queries
 
@@ -235,21 +319,80 @@ class Dag:
         return [c.op.op_id for c in _kids(n)]
 
     def hb(self, a: bytes, b: bytes) -> bool:
-        """True iff ``a`` is a strict ancestor of ``b`` (both activated); O(1)."""
+        """True iff ``a`` is a strict ancestor of ``b`` (both activated); O(1) in the common cases."""
         nodes = self._nodes
         na = nodes.get(a)
         nb = nodes.get(b)
         if na is None or nb is None:
             return False
-        if na.chain == nb.chain:
+        ca = na.chain
+        if ca == nb.chain:
             return na.idx < nb.idx
-        return nb.summary.get(na.chain, -1) >= na.idx
+        i = nb.summary.get(ca)
+        if i is not None:
+            return i >= na.idx
+        if na.gen >= nb.floor or not nb.filt >> (ca % self._fbits) & 1:
+            return False
+        return self._search(na, nb)
 
     is_strict_ancestor = hb
 
+    def _search(self, na: _Node, nb: _Node) -> bool:
+        """``hb`` when b's summary forgot a's region: DFS from b, bounded by gen(a) (module docstring)."""
+        nodes = self._nodes
+        ca, ia, ga = na.chain, na.idx, na.gen
+        bit = ca % self._fbits
+        seen: set[int] = set()
+        stack = [nodes[p] for p in nb.op.parents]
+        while stack:
+            n = stack.pop()
+            if n.chain == ca:
+                if n.idx >= ia:
+                    return True
+                continue
+            if n.gen <= ga:
+                continue
+            i = n.summary.get(ca)
+            if i is not None:
+                if i >= ia:
+                    return True
+                continue
+            if ga >= n.floor or not n.filt >> bit & 1:
+                continue
+            key = id(n)
+            if key in seen:
+                continue
+            seen.add(key)
+            stack.extend(nodes[p] for p in n.op.parents)
+        return False
+
     def chain_count(self) -> int:
         """Number of chains of the happens-before index (a measure of its cost)."""
-        return len(self._tails)
+        return len(self._chains)
+
+    def hb_index_stats(self) -> dict[str, int]:
+        """Size of the happens-before index: chains, stored summaries and entries, largest summary."""
+        seen: set[int] = set()
+        entries = largest = floored = filter_bits = 0
+        for n in self._nodes.values():
+            s = n.summary
+            if n.floor:
+                floored += 1
+            filter_bits = max(filter_bits, n.filt.bit_length())
+            if id(s) in seen:
+                continue
+            seen.add(id(s))
+            entries += len(s)
+            largest = max(largest, len(s))
+        return {
+            "ops": len(self._nodes),
+            "chains": len(self._chains),
+            "summaries": len(seen),
+            "summary_entries": entries,
+            "largest_summary": largest,
+            "floored_ops": floored,
+            "largest_filter_bits": filter_bits,
+        }
 
     # ------------------------------------------------------------------ total order
 
