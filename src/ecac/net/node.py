@@ -460,6 +460,10 @@ class Node:
         elif ev.kind == "subscribed" and ev.topic == self.topic:
             log.debug("%s subscribed to %s", ev.peer_id, self.topic)
             self._apply(self.coord.peer_subscribed(ev.peer_id, now))
+            # Our forced announce may not reach it: gossip drops bytes it published in the last
+            # seen_ttl (120 s), and an unchanged state gives identical bytes. Pull at once instead
+            # of waiting up to a whole anti-entropy period.
+            self._apply(self.coord.anti_entropy_tick(now))
 
     # ------------------------------------------------------------------ dialling
 
