@@ -22,9 +22,9 @@ def cli() -> None:
 
 
 def _register_all() -> None:
-    from ecac.cli import bench_cmds, core_cmds, net_cmds, optools_cmds, policy_cmds, store_cmds
+    from ecac.cli import bench_cmds, core_cmds, demo_cmds, net_cmds, optools_cmds, policy_cmds, store_cmds
 
-    for mod in (core_cmds, optools_cmds, policy_cmds, store_cmds, net_cmds, bench_cmds):
+    for mod in (core_cmds, optools_cmds, policy_cmds, store_cmds, net_cmds, bench_cmds, demo_cmds):
         mod.register(cli)
 
 
