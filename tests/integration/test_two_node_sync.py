@@ -29,6 +29,11 @@ def test_two_node_sync(nodes: Nodes) -> None:
     assert sa["state_digest"] == sb["state_digest"]
     assert sb["peers"] == [a.peer_id] and sa["peers"] == [b.peer_id]
     assert sb["counters"]["ops_fetched"] == 360
+    assert b.client().get("/api/node/peers") == {
+        "peers": [{"peer_id": a.peer_id, "connected": True}],
+        "networking_enabled": True,
+    }
+    assert sb["bootstrap"] == [a.addr]
     # the digest both report is the full replay digest of exactly these ops, computed offline
     demo = demo_ops([ops[-1].op_id], 10_059, 300, 11)
     assert [demo[0].op_id.hex(), demo[-1].op_id.hex()] == inj["op_ids"]

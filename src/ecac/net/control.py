@@ -262,9 +262,8 @@ async def _digest(node: Node, req: Request) -> tuple[int, Any]:
 
 async def _peers(node: Node, req: Request) -> tuple[int, Any]:
     connected = set(node.host.connected_peers())
-    known = sorted(connected | set(node._dialled))
     return 200, {
-        "peers": [{"peer_id": p, "connected": p in connected} for p in known],
+        "peers": [{"peer_id": p, "connected": p in connected} for p in node.known_peers()],
         "networking_enabled": True,
     }
 

@@ -482,6 +482,11 @@ class Node:
                 waiter.set()  # dial the new address now
         return peer
 
+    def known_peers(self) -> list[str]:
+        """Connected peers and the peers we keep dialled, sorted."""
+        connected = self.host.connected_peers() if self._nursery is not None else []
+        return sorted(set(connected) | set(self._dialled))
+
     async def dial_now(self, addr: str) -> str:
         """Dial ``addr`` once (raises ``DialError``/ValueError) and keep it dialled afterwards."""
         peer = _peer_of(addr)
