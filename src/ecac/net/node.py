@@ -313,7 +313,8 @@ class Node:
 
                 ctl_host, ctl_port = self.opts.control
                 port = await nursery.start(serve_control, self, ctl_host, ctl_port)
-                self.control_url = f"http://{ctl_host}:{port}"
+                shown = f"[{ctl_host}]" if ":" in ctl_host else ctl_host
+                self.control_url = f"http://{shown}:{port}"
             if stop_on_signals:
                 nursery.start_soon(self._signals, nursery.cancel_scope)
             if self.opts.exit_on_stdin_eof:
