@@ -75,6 +75,7 @@ DIAL_BACKOFF_MAX = 30.0
 SERVE_READ_TIMEOUT = 15.0  # the request frame must arrive within this
 TIMER_MAX_SLEEP = 0.1
 READ_CHUNK = 65536
+JOIN_PULL_DELAY = 0.5  # > announce debounce + gossip latency
 DECODE_INLINE_MAX = 16  # frames decoded in the trio thread; more go to a worker thread
 
 
@@ -461,10 +462,21 @@ class Node:
         elif ev.kind == "subscribed" and ev.topic == self.topic:
             log.debug("%s subscribed to %s", ev.peer_id, self.topic)
             self._apply(self.coord.peer_subscribed(ev.peer_id, now))
-            # Our forced announce may not reach it: gossip drops bytes it published in the last
-            # seen_ttl (120 s), and an unchanged state gives identical bytes. Pull at once instead
-            # of waiting up to a whole anti-entropy period.
-            self._apply(self.coord.anti_entropy_tick(now))
+            if self._nursery is not None:
+                self._nursery.start_soon(self._pull_if_silent, ev.peer_id)
+
+    async def _pull_if_silent(self, peer: str) -> None:
+        """A peer joined the topic: pull from it soon unless its announce arrived meanwhile.
+
+        Its forced announce may never come: gossip drops bytes the peer published in the last
+        ``seen_ttl`` (120 s), and an unchanged state gives identical announce bytes. Without
+        this, a node joining a quiet peer would wait up to a whole anti-entropy period.
+        """
+        await trio.sleep(JOIN_PULL_DELAY)
+        st = self.coord.peer(peer)
+        if st is not None and st.connected and st.last_announce_id is None and not st.requests:
+            log.debug("no announce from %s since it joined: anti-entropy round now", peer)
+            self._apply(self.coord.anti_entropy_tick(_now()))
 
     # ------------------------------------------------------------------ dialling
 
