@@ -42,8 +42,9 @@ async def test_invalid_op_drop(nodes: Nodes) -> None:
         b = await blocking(nodes.start, "b", peers=[mallory.host.listen_addrs()[0]])
 
         def penalised() -> dict | None:
+            # the valid prefix is committed again right after the penalty: wait for that commit too
             s = b.status()
-            return s if s["counters"]["peers_penalised"] >= 1 else None
+            return s if s["counters"]["peers_penalised"] >= 1 and s["counters"]["commits"] >= 1 else None
 
         sb = await blocking(wait_for, penalised, 20)
         assert mallory.requests, "B never asked the malicious peer"
