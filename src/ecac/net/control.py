@@ -18,6 +18,8 @@ Endpoints (all JSON unless noted):
                             store's ``put_many``: invalid ones are reported, never stored
 ``POST /peers``             body ``{"multiaddr": "…/p2p/<id>"}``: dial now, keep re-dialling
                             (also ``POST /api/node/peers``)
+``POST /peers/block``       body ``{"peer_id": …, "seconds": S}``: exchange no ops or announces with
+                            that peer for S seconds (0 lifts it): a partition on demand
 ==========================  =====================================================================
 """
 
@@ -341,12 +343,24 @@ async def _add_peer(node: Node, req: Request) -> tuple[int, Any]:
     return 200, {"ok": True, "peer_id": peer}
 
 
+async def _block_peer(node: Node, req: Request) -> tuple[int, Any]:
+    obj = req.json()
+    peer, seconds = obj.get("peer_id"), obj.get("seconds")
+    if not isinstance(peer, str) or not peer:
+        raise HttpError(400, '"peer_id" must be a non-empty string')
+    if type(seconds) not in (int, float) or not 0 <= seconds <= 86_400:
+        raise HttpError(400, '"seconds" must be a number between 0 and 86400')
+    node.block_peer(peer, float(seconds))
+    return 200, {"ok": True, "peer_id": peer, "seconds": seconds}
+
+
 ROUTES: dict[str, dict[str, Handler]] = {
     "/status": {"GET": _status},
     "/api/health": {"GET": _health},
     "/api/state/digest": {"GET": _digest},
     "/api/node/peers": {"GET": _peers, "POST": _add_peer},
     "/peers": {"GET": _peers, "POST": _add_peer},
+    "/peers/block": {"POST": _block_peer},
     "/inject-demo-ops": {"POST": _inject},
     "/append-ops": {"POST": _append},
 }
@@ -408,3 +422,6 @@ class ControlClient:
 
     def add_peer(self, multiaddr: str) -> dict[str, Any]:
         return self.post_json("/peers", {"multiaddr": multiaddr})
+
+    def block_peer(self, peer_id: str, seconds: float) -> dict[str, Any]:
+        return self.post_json("/peers/block", {"peer_id": peer_id, "seconds": seconds})

@@ -75,6 +75,8 @@ DIAL_BACKOFF_MAX = 30.0
 SERVE_READ_TIMEOUT = 15.0  # the request frame must arrive within this
 TIMER_MAX_SLEEP = 0.1
 READ_CHUNK = 65536
+RECONCILE_PERIOD = 0.2
+STABLE_CONNECTION = 2.0  # a connection that dropped sooner counts as a failed dial
 JOIN_PULL_DELAY = 0.5  # > announce debounce + gossip latency
 DECODE_INLINE_MAX = 16  # frames decoded in the trio thread; more go to a worker thread
 
@@ -163,6 +165,10 @@ class NodeCounters:
 
 def _now() -> float:
     return trio.current_time()
+
+
+def _dial_backoff(failures: int) -> float:
+    return min(DIAL_BACKOFF_MAX, DIAL_BACKOFF_BASE * 2 ** min(failures - 1, 30))
 
 
 def _drop_connect_errors(record: logging.LogRecord) -> bool:
@@ -290,7 +296,8 @@ class Node:
         self._req_scopes: dict[int, trio.CancelScope] = {}
         self._changed = trio.Event()
         self._timer_kick = trio.Event()
-        self._bans: dict[str, float] = {}
+        self._bans: dict[str, float] = {}  # coordinator bans (penalties)
+        self._blocked: dict[str, float] = {}  # operator blocks (POST /peers/block)
         self._dialled: dict[str, str] = {}  # peer id -> address we keep dialled
         self._disconnected: dict[str, trio.Event] = {}
         self._write_lock = trio.Lock()
@@ -324,6 +331,7 @@ class Node:
             nursery.start_soon(self._commit_worker)
             nursery.start_soon(self._publisher)
             nursery.start_soon(self._timer_loop)
+            nursery.start_soon(self._reconcile_loop)
             log.info(
                 "node %s listening on %s (project %s, anti-entropy %d ms)",
                 self.peer_id,
@@ -442,6 +450,8 @@ class Node:
         return ok
 
     def _on_announce(self, msg: Any) -> None:
+        if self._blocked and (self._is_blocked(msg.originator) or self._is_blocked(msg.forwarder)):
+            return
         try:
             sa = SignedAnnounce.decode(msg.data)  # validated already; decode only
         except EcacError:
@@ -451,6 +461,9 @@ class Node:
     def _on_peer_event(self, ev: Any) -> None:
         now = _now()
         if ev.kind == "connected":
+            if self._is_blocked(ev.peer_id):
+                log.info("connected %s (blocked: ignored until the block ends)", ev.peer_id)
+                return
             log.info("connected %s", ev.peer_id)
             self._apply(self.coord.peer_connected(ev.peer_id, now))
         elif ev.kind == "disconnected":
@@ -459,6 +472,8 @@ class Node:
             waiter = self._disconnected.get(ev.peer_id)
             if waiter is not None:
                 waiter.set()
+        elif self._is_blocked(ev.peer_id):
+            return
         elif ev.kind == "subscribed" and ev.topic == self.topic:
             log.debug("%s subscribed to %s", ev.peer_id, self.topic)
             self._apply(self.coord.peer_subscribed(ev.peer_id, now))
@@ -477,6 +492,33 @@ class Node:
         if st is not None and st.connected and st.last_announce_id is None and not st.requests:
             log.debug("no announce from %s since it joined: anti-entropy round now", peer)
             self._apply(self.coord.anti_entropy_tick(_now()))
+
+    async def _reconcile_loop(self) -> None:
+        """Repair missed peer events and enforce blocks, every ``RECONCILE_PERIOD``.
+
+        The host derives connected/disconnected from per-connection callbacks; a peer that
+        reconnects before its old connection's teardown is processed produces neither event.
+        The coordinator's view is therefore compared with the live connections regularly.
+        """
+        while True:
+            await trio.sleep(RECONCILE_PERIOD)
+            now = _now()
+            live = {p for p in self.host.connected_peers() if not self._is_blocked(p)}
+            known = set(self.coord.connected_peers())
+            for p in sorted(live - known):
+                st = self.coord.peer(p)
+                if st is not None and now < st.banned_until:
+                    continue  # peer_connected would only re-send the Disconnect
+                log.info("connected %s (missed event)", p)
+                self._apply(self.coord.peer_connected(p, now))
+                if p in self.host.gossip_peers(self.topic):
+                    self._apply(self.coord.peer_subscribed(p, now))
+            for p in sorted(known - live):
+                log.info("disconnected %s (missed event)", p)
+                self._apply(self.coord.peer_disconnected(p, now))
+            for p, waiter in list(self._disconnected.items()):
+                if p not in live and not waiter.is_set():
+                    waiter.set()  # wake its dial loop, which may have missed the disconnect
 
     # ------------------------------------------------------------------ dialling
 
@@ -508,26 +550,28 @@ class Node:
         return peer
 
     async def _keep_dialled(self, peer: str) -> None:
+        """Dial ``peer`` while it is disconnected: 500 ms doubling backoff (max 30 s) after failed
+        dials and after connections that dropped within ``STABLE_CONNECTION`` (refused, banned,
+        blocked or flapping); at once after a connection that lasted."""
         from ecac.net.host import DialError
 
         failures = 0
         while True:
             addr = self._dialled[peer]
-            ban = self._bans.get(peer, 0.0)
-            if _now() < ban:
-                await trio.sleep_until(ban)
+            hold = max(self._bans.get(peer, 0.0), self._blocked.get(peer, 0.0))
+            if _now() < hold:
+                await trio.sleep(min(hold - _now(), 0.5))  # re-checked: a block may be lifted early
                 continue
             waiter = self._disconnected[peer] = trio.Event()
             if not self.host.is_connected(peer):
                 self.counters.dials += 1
                 try:
                     await self.host.dial(addr)
-                    failures = 0
                     log.info("dialled %s", addr)
                 except (DialError, ValueError) as e:
                     failures += 1
                     self.counters.dial_failures += 1
-                    delay = min(DIAL_BACKOFF_MAX, DIAL_BACKOFF_BASE * 2 ** min(failures - 1, 30))
+                    delay = _dial_backoff(failures)
                     log.log(
                         logging.INFO if failures <= 3 else logging.DEBUG,
                         "dial %s failed (%s); retry in %.1f s",
@@ -538,9 +582,40 @@ class Node:
                     with trio.move_on_after(delay):
                         await waiter.wait()  # an address change skips the wait
                     continue
-            if not self.host.is_connected(peer):
-                continue
-            await waiter.wait()
+            up_since = _now()
+            if self.host.is_connected(peer):
+                await waiter.wait()
+            if _now() - up_since >= STABLE_CONNECTION:
+                failures = 0
+            else:
+                failures += 1
+                await trio.sleep(_dial_backoff(failures))
+
+    def block_peer(self, peer: str, seconds: float) -> None:
+        """Partition from ``peer`` for ``seconds`` (``<= 0`` lifts it): a test and demo tool.
+
+        Application-level, so it does not depend on libp2p tearing connections down
+        (py-libp2p 0.8.1 may forget a connection on ``disconnect`` while its streams keep
+        working): the coordinator treats the peer as disconnected, its sync streams are
+        reset, its announces ignored, and it is not dialled. When the block ends, the
+        reconciliation loop reports the peer connected again and sync resumes.
+        """
+        if seconds <= 0:
+            self._blocked.pop(peer, None)
+            log.info("unblocked %s", peer)
+            return
+        self._blocked[peer] = _now() + seconds
+        log.info("blocking %s for %.1f s", peer, seconds)
+        self._apply(self.coord.peer_disconnected(peer, _now()))
+
+    def _is_blocked(self, peer: str) -> bool:
+        until = self._blocked.get(peer)
+        if until is None:
+            return False
+        if _now() >= until:
+            del self._blocked[peer]
+            return False
+        return True
 
     # ------------------------------------------------------------------ requests (client side)
 
@@ -638,6 +713,9 @@ class Node:
         from ecac.net.host import StreamResetError
 
         peer = stream.peer_id
+        if self._is_blocked(peer):
+            await stream.reset()
+            return
         reader = FrameReader(MAX_REQUEST_FRAME)
         body: bytes | None = None
         try:
@@ -737,6 +815,7 @@ class Node:
             "gossip_peers": self.host.gossip_peers(self.topic) if self._nursery is not None else [],
             "bootstrap": sorted(self._dialled.values()),
             "banned": sorted(p for p, t in self._bans.items() if t > _now()),
+            "blocked": sorted(p for p in list(self._blocked) if self._is_blocked(p)),
             "active_requests": len(self.coord.active_requests()),
             "sync_idle": self.coord.idle(),
             "counters": counters,

@@ -80,6 +80,10 @@ class NodeProc:
     def add_peer(self, multiaddr: str) -> dict[str, Any]:
         return self.client().add_peer(multiaddr)
 
+    def block_peer(self, peer_id: str, seconds: float) -> dict[str, Any]:
+        """Partition: exchange nothing with ``peer_id`` for ``seconds`` (0 lifts the block)."""
+        return self.client().block_peer(peer_id, seconds)
+
     def rss_bytes(self) -> int:
         """Resident set size of the node process (Linux ``/proc``)."""
         with open(f"/proc/{self.pid}/status", encoding="ascii") as f:
