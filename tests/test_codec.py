@@ -3,13 +3,28 @@
 from __future__ import annotations
 
 import contextlib
+import random
 
 import cbor2
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ecac.codec import b2l, dumps, loads, struct_fields, to_bytes, to_text, to_u32, to_u64
+from ecac.codec import (
+    b2l,
+    dumps,
+    encode_byte_array,
+    encode_head,
+    encode_uint,
+    loads,
+    read_head,
+    struct_fields,
+    to_bytes,
+    to_text,
+    to_u32,
+    to_u64,
+    uint8_items,
+)
 from ecac.errors import DecodeError
 
 
@@ -114,3 +129,53 @@ def test_loads_never_raises_anything_but_decode_error(data):
 def test_int_arrays_round_trip(xs):
     b = bytes(xs)
     assert to_bytes(loads(dumps(b2l(b))), "x") == b
+
+
+# ---------------------------------------------------------------------- canonical form, directly
+
+
+def test_template_encoders_equal_cbor2_dumps():
+    for n in (0, 1, 23, 24, 25, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**64 - 1):
+        assert encode_uint(n) == cbor2.dumps(n)
+    for n in (0, 23, 24, 255, 256, 65535, 65536):
+        assert cbor2.dumps([0] * n) == encode_head(4, n) + bytes(n)
+        assert cbor2.dumps("x" * n) == encode_head(3, n) + b"x" * n
+    rng = random.Random(3)
+    for n in (0, 1, 23, 24, 31, 32, 64, 255, 256, 1000, 70000):
+        data = bytes(rng.choice([0, 23, 24, 25, 255, rng.randrange(256)]) for _ in range(n))
+        assert encode_byte_array(data) == cbor2.dumps(list(data))
+
+
+def test_read_head_takes_only_the_shortest_form():
+    for n in (0, 23, 24, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**64 - 1):
+        enc = cbor2.dumps(n)
+        assert read_head(enc + b"\x00", 0, 0) == (n, len(enc))
+        assert read_head(enc, 0, 4) is None  # another major type
+    for longer in (
+        b"\x18\x17",
+        b"\x19\x00\xff",
+        b"\x1a\x00\x00\xff\xff",
+        b"\x1b\x00\x00\x00\x00\xff\xff\xff\xff",
+    ):
+        assert read_head(longer, 0, 0) is None
+    for cut in (b"", b"\x18", b"\x19\x01", b"\x1b\x01\x02"):
+        assert read_head(cut, 0, 0) is None
+    for other in (b"\x1c", b"\x1f", b"\x20"):
+        assert read_head(other, 0, 0) is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=80), seed=st.integers(0, 2**32))
+def test_uint8_items_accepts_exactly_the_canonical_items(data, seed):
+    body = encode_byte_array(data)[len(encode_head(4, len(data))) :]
+    assert uint8_items(body) == data
+    rng = random.Random(seed)
+    edited = bytearray(body)
+    for _ in range(rng.randint(1, 3)):
+        if edited and rng.random() < 0.5:
+            edited[rng.randrange(len(edited))] = rng.choice([0x18, 0x17, 0x19, rng.randrange(256)])
+        else:
+            edited.insert(rng.randrange(len(edited) + 1), rng.choice([0x18, 0x00, rng.randrange(256)]))
+    got = uint8_items(bytes(edited))
+    if got is not None:  # then the edit produced the canonical items of another byte string
+        assert encode_byte_array(got) == encode_head(4, len(got)) + bytes(edited)

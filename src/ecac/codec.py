@@ -8,6 +8,10 @@ byte string) and never ask for ``canonical=True`` (it re-sorts keys).
 Strict decoding (store and network input) is "decode, build the typed value, re-encode,
 require identical bytes": one check that rejects trailing bytes, non-minimal integers,
 indefinite lengths, duplicate or unknown keys and every other malleability.
+
+The canonical-form helpers at the end (``read_head``, ``uint8_items`` and the template
+encoders ``encode_head``/``encode_byte_array``) let hot paths parse and build canonical
+bytes directly; each accepts or produces exactly what ``dumps`` produces (tested against it).
 """
 
 from __future__ import annotations
@@ -111,3 +115,83 @@ def struct_fields(obj: Any, fields: Sequence[str], what: str, optional: Sequence
             raise DecodeError(f"{what}: expected {len(fields)} fields, got {len(obj)}")
         return list(obj)
     raise DecodeError(f"{what}: expected a map, got {type(obj).__name__}")
+
+
+# --------------------------------------------------------------------------- canonical form, directly
+
+
+def encode_head(major: int, n: int) -> bytes:
+    """The shortest CBOR head of ``major`` type (0 uint, 3 text, 4 array, 5 map) with argument ``n``."""
+    base = major << 5
+    if n < 24:
+        return bytes([base | n])
+    if n < 0x100:
+        return bytes([base | 24, n])
+    if n < 0x10000:
+        return bytes([base | 25]) + n.to_bytes(2, "big")
+    if n < 0x100000000:
+        return bytes([base | 26]) + n.to_bytes(4, "big")
+    return bytes([base | 27]) + n.to_bytes(8, "big")
+
+
+def encode_uint(n: int) -> bytes:
+    """``dumps(n)`` for an unsigned integer below 2**64."""
+    return encode_head(0, n)
+
+
+#: the canonical CBOR item of each byte value as an unsigned integer
+_UINT8_ITEM = [bytes([b]) if b < 24 else bytes([0x18, b]) for b in range(256)]
+
+
+def encode_byte_array(data: bytes) -> bytes:
+    """``dumps(b2l(data))``: a byte string as the array of uints used for every byte field."""
+    return encode_head(4, len(data)) + b"".join(map(_UINT8_ITEM.__getitem__, data))
+
+
+def read_head(data: bytes, pos: int, major: int) -> tuple[int, int] | None:
+    """``(argument, next position)`` of a shortest-form head of ``major`` type at ``pos``, else None."""
+    if pos >= len(data):
+        return None
+    info = data[pos] - (major << 5)
+    if 0 <= info < 24:
+        return info, pos + 1
+    if info == 24:
+        if pos + 1 < len(data) and data[pos + 1] >= 24:
+            return data[pos + 1], pos + 2
+        return None
+    width = {25: 2, 26: 4, 27: 8}.get(info)
+    if width is None:
+        return None
+    end = pos + 1 + width
+    raw = data[pos + 1 : end]
+    if len(raw) != width:
+        return None
+    n = int.from_bytes(raw, "big")
+    if n < 1 << (4 * width):  # would fit the next smaller width: not the shortest form
+        return None
+    return n, end
+
+
+#: for ``uint8_items``: 1 where a byte is the 0x18 prefix / a byte >= 25 (which needs that prefix)
+_PREFIX_AT = bytes.maketrans(bytes(range(256)), b"\0" * 24 + b"\1" + b"\0" * 231)
+_NEEDS_PREFIX_AT = bytes.maketrans(bytes(range(256)), b"\0" * 25 + b"\1" * 231)
+
+
+def uint8_items(body: bytes) -> bytes | None:
+    """The bytes ``b`` such that ``body`` is exactly the items of ``encode_byte_array(b)``, else None.
+
+    Canonical items are a byte below 24 by itself or 0x18 followed by the byte (>= 24).
+    Without the byte 24 (0x18 0x18), ``body`` is canonical iff a byte is >= 25 exactly
+    where the byte before it is 0x18 and the last byte is not 0x18: two translations
+    compared shifted by one, all in C. With it, the items of 24 are split off first.
+    """
+    if b"\0" + body.translate(_PREFIX_AT) == body.translate(_NEEDS_PREFIX_AT) + b"\0":
+        return body.translate(None, b"\x18")
+    if b"\x18\x18" not in body:
+        return None
+    out = []
+    for part in body.split(b"\x18\x18"):  # left to right: pairs up every run of 0x18 as items do
+        if b"\0" + part.translate(_PREFIX_AT) != part.translate(_NEEDS_PREFIX_AT) + b"\0":
+            return None
+        out.append(part.translate(None, b"\x18"))
+    return b"\x18".join(out)
