@@ -503,3 +503,62 @@ def test_dag_rejects_an_empty_index_size():
             assert "at least 1" in str(e)
         else:
             raise AssertionError(f"Dag({kw}) accepted")
+
+
+# ---------------------------------------------------------------------- appending a known order
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32), n=st.integers(1, 40), cut=st.floats(0, 1))
+def test_extend_ordered_equals_inserting_then_grows_like_insert(seed, n, cut):
+    rng = random.Random(seed)
+    ops = random_dag(rng, n)
+    by_id = {op.op_id: op for op in ops}
+    k = int(n * cut)
+    first, later = ops[:k], ops[k:]  # parents first: ``first`` is closed under ancestors
+    order = [by_id[x] for x in naive_topo(first)]
+    dag = Dag()
+    assert dag.extend_ordered(order) == len(order)
+    ref = Dag.from_ops(first)
+    assert dag.topo_order() == ref.topo_order() == order
+    assert all(dag.position(op.op_id) == i for i, op in enumerate(order))
+    perm = later[:]
+    rng.shuffle(perm)
+    for op in perm:  # later inserts (some sort before the appended ops) keep the incremental order right
+        dag.insert(op)
+        ref.insert(op)
+        if rng.random() < 0.3:
+            assert dag.topo_order() == ref.topo_order()
+    assert dag.topo_ids() == naive_topo(ops)
+    for a in ops:
+        for b in ops:
+            assert dag.hb(a.op_id, b.op_id) == ref.hb(a.op_id, b.op_id)
+
+
+def test_extend_ordered_refuses_what_it_cannot_place():
+    a = fake_op(0, [], Hlc(1, 0, 0))
+    b = fake_op(1, [a.op_id], Hlc(2, 0, 0))
+    c = fake_op(2, [b.op_id], Hlc(3, 0, 0))
+    dag = Dag()
+    try:
+        dag.extend_ordered([a, c])
+    except ValueError as e:
+        assert "comes before its parent" in str(e) and b.op_id.hex() in str(e)
+    else:
+        raise AssertionError("a child before its parent was accepted")
+    assert dag.topo_order() == [a] and c.op_id not in dag  # the valid prefix stays, consistently
+    dag.extend_ordered([b, c])
+    assert dag.topo_order() == [a, b, c] and dag.hb(a.op_id, c.op_id)
+    try:
+        dag.extend_ordered([b])
+    except ValueError as e:
+        assert "already in the DAG" in str(e)
+    else:
+        raise AssertionError("a duplicate was accepted")
+    dag.insert(fake_op(3, [b"\x01" * 32], Hlc(4, 0, 0)))
+    try:
+        dag.extend_ordered([fake_op(4, [c.op_id], Hlc(5, 0, 0))])
+    except ValueError as e:
+        assert "pending" in str(e)
+    else:
+        raise AssertionError("extend_ordered ran with pending ops")

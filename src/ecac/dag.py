@@ -128,7 +128,8 @@ class Dag:
         self._waiting: dict[bytes, list[bytes]] = {}  # missing parent id -> waiting child ids
         self._chains: list[list[_Node]] = []  # chain id -> its nodes by index (the last is the tail)
         self._order: list[Op] = []
-        self._pmax: list[Op] = []  # _pmax[i] = the op with the largest sort key in _order[: i + 1]
+        # _pmax[i] = the op with the largest sort key in _order[: i + 1]; may lag behind _order
+        self._pmax: list[Op] = []
         self._fresh: list[_Node] = []  # activated since the order was last computed
 
     @classmethod
@@ -178,14 +179,50 @@ class Dag:
             self.insert(op)
         return bad
 
+    def extend_ordered(self, ops: Iterable[Op]) -> int:
+        """Append ops that are already in the deterministic total order, without Kahn.
+
+        For a source that knows the order (the op store's index computes exactly this
+        order): ``ops`` must continue the current order, i.e. ``topo_order() + ops`` is what
+        inserting them would give. Only cheap checks are made (each op new, its parents
+        already activated; ValueError otherwise), the order itself is trusted. The
+        happens-before index is built as by ``insert``. Returns the number of ops added.
+        """
+        if self._pending:
+            raise ValueError("extend_ordered needs a DAG without pending ops")
+        order = list(self.topo_order())  # returned orders are never mutated: work on a copy
+        nodes = self._nodes
+        activate = self._activate
+        append = order.append
+        pos = len(order)
+        start = pos
+        try:
+            for op in ops:
+                if op.op_id in nodes:
+                    raise ValueError(f"op {op.op_id.hex()} is already in the DAG")
+                try:
+                    node = activate(op)  # nothing is changed before every parent is found
+                except KeyError:
+                    missing = next((p for p in op.parents if p not in nodes), None)
+                    if missing is None:
+                        raise
+                    raise ValueError(f"op {op.op_id.hex()} comes before its parent {missing.hex()}") from None
+                node.pos = pos
+                pos += 1
+                append(op)
+        finally:
+            self._order = order  # what was activated is placed, also when a check failed
+        return pos - start
+
     def _activate_from(self, first: Op) -> None:
         """Activate ``first`` and, with an explicit work list, every pending op it completes."""
         work = [first]
         pending = self._pending
         waiting = self._waiting
+        fresh = self._fresh
         while work:
             op = work.pop()
-            self._activate(op)
+            fresh.append(self._activate(op))
             oid = op.op_id
             waiters = waiting.pop(oid, None)
             if waiters:
@@ -196,18 +233,37 @@ class Dag:
                         del pending[cid]
                         work.append(entry.op)
 
-    def _activate(self, op: Op) -> None:
+    def _activate(self, op: Op) -> _Node:
+        """Index ``op`` (all parents activated) and link it to its parents; the caller places it."""
         nodes = self._nodes
-        chains = self._chains
-        parents = [nodes[p] for p in op.parents]
+        ps = op.parents
+        if len(ps) == 1:
+            # the common case: extend the single parent's chain and share its index data
+            first = nodes[ps[0]]
+            line = self._chains[first.chain]
+            if line[-1] is first:
+                node = _Node(
+                    op, first.chain, first.idx + 1, first.gen + 1, first.summary, first.floor, first.filt
+                )
+                line.append(node)
+                ch = first.children
+                if ch is None:
+                    first.children = node
+                elif type(ch) is _Node:
+                    first.children = [ch, node]
+                else:
+                    ch.append(node)
+                nodes[op.op_id] = node
+                return node
+        parents = [nodes[p] for p in ps]
         if not parents:
+            chains = self._chains
             node = _Node(op, len(chains), 0, 0, _EMPTY, 0, 0)
             chains.append([node])
         else:
             first = parents[0]
-            line = chains[first.chain]
-            if line[-1] is first and all(pn is first for pn in parents):
-                # the common case: extend the single parent's chain and share its index data
+            line = self._chains[first.chain]
+            if line[-1] is first and all(pn is first for pn in parents):  # the same parent repeated
                 node = _Node(
                     op, first.chain, first.idx + 1, first.gen + 1, first.summary, first.floor, first.filt
                 )
@@ -223,7 +279,7 @@ class Dag:
                 else:
                     ch.append(node)
         nodes[op.op_id] = node
-        self._fresh.append(node)
+        return node
 
     def _merged(self, op: Op, parents: list[_Node]) -> _Node:
         """The node of an op with several parents or a forked parent: O(parents · K)."""
@@ -426,6 +482,14 @@ class Dag:
         self._fresh = []
         order = self._order
         pmax = self._pmax
+        if len(pmax) < len(order):  # extend_ordered leaves the prefix maxima to be filled here
+            best = pmax[-1] if pmax else order[0]
+            best_key = best.sort_key()
+            for op in order[len(pmax) :]:
+                key = op.sort_key()
+                if key > best_key:
+                    best, best_key = op, key
+                pmax.append(best)
         kmin = min(n.op.sort_key() for n in fresh)
         # positions before j keep their op: everything there sorts before every new op
         if not pmax or pmax[-1].sort_key() < kmin:
