@@ -743,3 +743,21 @@ def test_load_dag_scans_the_store_and_equals_an_in_memory_dag(db, monkeypatch):
     raw_edit(db, "ops", ops[0].op_id, None)
     with Store.open(db) as st, pytest.raises(StoreError, match=f"missing op {ops[0].op_id.hex()}"):
         load_dag(st)
+
+
+def test_edge_bytes_equal_the_encoded_edges_row():
+    from dataclasses import replace
+
+    from ecac.store import edge_bytes
+
+    ops = read_log((VECTORS / "fixtures/ops.cbor").read_bytes()) + hb_chain(15, 3) + _random_ops(4, 60)
+    sk = key_pair(2, b"e")
+    ops.append(
+        make_op(sk, [bytes([i]) * 32 for i in range(30)], Hlc(2**64 - 1, 2**32 - 1, 24), Data("k", b""))
+    )
+    for op in ops:
+        e = EdgeVal.of(op)
+        assert edge_bytes(op) == e.encode()
+        assert EdgeVal.decode(edge_bytes(op)) == e
+    odd = replace(ops[0], cbor=b"")  # no canonical bytes to cut from: encoded instead
+    assert edge_bytes(odd) == EdgeVal.of(odd).encode()

@@ -58,6 +58,7 @@ from ecac.op import (
     check_sigs,
     decode_op,
     decode_payload,
+    slot_constructor,
 )
 from ecac.replay import Replayer, ResumePoint, has_policy, replay_full, suffix_keeps_verdicts
 from ecac.replay import order_hash as replay_order_hash
@@ -318,6 +319,44 @@ _ID_AT = len(_K_OP_ID)
 
 def _uint(v: int) -> bytes:
     return _UINT16[v] if v < 0x10000 else encode_uint(v)
+
+
+_build_edge = slot_constructor(EdgeVal)
+_K_EDGE_PARENTS = b"\xa5\x67parents"
+_K_EDGE_AUTHOR = b"\x69author_pk"
+_K_EDGE_MS = b"\x66hlc_ms"
+_K_EDGE_LOGICAL = b"\x6bhlc_logical"
+_K_EDGE_NODE = b"\x68hlc_node"
+
+
+def edge_bytes(op: Op) -> bytes:
+    """``EdgeVal.of(op).encode()``, cut from the op's canonical bytes (the same parents and author items).
+
+    Layout of both: the ``parents`` array, then ``author_pk``; the op has the HLC between
+    them (``hlc`` key, map, three uints), the edge has its three uints at the end. Falls
+    back to encoding when ``op.cbor`` does not have the canonical layout.
+    """
+    data = op.cbor
+    i = data.find(_K_HLC, len(_K_HEADER))
+    j = data.find(_K_AUTHOR, i) + len(_K_AUTHOR) - len(_ID_HEAD)
+    k = data.find(_K_PAYLOAD, j)
+    if i < 0 or k < 0 or j < i or not data.startswith(_K_HEADER):
+        return EdgeVal.of(op).encode()
+    h = op.hlc
+    return b"".join(
+        (
+            _K_EDGE_PARENTS,
+            data[len(_K_HEADER) : i],
+            _K_EDGE_AUTHOR,
+            data[j:k],
+            _K_EDGE_MS,
+            _uint(h.physical_ms),
+            _K_EDGE_LOGICAL,
+            _uint(h.logical),
+            _K_EDGE_NODE,
+            _uint(h.node_id),
+        )
+    )
 
 
 def _expected_head(edge: EdgeVal) -> bytes:
@@ -715,10 +754,11 @@ class Store(IndexedOpStore):
         h_ops, h_edges, h_auth = self._h["ops"], self._h["edges"], self._h["by_author"]
         edges = []
         for op in ops:
-            e = EdgeVal.of(op)
+            h = op.hlc
+            e = _build_edge(op.parents, op.author_pk, h.physical_ms, h.logical, h.node_id)
             edges.append(e)
             wb.put(op.op_id, op.cbor, h_ops)
-            wb.put(op.op_id, e.encode(), h_edges)
+            wb.put(op.op_id, edge_bytes(op), h_edges)
             wb.put(by_author_key(op), b"", h_auth)
         self._commit_batch(wb)
         for op, e in zip(ops, edges, strict=True):
