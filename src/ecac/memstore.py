@@ -9,6 +9,7 @@ and treat a second copy of a stored id as a duplicate (the first copy wins).
 
 from __future__ import annotations
 
+import gc
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -138,6 +139,18 @@ def validate_ops(
     Decoding (Python, holds the GIL) of one chunk overlaps signature checks of the
     previous chunk (libsodium, releases the GIL, two threads via ``check_sigs``).
     """
+    gc_was = gc.isenabled()
+    gc.disable()  # the decoded ops become long-lived: collections would only rescan the store's index
+    try:
+        return _validate(items, stored_bytes)
+    finally:
+        if gc_was:
+            gc.enable()
+
+
+def _validate(
+    items: Sequence[bytes | Op], stored_bytes: Callable[[bytes], bytes | None]
+) -> tuple[list[tuple[int, Op, bool]], list[PutRejection]]:
     rejected: list[PutRejection] = []
     ok: list[tuple[int, Op, bool]] = []
     pending: list[tuple[list[tuple[int, Op, bool]], Future[list[bool]]]] = []
