@@ -44,7 +44,6 @@ from ecac.codec import (
 )
 from ecac.dag import Dag
 from ecac.errors import DecodeError, EcacError, StoreError
-from ecac.hlc import Hlc
 from ecac.memstore import IndexedOpStore, OpStore, verify_executor
 from ecac.op import (
     OP_DOMAIN,
@@ -1235,13 +1234,15 @@ def _resume_dag(store: Store, prefix: Sequence[bytes], non_data: set[bytes], suf
     full = {op.op_id: op for op in store.ops_for([x for x in prefix if x in non_data])}
 
     def ops() -> Iterator[Op]:
+        edge = store.edge
         for op_id in prefix:
             op = full.get(op_id)
             if op is None:
-                e = store.edge(op_id)
+                e = edge(op_id)
                 if e is None:
                     raise StoreError(f"missing op {op_id.hex()}")
-                op = Op(e.parents, Hlc(e.hlc_ms, e.hlc_logical, e.hlc_node), e.author_pk, _UNREAD, b"", op_id)
+                hlc = build_hlc(e.hlc_ms, e.hlc_logical, e.hlc_node)
+                op = build_op(e.parents, hlc, e.author_pk, _UNREAD, b"", op_id, b"")
             yield op
         yield from suffix
 
