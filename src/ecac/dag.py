@@ -8,7 +8,9 @@ Total order: Kahn's algorithm over the activated ops with the ready set keyed by
 ``(physical_ms, logical, node_id, op_id)``. It is computed lazily and incrementally: new
 activations only invalidate the order from the first position whose op sorts after the
 smallest new key (found by bisecting a prefix-maximum list), and Kahn resumes from there.
-Appending ops that sort after everything (the usual case) costs O(new · log new).
+Appending ops that sort after everything (the usual case) costs O(new · log new). A source
+that already has the order (the op store's index computes exactly this order) appends
+with ``extend_ordered``: no Kahn at all, O(1) per op plus the happens-before index.
 
 Happens-before index (exact, bounded memory). Every activated op ``x`` gets:
 
@@ -32,14 +34,19 @@ b over parents that never expands a node whose gen is <= gen(a) (it cannot reach
 that answers at every visited node with the same O(1) checks instead of expanding it.
 
 Cost model. Memory: an op that extends its only parent's chain shares the parent's summary
-and filter (O(1)); any other op stores at most K entries and a filter of at most
-``CHAIN_FILTER_BITS`` bits, so the index is O(ops · K) for ANY DAG (roots and merges
-included). Insert: O(1) for a chain extension, O(parents · K) otherwise. Queries: O(1)
-whenever the summary covers the chains b saw recently — always for fewer than K+1 chains
-(one writer, concurrent writers, writers merging each other's heads) and for any a newer
-than b's floor. Otherwise the search visits at most the ancestors of b whose gen lies in
-``(gen(a), gen(b)]`` and that are themselves unable to answer, each once (one visited set
-per query): bounded by the gen window between a and b, never the whole DAG above a.
+and filter (O(1)); any other op stores at most K entries (a dict of <= 32 entries, ~1.2 KB)
+and a filter of at most ``CHAIN_FILTER_BITS`` bits, so the index is O(ops · K) for ANY DAG,
+whatever the number of roots, chains and merges. Insert: O(1) for a chain extension,
+O(parents · K) otherwise. Queries: O(1) when a and b share a chain, when b's summary lists
+a's chain, when a is newer than b's floor, or when no ancestor of b is on a's chain (filter,
+exact below ``CHAIN_FILTER_BITS`` chains). In particular every query is O(1) while the DAG
+has at most K + 1 chains (one writer, concurrent writers, writers merging each other's
+heads: floors stay 0) and when writers do not merge each other (policy-heavy: editors merge
+only the admin's head). Otherwise the search visits each ancestor of b whose gen lies in
+``(gen(a), gen(b)]`` and that cannot answer itself at most once (one visited set per
+query): it never goes below gen(a), but within that window it is a DFS, so the worst case
+(built on purpose: thousands of roots merged one by one, then queries about the oldest
+root) is O(window) per query.
 """
 
 from __future__ import annotations
