@@ -91,6 +91,10 @@ class _Node:
         self.deg = 0
 
 
+def _summary_size(n: _Node) -> int:
+    return len(n.summary)
+
+
 def _kids(n: _Node) -> tuple[_Node, ...] | list[_Node]:
     ch = n.children
     if ch is None:
@@ -296,34 +300,39 @@ class Dag:
         gen = 0
         floor = 0
         filt = 0
-        summary: dict[int, int] = {}
+        base = max(parents, key=_summary_size).summary  # copied in C; the others are merged in
+        summary = dict(base)
         for pn in parents:
             if pn.gen >= gen:
                 gen = pn.gen + 1
             if pn.floor > floor:
                 floor = pn.floor
             filt |= pn.filt | (1 << (pn.chain % fbits))
-            for c, i in pn.summary.items():
-                if summary.get(c, -1) < i:
-                    summary[c] = i
+            if pn.summary is not base:
+                for c, i in pn.summary.items():
+                    if summary.get(c, -1) < i:
+                        summary[c] = i
             c = pn.chain
             if summary.get(c, -1) < pn.idx:
                 summary[c] = pn.idx
         if floor:
             # an entry whose ancestor is below a parent's floor may be short of an ancestor
             # that parent forgot: below the floor, the summary knows nothing
-            summary = {c: i for c, i in summary.items() if chains[c][i].gen >= floor}
+            for c in [c for c, i in summary.items() if chains[c][i].gen < floor]:
+                del summary[c]
         chain = self._chain_to_extend(op.author_pk, parents, summary)
         if chain < 0:
             chain = len(chains)
             chains.append([])
         line = chains[chain]
         summary.pop(chain, None)  # the own chain is implicit: every earlier index is an ancestor
-        if len(summary) > k:
-            ranked = sorted(summary.items(), key=lambda ci: (chains[ci[0]][ci[1]].gen, ci[0]), reverse=True)
-            c, i = ranked[k]
-            floor = max(floor, chains[c][i].gen + 1)
-            summary = dict(ranked[:k])
+        excess = len(summary) - k
+        if excess > 0:
+            # forget the chains whose newest ancestor is oldest (ties: lowest chain id)
+            by_age = sorted((chains[c][i].gen, c) for c, i in summary.items())[:excess]
+            for _, c in by_age:
+                del summary[c]
+            floor = max(floor, by_age[-1][0] + 1)
         node = _Node(op, chain, len(line), gen, summary or _EMPTY, floor, filt)
         line.append(node)
         return node
