@@ -504,3 +504,91 @@ def test_peer_states_are_bounded() -> None:
     assert node.coord.peer("A") is not None and node.coord.peer("A").connected
     remembered = [f"far{i}" for i in range(6) if node.coord.peer(f"far{i}") is not None]
     assert remembered == ["far4", "far5"]
+
+
+# --------------------------------------------------------------------------- one request per peer, lean pulls
+
+
+def test_one_request_per_peer_and_the_next_one_excludes_what_the_first_delivered() -> None:
+    """A second announce while a fetch runs waits for it: started at once, its boundary could not list
+    the ops in flight and the server would send them again."""
+    ops = chain(40)
+    server = MemoryOpStore(ops[:30])
+    node = Node()
+    first = start_fetch(node, server)
+    server.put_many(ops[30:])
+    assert node.sends(node.run(node.coord.announce_received("P", announce_of(server), "P", 0.1), 0.1)) == []
+    assert node.coord.planner.is_wanted(ops[-1].op_id)
+    (second,) = node.sends(
+        node.run(node.coord.frames_received(first.request_id, respond(server, first), 0.2), 0.2)
+    )
+    assert second.peer == "P" and second.request.want == (ops[-1].op_id,)
+    assert second.request.boundary[0] == ops[29].op_id
+    node.run(node.coord.frames_received(second.request_id, respond(server, second), 0.3), 0.3)
+    assert node.store.topo_ids() == server.topo_ids()
+    assert node.coord.counters.ops_duplicates_dropped == 0
+
+
+def test_no_fetch_to_a_peer_while_an_anti_entropy_pull_from_it_runs() -> None:
+    ops = chain(20)
+    server = MemoryOpStore(ops)
+    node = Node()
+    node.run(node.coord.peer_connected("P", 0.0))
+    (ae,) = node.sends(node.run(node.coord.anti_entropy_tick(0.0)))
+    assert ae.request.want == ()
+    # the announce arrives while the pull runs: the pull delivers the head already
+    assert node.sends(node.run(node.coord.announce_received("P", announce_of(server), "P", 0.1), 0.1)) == []
+    after = node.run(node.coord.frames_received(ae.request_id, respond(server, ae), 0.2), 0.2)
+    assert node.sends(after) == []  # the head arrived: nothing left to fetch
+    assert node.store.topo_ids() == server.topo_ids()
+    assert node.coord.counters.ops_duplicates_dropped == 0
+    assert node.coord.idle()
+
+
+def test_anti_entropy_skips_a_peer_whose_fresh_announce_shows_nothing_we_lack() -> None:
+    """A peer catching up from us does not know our heads: pulling from it would bring back what it
+    received from us. Its announce says so; the hint lasts one anti-entropy period."""
+    ops = chain(10)
+    node = Node(ops=ops)
+    for p in ("behind", "other"):
+        node.run(node.coord.peer_connected(p, 0.0))
+    behind = MemoryOpStore(ops[:4])
+    sa = announce_of(behind, key_pair(5, b"b"))
+    assert node.sends(node.run(node.coord.announce_received("behind", sa, "behind", 1.0), 1.0)) == []
+    (ae,) = node.sends(node.run(node.coord.anti_entropy_tick(1.5), 1.5))
+    assert ae.peer == "other"  # round robin would have picked "behind"
+    node.run(node.coord.frames_received(ae.request_id, [END.encode()], 1.6), 1.6)
+    # one period (5 s) after that announce the hint has expired: "behind" is pulled from again
+    (ae2,) = node.sends(node.run(node.coord.anti_entropy_tick(6.0), 6.0))
+    assert ae2.peer == "behind"
+    node.run(node.coord.frames_received(ae2.request_id, [END.encode()], 6.1), 6.1)
+    # an announce with a head we lack: fetched at once; once we hold it, the same announce is a skip reason
+    ahead = MemoryOpStore([*ops, *chain(1, b"new", ops[-1])])
+    sa2 = announce_of(ahead, key_pair(5, b"b"))
+    (fetch,) = node.sends(node.run(node.coord.announce_received("behind", sa2, "behind", 7.0), 7.0))
+    assert fetch.peer == "behind" and fetch.request.want
+    node.run(node.coord.frames_received(fetch.request_id, respond(ahead, fetch), 7.1), 7.1)
+    for t in (7.2, 7.4):
+        (ae,) = node.sends(node.run(node.coord.anti_entropy_tick(t), t))
+        assert ae.peer == "other"
+        node.run(node.coord.frames_received(ae.request_id, [END.encode()], t + 0.1), t + 0.1)
+    (ae,) = node.sends(node.run(node.coord.anti_entropy_tick(12.0), 12.0))
+    assert ae.peer == "behind"
+
+
+def test_anti_entropy_hint_needs_every_head_listed() -> None:
+    """An announce with as many heads as the cap may omit some: it never skips the pull."""
+    roots = [chain(1, b"r%d" % i)[0] for i in range(16)]
+    node = Node(ops=roots)
+    node.run(node.coord.peer_connected("P", 0.0))
+    peer = MemoryOpStore(roots)
+    sa = announce_of(peer, key_pair(7, b"p"))
+    assert len(sa.announce.head_ids) == 16
+    node.run(node.coord.announce_received("P", sa, "P", 1.0), 1.0)
+    (ae,) = node.sends(node.run(node.coord.anti_entropy_tick(1.1), 1.1))
+    assert ae.peer == "P" and ae.request.want == ()
+    # with fewer heads than the cap, all of them held: skipped
+    node.run(node.coord.frames_received(ae.request_id, [END.encode()], 1.2), 1.2)
+    few = announce_of(MemoryOpStore(roots[:3]), key_pair(7, b"p"))
+    node.run(node.coord.announce_received("P", few, "P", 1.3), 1.3)
+    assert node.sends(node.run(node.coord.anti_entropy_tick(1.4), 1.4)) == []

@@ -67,8 +67,11 @@ def test_requests_hold_at_most_256_ascending_ids_and_two_per_peer() -> None:
     for rid, f in enumerate(plan):
         p.start(rid, f.want)
     assert p.plan({"P": PeerView(free_slots=0)}, never, 0.0) == []
-    # a second peer takes the rest
-    plan2 = p.plan({"P": PeerView(free_slots=0), "Q": PeerView(free_slots=2)}, never, 0.0)
+    # the originator is busy, not gone: the rest waits for it rather than going to another peer
+    # (whose response would resend the ancestry P's running requests are delivering)
+    assert p.plan({"P": PeerView(free_slots=0), "Q": PeerView(free_slots=2)}, never, 0.0) == []
+    # a second peer takes the rest when the originator cannot be asked (backoff, ban)
+    plan2 = p.plan({"P": PeerView(available=False), "Q": PeerView(free_slots=2)}, never, 0.0)
     assert plan2 == [PlannedFetch("Q", tuple(want[512:]))]
     # finishing a request frees its ids for planning again
     assert p.finish(0) == tuple(want[:256])

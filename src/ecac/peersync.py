@@ -113,7 +113,7 @@ class SyncConfig:
     bloom_window: int = BLOOM_WINDOW
     announce_debounce: float = 0.25
     anti_entropy_period: float = 5.0
-    max_in_flight_per_peer: int = 2
+    max_in_flight_per_peer: int = 1  # a 2nd request would resend the ops the 1st is delivering
     max_want_per_request: int = MAX_WANT
     request_max_ops: int = 0  # 0 = the server's cap
     batch_ops: int = BATCH_OPS
@@ -324,6 +324,9 @@ class PeerState:
     last_announce_id: bytes | None = None
     watermark: int = 0
     bloom: bytes | None = None
+    heads: tuple[bytes, ...] = ()  # of its last (new) announce
+    all_heads: bool = False  # that announce listed every head the peer has (fewer than the cap)
+    announced_at: float | None = None  # when that announce arrived
 
     def available(self, now: float) -> bool:
         """Connected, not banned and out of backoff: requests may be sent."""
@@ -520,6 +523,9 @@ class SyncCoordinator:
                 s.last_announce_id = mid
                 s.watermark = sa.announce.topo_watermark
                 s.bloom = sa.announce.bloom16
+                s.heads = sa.announce.head_ids
+                s.all_heads = len(sa.announce.head_ids) < self.config.announce_heads
+                s.announced_at = now
                 self.planner.clear_unavailable(origin)
         self.planner.note_announce(sa.announce.head_ids, origin, relayed_by, now, self.store.contains)
         return self._plan(now)
@@ -584,8 +590,13 @@ class SyncCoordinator:
         if self._ae_rid is not None:
             return []  # the previous round's More chain is still running
         # a peer we are already fetching from is being synced: pulling everything from it again
-        # would only fetch the same ops twice, so the round goes to an idle peer (or waits)
-        peers = sorted(p for p, s in self._peers.items() if s.available(now) and not self._busy(s))
+        # would only fetch the same ops twice, so the round goes to an idle peer (or waits);
+        # so is a peer whose fresh announce shows nothing we lack (see _nothing_to_pull)
+        peers = sorted(
+            p
+            for p, s in self._peers.items()
+            if s.available(now) and not self._busy(s) and not self._nothing_to_pull(s, now)
+        )
         if not peers:
             return []
         after = [p for p in peers if self._ae_cursor is None or p > self._ae_cursor]
@@ -601,8 +612,31 @@ class SyncCoordinator:
         return any(self._requests[r].phase in (_ACTIVE, _TRAILER) for r in s.requests)
 
     def _free_slots(self, s: PeerState) -> int:
-        busy = sum(1 for r in s.requests if self._requests[r].phase in (_ACTIVE, _TRAILER))
+        """Requests that may still be opened to ``s``: none while an anti-entropy request to it
+        runs (it delivers everything the peer has beyond our boundary)."""
+        busy = 0
+        for r in s.requests:
+            q = self._requests[r]
+            if q.phase in (_ACTIVE, _TRAILER):
+                if q.kind == _ANTI_ENTROPY:
+                    return 0
+                busy += 1
         return max(0, self.config.max_in_flight_per_peer - busy)
+
+    def _nothing_to_pull(self, s: PeerState, now: float) -> bool:
+        """Soft hint: ``s``'s announce of the last anti-entropy period listed all its heads and we
+        hold each of them complete, so pulling from it would only bring our own ops back.
+
+        Typical case: the peer is catching up from us. It does not know our heads, so the
+        boundary of a pull would not stop it from sending back everything it has received.
+        The hint expires after one period (its later announces may have been lost), so a
+        skipped peer is pulled from again at the latest one round later.
+        """
+        at = s.announced_at
+        if at is None or now - at >= self.config.anti_entropy_period or not s.all_heads:
+            return False
+        complete = self.store.is_complete
+        return all(complete(h) for h in s.heads)
 
     def _send(
         self,

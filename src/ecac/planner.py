@@ -12,7 +12,12 @@ missing ancestor beyond the requester's boundary. It keeps:
 ``plan`` splits the wanted ids, in ascending op-id order, into requests of at most 256
 ids, choosing for each id the first eligible peer among: the announce's originator; the
 other peers that announced it; the peers that relayed it; any other connected peer.
-The bloom and watermark of a peer's announce only *order* that last group. They never
+The first of them that is available and not marked "unavailable" for the id gets it;
+when that peer has no free request slot, the id waits for it rather than going to the
+next candidate: the request running there most likely delivers the id's ancestry
+already, and another peer would send the same ops again (each request's boundary can
+only list ops the requester has stored). The bloom and watermark of a peer's announce
+only *order* that last group. They never
 decide that an id need not be fetched: a saturated bloom (almost always ``ffff``)
 would otherwise hide every missing op. Pure and deterministic: sets are always sorted
 before they decide anything, time is the ``now`` argument.
@@ -234,15 +239,16 @@ class SyncPlanner:
     ) -> list[PlannedFetch]:
         """Requests for every wanted id that is not stored and not in flight, where an eligible peer exists.
 
-        Stored ids are dropped from the table. Ids without an eligible peer stay wanted and
-        are retried by a later call. Never more than ``free_slots`` new requests per peer.
+        Stored ids are dropped from the table. Ids without an eligible peer, or whose best
+        eligible peer has no free slot, stay wanted and are retried by a later call. Never
+        more than ``free_slots`` new requests per peer.
         """
         stored = [x for x in self._wanted if have(x)]
         self.forget(stored)
         todo = sorted(x for x in self._wanted if x not in self._in_flight)
         if not todo:
             return []
-        slots = {p: v.free_slots for p, v in peers.items() if v.available and v.free_slots > 0}
+        slots = {p: v.free_slots for p, v in peers.items() if v.available}
         open_req: dict[PeerId, list[bytes]] = {}
         out: list[tuple[PeerId, list[bytes]]] = []
         for x in todo:
@@ -252,11 +258,12 @@ class SyncPlanner:
                 cur = open_req.get(p)
                 if cur is not None and len(cur) < self.max_want_ids:
                     cur.append(x)
-                    break
-                if slots[p] > 0:
+                elif slots[p] > 0:
                     slots[p] -= 1
                     cur = [x]
                     open_req[p] = cur
                     out.append((p, cur))
-                    break
+                # else the best eligible peer is busy: x waits for it (asking another peer
+                # now would resend the ancestry that the running request is delivering)
+                break
         return [PlannedFetch(p, tuple(ids)) for p, ids in out]
