@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
-from ecac.codec import dumps
+from ecac.codec import b2l, dumps, loads
 from ecac.errors import DecodeError, EcacError, ProtocolError
 from ecac.wire import (
     END,
@@ -313,6 +313,101 @@ def test_opbytes_roundtrip_and_size(data: bytes) -> None:
     assert decode_rpc_frame(body) == OpBytes(data)
     assert op_frame_size(data) == 4 + len(body)
     assert op_frame_size(len(data)) >= 4 + len(body)
+
+
+# --------------------------------------------------------------------------- OpBytes fast path vs CBOR
+
+
+def reference_opbytes(body: bytes) -> bytes | None:
+    """The general strict path: one CBOR item, ``{"OpBytes": [uint 0..255…]}``, re-encoding identical."""
+    try:
+        obj = loads(body, "frame")
+    except DecodeError:
+        return None
+    if type(obj) is not dict or list(obj) != ["OpBytes"] or type(obj["OpBytes"]) is not list:
+        return None
+    items = obj["OpBytes"]
+    if not all(type(x) is int and 0 <= x <= 255 for x in items):
+        return None
+    return bytes(items) if dumps({"OpBytes": items}) == body else None
+
+
+# bytes that matter to the item encoding: small values, the 0x18 marker/value, 0x19, large values
+interesting = st.sampled_from([0x00, 0x01, 0x17, 0x18, 0x19, 0x80, 0x98, 0xFF])
+op_data = st.one_of(
+    st.binary(max_size=600),
+    st.lists(interesting, max_size=600).map(bytes),
+    st.sampled_from([23, 24, 255, 256, 65535, 65536]).flatmap(
+        lambda n: st.binary(min_size=n, max_size=n) | st.just(b"\x18" * n)
+    ),
+)
+
+
+@given(op_data)
+@settings(max_examples=300, deadline=None)
+def test_opbytes_fast_encode_and_decode_match_cbor(data: bytes) -> None:
+    body = OpBytes(data).encode()
+    assert body == dumps({"OpBytes": b2l(data)})
+    assert decode_rpc_frame(body) == OpBytes(data)
+    assert reference_opbytes(body) == data
+
+
+def mutations(body: bytes) -> st.SearchStrategy[bytes]:
+    n = len(body)
+    pos = st.integers(0, max(0, n - 1))
+    return st.one_of(
+        st.tuples(pos, st.integers(0, 255)).map(lambda t: body[: t[0]] + bytes([t[1]]) + body[t[0] + 1 :]),
+        st.tuples(pos, interesting).map(lambda t: body[: t[0]] + bytes([t[1]]) + body[t[0] :]),
+        pos.map(lambda i: body[:i] + body[i + 1 :]),
+        pos.map(lambda i: body[:i]),
+        st.tuples(pos, st.binary(min_size=1, max_size=3)).map(
+            lambda t: body[: t[0]] + t[1] + body[t[0] + 2 :]
+        ),
+    )
+
+
+@given(op_data.flatmap(lambda d: mutations(OpBytes(d).encode())))
+@settings(max_examples=500, deadline=None)
+def test_opbytes_decoder_accepts_exactly_what_the_general_path_accepts(body: bytes) -> None:
+    """Byte flips, insertions, deletions, truncations: the fast decoder and the general strict path
+    accept the same bodies and return the same bytes; everything else is a DecodeError."""
+    want = reference_opbytes(body)
+    if want is None:
+        if body in (END.encode(), MORE.encode()):
+            return
+        with pytest.raises(DecodeError):
+            decode_rpc_frame(body)
+    else:
+        assert decode_rpc_frame(body) == OpBytes(want)
+
+
+@pytest.mark.parametrize(
+    "items",
+    [
+        "1801",  # 1 as 18 01: not shortest
+        "18",  # a marker with nothing after it
+        "1818 18",  # 24, then a dangling marker
+        "19",  # a byte >= 25 without its marker
+        "181818",  # 24 then a lone marker
+        "1900ff",  # a 16-bit uint (255 would be 18 ff)
+        "20",  # a negative int
+        "f5",  # true
+    ],
+)
+def test_opbytes_non_canonical_items_rejected(items: str) -> None:
+    raw = bytes.fromhex(items.replace(" ", ""))
+    for count in (1, 2, 3):
+        body = bytes.fromhex("a1674f70427974657380")[:-1] + bytes([0x80 | count]) + raw
+        with pytest.raises(DecodeError):
+            decode_rpc_frame(body)
+
+
+def test_opbytes_array_head_must_be_shortest() -> None:
+    prefix = bytes.fromhex("a1674f704279746573")
+    assert decode_rpc_frame(prefix + b"\x83\x01\x18\x18\x18\xff") == OpBytes(b"\x01\x18\xff")
+    for head in (b"\x98\x03", b"\x99\x00\x03", b"\x9a\x00\x00\x00\x03", b"\x9f"):
+        with pytest.raises(DecodeError):
+            decode_rpc_frame(prefix + head + b"\x01\x18\x18\x18\xff")
 
 
 def test_frame_reader_splits_and_joins() -> None:
