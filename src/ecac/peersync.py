@@ -629,11 +629,17 @@ class SyncCoordinator:
 
         Typical case: the peer is catching up from us. It does not know our heads, so the
         boundary of a pull would not stop it from sending back everything it has received.
-        The hint expires after one period (its later announces may have been lost), so a
-        skipped peer is pulled from again at the latest one round later.
+        The hint expires after one period, and never sooner than four announce debounce
+        intervals (a peer catching up announces about once per interval): its later
+        announces may have been lost, so a skipped peer is pulled from again soon.
         """
         at = s.announced_at
-        if at is None or now - at >= self.config.anti_entropy_period or not s.all_heads:
+        cfg = self.config
+        if (
+            at is None
+            or not s.all_heads
+            or now - at >= max(cfg.anti_entropy_period, 4 * cfg.announce_debounce)
+        ):
             return False
         complete = self.store.is_complete
         return all(complete(h) for h in s.heads)
