@@ -11,6 +11,7 @@ import pytest
 from ecac.bench import BenchParams, load_all
 from ecac.bench.sync import bench_sync, parse_ss
 from ecac.replay import replay_full
+from ecac.wire import op_frame_size
 from ecac.workloads import gen_hb_chain
 
 REQUIRED_KEYS = {
@@ -56,7 +57,13 @@ def _check(result: dict, nodes: int, ops: int, seed: int) -> None:
     assert result["ops_fetched"] == ops * (nodes - 1)
     assert result["converge_ms"] > 0 and result["ingest_ms"] > 0 and result["ops_per_s"] > 0
     assert result["messages"] >= ops * (nodes - 1) + result["requests"]
-    assert result["bytes_on_wire"] is None or result["bytes_on_wire"] > result["op_bytes"]
+    # the nodes count their own bytes: every op crossed once per receiver (no duplicates)
+    assert result["wire_bytes_source"] == "node counters"
+    frames = sum(op_frame_size(op.cbor) for op in gen_hb_chain(seed, ops)) * (nodes - 1)
+    assert frames <= result["sync_bytes"] < 1.2 * frames
+    assert result["bytes_on_wire"] == result["sync_bytes"] + result["gossip_bytes"]
+    assert result["gossip_bytes"] > 0
+    assert result["tcp_bytes"] is None or result["tcp_bytes"] > result["sync_bytes"]
 
 
 @pytest.mark.integration

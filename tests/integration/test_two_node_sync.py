@@ -8,6 +8,7 @@ from ecac.net.demo_ops import demo_ops
 from ecac.net.procs import wait_converged
 from ecac.op import encode_ops
 from ecac.replay import replay_full
+from ecac.wire import op_frame_size
 
 from .conftest import Nodes, spec_dag
 
@@ -34,6 +35,15 @@ def test_two_node_sync(nodes: Nodes) -> None:
         "networking_enabled": True,
     }
     assert sb["bootstrap"] == [a.addr]
+    # lean: every op crossed once (no duplicates), and the byte counters saw it
+    ca, cb = sa["counters"], sb["counters"]
+    assert cb["ops_duplicates_dropped"] == 0 and ca["ops_duplicates_dropped"] == 0
+    frames = sum(op_frame_size(op.cbor) for op in ops + demo_ops([ops[-1].op_id], 10_059, 300, 11))
+    assert frames <= cb["sync_bytes_received"] < 1.2 * frames
+    assert frames <= ca["sync_bytes_sent"] < 1.2 * frames
+    assert cb["sync_bytes_sent"] > 0 and ca["sync_bytes_received"] > 0  # requests
+    assert ca["gossip_messages_out"] >= 1 and ca["gossip_bytes_out"] > 0
+    assert cb["gossip_messages_in"] >= 1 and cb["gossip_bytes_in"] > 0
     # the digest both report is the full replay digest of exactly these ops, computed offline
     demo = demo_ops([ops[-1].op_id], 10_059, 300, 11)
     assert [demo[0].op_id.hex(), demo[-1].op_id.hex()] == inj["op_ids"]

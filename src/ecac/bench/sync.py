@@ -20,10 +20,14 @@ ingest_ms; ``sync_vs_ingest_replay`` = converge_ms / (ingest_ms + replay_ms).
 
 Wire: ``messages`` = sync requests + response frames (one ``OpBytes`` per op served plus
 one trailer per served request) + gossip announces published, from the nodes' counters.
-``bytes_on_wire`` = TCP payload bytes of every libp2p connection between the nodes, both
-directions (Noise, yamux, multistream and gossip included), read from the kernel with
-``ss -ti`` while the connections are still open; null when ``ss`` is unavailable (the
-node does not count bytes itself).
+``bytes_on_wire`` = what the nodes sent, from their own counters: the payload bytes of
+every ``/ecac/sync/1`` stream (request and response frames) plus the announces they
+published (``sync_bytes`` and ``gossip_bytes`` separately); each byte sent is received by
+one peer, so sent bytes count every transfer once. Nodes without these counters fall
+back to the kernel: ``tcp_bytes`` = TCP payload bytes of every libp2p connection between
+the nodes, both directions (Noise, yamux, multistream, gossip relaying and control
+included), read with ``ss -ti`` while the connections are still open (null without
+``ss``); it is reported whenever available, for comparison.
 """
 
 from __future__ import annotations
@@ -208,7 +212,7 @@ def run_sync(params: BenchParams, root: Path) -> dict[str, Any]:
                     f"sync of {n} ops did not converge within {timeout:g} s ({seen} complete ops)"
                 )
             time.sleep(POLL_S)
-        bytes_on_wire, connections = wire_bytes({_port(p.addr) for p in procs})
+        tcp_bytes, connections = wire_bytes({_port(p.addr) for p in procs})
     finally:
         for p in procs:
             try:
@@ -223,6 +227,14 @@ def run_sync(params: BenchParams, root: Path) -> dict[str, Any]:
             )
     ingest_s = ingest_from_file(log_file, root / "ingest")
 
+    counted = all("sync_bytes_sent" in s["counters"] for s in sts)
+    sync_bytes = _counter_sum(sts, "sync_bytes_sent") if counted else None
+    gossip_bytes = _counter_sum(sts, "gossip_bytes_out") if counted else None
+    if sync_bytes is not None and gossip_bytes is not None:
+        bytes_on_wire: int | None = sync_bytes + gossip_bytes
+        wire_source = "node counters"
+    else:
+        bytes_on_wire, wire_source = tcp_bytes, "ss" if tcp_bytes is not None else None
     requests = _counter_sum(sts, "requests_sent")
     frames = _counter_sum(sts, "ops_served") + _counter_sum(sts, "requests_served")
     announces = _counter_sum(sts, "announces_published")
@@ -244,6 +256,10 @@ def run_sync(params: BenchParams, root: Path) -> dict[str, Any]:
         "sync_vs_ingest_replay": round(converge_s / (ingest_s + replay_s), 2),
         "ingest_batch": BATCH_OPS,
         "bytes_on_wire": bytes_on_wire,
+        "wire_bytes_source": wire_source,
+        "sync_bytes": sync_bytes,
+        "gossip_bytes": gossip_bytes,
+        "tcp_bytes": tcp_bytes,
         "wire_connections": connections,
         "op_bytes": op_bytes,
         "wire_bytes_per_op_copy": round(bytes_on_wire / (n * receivers), 1) if bytes_on_wire else None,

@@ -74,7 +74,7 @@ DIAL_BACKOFF_BASE = 0.5
 DIAL_BACKOFF_MAX = 30.0
 SERVE_READ_TIMEOUT = 15.0  # the request frame must arrive within this
 TIMER_MAX_SLEEP = 0.1
-READ_CHUNK = 65536
+READ_CHUNK = 256 * 1024  # = yamux's receive window: one read takes all that is buffered
 RECONCILE_PERIOD = 0.2
 STABLE_CONNECTION = 2.0  # a connection that dropped sooner counts as a failed dial
 JOIN_PULL_DELAY = 0.5  # > announce debounce + gossip latency
@@ -158,6 +158,14 @@ class NodeCounters:
     dial_failures: int = 0
     announces_published: int = 0
     announces_dropped_no_peer: int = 0
+    # payload bytes of /ecac/sync/1 streams, both roles (requests and responses), and gossip
+    # announces (received: every message the topic validator saw; sent: our own publishes)
+    sync_bytes_sent: int = 0
+    sync_bytes_received: int = 0
+    gossip_messages_in: int = 0
+    gossip_bytes_in: int = 0
+    gossip_messages_out: int = 0
+    gossip_bytes_out: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {k: getattr(self, k) for k in self.__slots__}  # type: ignore[attr-defined]
@@ -425,6 +433,8 @@ class Node:
             try:
                 if await self.host.publish(self.topic, data):
                     self.counters.announces_published += 1
+                    self.counters.gossip_messages_out += 1
+                    self.counters.gossip_bytes_out += len(data)
             except Exception as e:  # a dying connection must not end the node
                 log.warning("publishing the announce failed: %s", e)
 
@@ -444,6 +454,8 @@ class Node:
     # ------------------------------------------------------------------ gossip and peers
 
     def _validate(self, data: bytes, originator_key: bytes) -> bool:
+        self.counters.gossip_messages_in += 1
+        self.counters.gossip_bytes_in += len(data)
         ok = self.coord.validate_announce(data, expected_vk=originator_key) is not None
         if not ok:
             log.info("rejected an announce (%d bytes) from key %s", len(data), originator_key.hex()[:16])
@@ -640,7 +652,9 @@ class Node:
             with scope:
                 try:
                     stream = await self.host.open_stream(eff.peer, SYNC_PROTOCOL_ID)
-                    await stream.write(eff.frame())
+                    frame = eff.frame()
+                    await stream.write(frame)
+                    self.counters.sync_bytes_sent += len(frame)
                     await stream.close()
                 except P2PError as e:
                     self._request_failed(rid, eff.peer, str(e))
@@ -657,6 +671,7 @@ class Node:
                     except StreamResetError as e:
                         self._request_failed(rid, eff.peer, str(e))
                         return
+                    self.counters.sync_bytes_received += len(chunk)
                     if not chunk:
                         try:
                             reader.eof()
@@ -722,6 +737,7 @@ class Node:
             with trio.fail_after(SERVE_READ_TIMEOUT):
                 while body is None:
                     chunk = await stream.read(READ_CHUNK)
+                    self.counters.sync_bytes_received += len(chunk)
                     if not chunk:
                         raise ProtocolError("stream ended before the request frame")
                     bodies = reader.feed(chunk)
@@ -756,6 +772,7 @@ class Node:
                 if blob is None:
                     break
                 await stream.write(blob)
+                self.counters.sync_bytes_sent += len(blob)
                 sent += 1
         except (ProtocolError, StreamResetError) as e:
             self.counters.serve_errors += 1
