@@ -91,5 +91,11 @@ def test_demo_converges_through_a_partition(tmp_path: Path):
     assert [x[1] for x in prow] == ["A", "B", "C"]
     assert prow[0][5] == prow[1][5] != prow[2][5]
     assert prow[2][2] == "none"
+    assert "block each other" in lines[part]  # a live partition: the nodes keep running
+    # so their counters cover the whole run: C fetched A's and B's ops when linked, nothing while
+    # cut off, then B's partition writes
+    link = next(i for i, line in enumerate(lines) if line.startswith("3. link"))
+    lrow = [x for x in (ROW.match(line) for line in lines[link:part]) if x]
+    assert [int(t[6]) for t in (lrow[2], prow[2], rows[2])] == [2 * ops + 7, 2 * ops + 7, 3 * ops + 7]
     # the stores and logs stay in the given workdir
     assert {p.name for p in (tmp_path / "w").iterdir()} >= {"a", "b", "c", "a.log", "b.log", "c.log"}
