@@ -6,7 +6,8 @@ import heapq
 import random
 from dataclasses import replace
 
-from hypothesis import given, settings
+import pytest
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ecac.dag import Dag
@@ -562,3 +563,59 @@ def test_extend_ordered_refuses_what_it_cannot_place():
         assert "pending" in str(e)
     else:
         raise AssertionError("extend_ordered ran with pending ops")
+
+
+@pytest.fixture
+def monkeypatch_memo(monkeypatch):
+    """Summarise b on its second search however cheap the first one was."""
+    import ecac.dag as dag_mod
+
+    monkeypatch.setattr(dag_mod, "_MEMO_AFTER", 0)
+
+
+class MemoCountingDag(Dag):
+    """Counts how often a b's whole ancestry is summarised for repeated queries about it."""
+
+    __slots__ = ("summaries_built",)
+
+    def __init__(self, **kw: int) -> None:
+        super().__init__(**kw)
+        self.summaries_built = 0
+
+    def _ancestry(self, nb):  # type: ignore[no-untyped-def]
+        self.summaries_built += 1
+        return super()._ancestry(nb)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2**32), n=st.integers(2, 45), k=st.integers(1, 3), bits=st.integers(1, 5))
+def test_repeated_queries_about_one_op_use_its_summarised_ancestry(seed, n, k, bits, monkeypatch_memo):
+    """Every query about one b after the first search goes through ``_ancestry``: same answers as DFS."""
+    rng = random.Random(seed)
+    ops = rooty_dag(rng, n, 0.3, max_parents=5)
+    anc = ancestor_sets(ops)
+    index = {op.op_id: i for i, op in enumerate(ops)}
+    dag = MemoCountingDag(summary_max=k, filter_bits=bits)
+    dag.insert_many(ops)
+    for b in ops:  # b outer: the replay pattern (all winners against one new write)
+        for a in ops:
+            assert dag.hb(a.op_id, b.op_id) == bool(anc[b.op_id] >> index[a.op_id] & 1)
+
+
+def test_many_concurrent_winners_against_one_merge_summarise_it_once(monkeypatch_memo):
+    rng = random.Random(3)
+    ops: list[Op] = []
+    roots = []
+    for i in range(600):
+        roots.append(fake_op(i, [], Hlc(i, 0, 0), rng.randbytes(30)))
+    ops.extend(roots)
+    acc = fake_op(600, [roots[0].op_id, roots[1].op_id], Hlc(600, 0, 0), rng.randbytes(30))
+    ops.append(acc)
+    for r in roots[2:]:
+        acc = fake_op(len(ops), sorted([acc.op_id, r.op_id]), Hlc(len(ops), 0, 0), rng.randbytes(30))
+        ops.append(acc)
+    dag = MemoCountingDag()
+    dag.insert_many(ops)
+    assert all(dag.hb(r.op_id, acc.op_id) for r in roots)  # every root is an ancestor of the last merge
+    assert not any(dag.hb(acc.op_id, r.op_id) for r in roots)
+    assert dag.summaries_built == 1
