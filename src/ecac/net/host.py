@@ -1060,4 +1060,3 @@ def _root_cause(exc: BaseException) -> str:
         cur = cur.__cause__ or (cur.__context__ if not cur.__suppress_context__ else None)
         depth += 1
     return " <- ".join(seen[-2:]) if seen else type(exc).__name__
-
