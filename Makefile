@@ -25,6 +25,7 @@ demo: $(STAMP)
 ## test: lint, then the whole suite (unit, property, integration with real processes)
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/python -m pytest -q -n 2 $(PYTEST_ARGS)
 
 lint: $(STAMP)
