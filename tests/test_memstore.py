@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 
+from conftest import vectors_dir
 from ecac.codec import dumps, loads
 from ecac.hlc import Hlc
 from ecac.keys import key_pair
 from ecac.memstore import MemoryOpStore, OpStore, PutRejectedError, validate_ops
 from ecac.op import Data, make_op, read_log
 
-VECTORS = Path(os.environ.get("ECAC_VECTORS", Path(__file__).resolve().parents[2] / "shared/spec/vectors"))
+VECTORS = vectors_dir()
 SK = key_pair(7, b"memstore")
 
 

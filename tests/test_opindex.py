@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import heapq
 import json
-import os
 import random
-from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import vectors_dir
 from ecac.opindex import OpIndex, bloom16, bloom_lanes, bloom_may_contain
 
-VECTORS_DIR = Path(
-    os.environ.get("ECAC_VECTORS", Path(__file__).resolve().parents[2] / "shared/spec/vectors")
-)
+VECTORS_DIR = vectors_dir()
 VECTORS = json.loads((VECTORS_DIR / "expected.json").read_text())
 STORE = VECTORS["store"]
 

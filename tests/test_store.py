@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import settings as st_settings
 from hypothesis import strategies as st_
 
+from conftest import vectors_dir
 from ecac.codec import dumps, loads
 from ecac.errors import StoreError
 from ecac.hlc import Hlc
@@ -35,8 +36,7 @@ from ecac.store import (
     resume_key,
 )
 
-_DEFAULT_VECTORS = Path(__file__).resolve().parents[2] / "shared/spec/vectors"
-VECTORS = Path(os.environ.get("ECAC_VECTORS", _DEFAULT_VECTORS))
+VECTORS = vectors_dir()
 EXPECTED = json.loads((VECTORS / "expected.json").read_text())
 STORE_V = EXPECTED["store"]
 FIXTURES = [

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import blake3
 import pytest
@@ -12,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
+from conftest import vectors_dir
 from ecac.codec import b2l, dumps, loads
 from ecac.errors import DecodeError, EcacError, ProtocolError
 from ecac.wire import (
@@ -40,7 +39,7 @@ from ecac.wire import (
     validate_signed_announce,
 )
 
-VECTORS = Path(os.environ.get("ECAC_VECTORS", Path(__file__).resolve().parents[2] / "shared/spec/vectors"))
+VECTORS = vectors_dir()
 W = json.loads((VECTORS / "expected.json").read_text())["wire"]
 SK = SigningKey(bytes.fromhex(W["announce_signer_seed_hex"]))
 OP0 = bytes.fromhex("e3afe639805fd355825f5c4455e957630c765720be79100fdf98b643f0f9ade5")
