@@ -364,7 +364,7 @@ async def _stalled_transfer(stall: float, cfg: HostConfig) -> tuple[BaseExceptio
 
 @pytest.mark.timeout(60)
 async def test_writer_resets_a_stream_whose_reader_stalls() -> None:
-    error, reader = await _stalled_transfer(2.5, HostConfig(heartbeat_interval=0.2, write_stall_timeout=1.0))
+    error, reader = await _stalled_transfer(4.0, HostConfig(heartbeat_interval=0.2, write_stall_timeout=1.0))
     assert isinstance(error, StreamResetError)
     assert isinstance(reader, StreamResetError)  # the reader learns it too instead of hanging
 
