@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -197,7 +198,7 @@ def _validate(
 # --------------------------------------------------------------------------- shared base
 
 
-class IndexedOpStore:
+class IndexedOpStore(ABC):
     """Put/validation and every index-backed query; subclasses supply storage.
 
     Subclasses implement ``_read_bytes(id)`` and ``_write(ops)`` (one atomic write of
@@ -211,11 +212,13 @@ class IndexedOpStore:
         self._lock = threading.RLock()
 
     # -- storage hooks
+    @abstractmethod
     def _read_bytes(self, op_id: bytes) -> bytes | None:
-        raise NotImplementedError
+        """The stored canonical bytes of ``op_id`` (None if absent)."""
 
+    @abstractmethod
     def _write(self, ops: Sequence[Op]) -> None:
-        raise NotImplementedError
+        """Persist ``ops`` in one atomic write, durable on return."""
 
     # -- reads
     @property

@@ -331,12 +331,15 @@ def make_op(sk: SigningKey, parents: Iterable[bytes], hlc: Hlc, payload: Payload
 # --------------------------------------------------------------------------- verification
 
 
-def sig_ok(author_pk: bytes, sig: bytes, op_id: bytes) -> bool:
-    """Ed25519 (libsodium, strict) over the op id; any malformed key or signature is False."""
-    if len(sig) != SIG_LEN or len(author_pk) != 32:
+def sig_ok(public_key: bytes, sig: bytes, message: bytes) -> bool:
+    """Ed25519 (libsodium, strict) over ``message``; any malformed key or signature is False.
+
+    The one signature check of the project: op ids, announce digests and VC signing inputs.
+    """
+    if len(sig) != SIG_LEN or len(public_key) != 32:
         return False
     try:
-        crypto_sign_open(sig + op_id, author_pk)
+        crypto_sign_open(sig + message, public_key)
     except (BadSignatureError, CryptoError, ValueError, TypeError):
         return False
     return True

@@ -29,10 +29,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import blake3
-from nacl.exceptions import BadSignatureError, CryptoError
-from nacl.signing import SigningKey, VerifyKey
+from nacl.signing import SigningKey
 
 from ecac.errors import VcError
+from ecac.op import sig_ok
 
 # --------------------------------------------------------------------------- error kinds
 
@@ -378,13 +378,11 @@ def _verify_signature(pubkey: bytes, parsed: ParsedJwt) -> None:
     """Strict Ed25519 (libsodium); a key that does not decompress can never verify."""
     if len(pubkey) != PK_LEN:
         raise VcError(BAD_SIG, f"Ed25519 public key must be {PK_LEN} bytes, got {len(pubkey)}")
-    try:
-        VerifyKey(pubkey).verify(parsed.signing_input, parsed.signature)
-    except (BadSignatureError, CryptoError, ValueError, TypeError):
+    if not sig_ok(pubkey, parsed.signature, parsed.signing_input):
         # the point check is slow pure Python, so it only refines the message
         if not ed25519_point_decompresses(pubkey):
-            raise VcError(BAD_SIG, "the verifying key is not a valid Ed25519 point") from None
-        raise VcError(BAD_SIG, "Ed25519 signature does not verify") from None
+            raise VcError(BAD_SIG, "the verifying key is not a valid Ed25519 point")
+        raise VcError(BAD_SIG, "Ed25519 signature does not verify")
 
 
 # --------------------------------------------------------------------------- verifiers

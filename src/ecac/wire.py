@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import blake3
-from nacl.bindings import crypto_core_ed25519_is_valid_point, crypto_sign_open
-from nacl.exceptions import BadSignatureError, CryptoError
+from nacl.bindings import crypto_core_ed25519_is_valid_point
 from nacl.signing import SigningKey
 
 from ecac.codec import b2l, dumps, loads, struct_fields, to_bytes, to_text, to_u32, to_u64
 from ecac.errors import DecodeError, EcacError, ProtocolError
+from ecac.op import sig_ok
 
 # --------------------------------------------------------------------------- constants
 
@@ -201,10 +201,8 @@ def validate_signed_announce(
         )
     if expected_vk is not None and bytes(expected_vk) != sa.vk:
         raise ProtocolError("announce rejected: vk is not the gossip originator's key")
-    try:
-        crypto_sign_open(sa.sig + sa.announce.digest(), sa.vk)
-    except (BadSignatureError, CryptoError, ValueError, TypeError):
-        raise ProtocolError("announce rejected: bad signature") from None
+    if not sig_ok(sa.vk, sa.sig, sa.announce.digest()):
+        raise ProtocolError("announce rejected: bad signature")
     return sa
 
 
