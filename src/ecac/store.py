@@ -46,6 +46,18 @@ from ecac.dag import Dag
 from ecac.errors import DecodeError, EcacError, StoreError
 from ecac.memstore import IndexedOpStore, OpStore, verify_executor
 from ecac.op import (
+    _ID_HEAD,
+    _K_AUTHOR,
+    _K_DATA,
+    _K_HEADER,
+    _K_HLC,
+    _K_LOGICAL,
+    _K_NODE,
+    _K_OP_ID,
+    _K_PAYLOAD,
+    _K_SIG,
+    _K_VALUE,
+    _OP_PREFIX,
     OP_DOMAIN,
     SIG_LEN,
     Data,
@@ -277,19 +289,8 @@ def verified_vc_persist(claims: Any) -> bytes:
 
 # --------------------------------------------------------------------------- fast decode
 
-_K_OP_MAP = b"\xa3\x66header"
-_K_HEADER = _K_OP_MAP + b"\xa4\x67parents"
-_K_HLC = b"\x63hlc\xa3\x6bphysical_ms"
-_K_LOGICAL = b"\x67logical"
-_K_NODE = b"\x67node_id"
-_K_AUTHOR = b"\x69author_pk\x98\x20"
-_K_PAYLOAD = b"\x67payload"
-_K_DATA = b"\xa1\x64Data\xa2\x63key"
+# the canonical op layout's fixed byte runs come from ecac.op (defined once, by the decoder)
 _K_PAYLOAD_DATA = _K_PAYLOAD + _K_DATA
-_K_VALUE = b"\x65value"
-_K_SIG = b"\x63sig\x98\x40"
-_K_OP_ID = b"\x65op_id\x98\x20"
-_ID_HEAD = b"\x98\x20"
 
 #: id or key -> its canonical uint items (no head); parents are usually ops decoded just before
 _ITEMS: dict[bytes, bytes] = {}
@@ -412,10 +413,10 @@ def replay_decode_stored(data: bytes, op_id: bytes, edge: EdgeVal) -> Op | None:
     short key and value (the bulk of a log) is parsed inline; anything else as there.
     """
     off = data.find(_K_PAYLOAD_DATA, len(_K_HEADER))
-    if off < 0 or not data.startswith(_K_OP_MAP):  # the op map's head and first key are not hashed
+    if off < 0 or not data.startswith(_OP_PREFIX):  # the op map's head and first key are not hashed
         off = data.find(_K_PAYLOAD, len(_K_HEADER))
         got = _payload_sig(data, off + len(_K_PAYLOAD), op_id) if off > 0 else None
-        if got is None or not data.startswith(_K_OP_MAP):
+        if got is None or not data.startswith(_OP_PREFIX):
             return None
         payload, sig = got
     else:
