@@ -25,6 +25,7 @@ from ecac.op import (
     check_sigs,
     decode_op,
     decode_op_with_header,
+    header_cbor_of,
     op_from_obj,
     op_id_of,
 )
@@ -134,8 +135,9 @@ def validate_ops(
     Returns ``(ok, rejected)``. ``ok`` holds ``(index, op, known)`` for every input that
     passed, in input order; ``known`` is true when the store already holds exactly these
     bytes, in which case the op was not re-verified (the stored copy was verified at
-    ingest and identical bytes get the identical verdict). An ``Op`` is validated through
-    its ``cbor`` bytes, so its fields and the stored bytes cannot disagree.
+    ingest and identical bytes get the identical verdict). An ``Op`` from ``ecac.op`` (made
+    or strictly decoded) is not decoded again: its ``cbor`` is the canonical encoding of its
+    fields by construction, and its id is checked over the header cut from those bytes.
 
     Decoding (Python, holds the GIL) of one chunk overlaps signature checks of the
     previous chunk (libsodium, releases the GIL, two threads via ``check_sigs``).
@@ -170,12 +172,17 @@ def _validate(
         checked: list[tuple[int, Op, bool]] = []
         for i in range(lo, min(lo + _CHUNK, len(items))):
             item = items[i]
-            data = item.cbor if isinstance(item, Op) else bytes(item)
-            try:
-                op, header, canonical = _decode_for_put(data)
-            except DecodeError as e:
-                rejected.append(PutRejection(i, None, str(e)))
-                continue
+            if isinstance(item, Op) and item.cbor:
+                # already decoded (or made) by ecac.op: its cbor is the canonical encoding of its
+                # fields, so only the id and the signature remain to check (no second decode)
+                op, data, header, canonical = item, item.cbor, header_cbor_of(item), True
+            else:
+                data = item.cbor if isinstance(item, Op) else bytes(item)
+                try:
+                    op, header, canonical = _decode_for_put(data)
+                except DecodeError as e:
+                    rejected.append(PutRejection(i, None, str(e)))
+                    continue
             prev = stored_bytes(op.op_id)
             if prev is not None and prev == data:
                 ok.append((i, op, True))

@@ -25,6 +25,7 @@ from nacl.signing import SigningKey
 from ecac.codec import (
     b2l,
     dumps,
+    encode_byte_array,
     loads,
     read_head,
     struct_fields,
@@ -239,7 +240,12 @@ POLICY_SWITCH_KINDS = frozenset({"Grant", "Revoke"})
 
 @dataclass(frozen=True, slots=True)
 class Op:
-    """A signed op. ``cbor`` is its canonical encoding (what the store and the wire carry)."""
+    """A signed op. ``cbor`` is its canonical encoding (what the store and the wire carry).
+
+    Invariant: ``cbor`` encodes exactly these fields. ``make_op`` and the decoders guarantee
+    it, and ``put_many`` relies on it (an ``Op`` is not decoded again); ``dataclasses.replace``
+    on an op breaks it and is only for tests of ``check_op`` and the DAG.
+    """
 
     parents: tuple[bytes, ...]
     hlc: Hlc
@@ -308,14 +314,32 @@ def op_id_of(header_cbor: bytes) -> bytes:
 _OP_PREFIX = b"\xa3\x66header"  # map(3), "header": the op map's first key
 
 
+def _op_tail(sig: bytes, op_id: bytes) -> bytes:
+    """The bytes after the header in an op's encoding: ``"sig": […], "op_id": […]``."""
+    return b"\x63sig" + encode_byte_array(sig) + b"\x65op_id" + encode_byte_array(op_id)
+
+
 def _op_cbor(header_cbor: bytes, sig: bytes, op_id: bytes) -> bytes:
     """``cbor({"header", "sig", "op_id"})`` assembled around the already-encoded header.
 
     Identical bytes to encoding the whole map, but the header is encoded only once,
     so decoding can hash the same bytes for the op_id check (hot path of replay).
     """
-    tail = dumps({"sig": b2l(sig), "op_id": b2l(op_id)})
-    return _OP_PREFIX + header_cbor + tail[1:]
+    return _OP_PREFIX + header_cbor + _op_tail(sig, op_id)
+
+
+def header_cbor_of(op: Op) -> bytes:
+    """The header bytes inside ``op.cbor``, cut out rather than re-encoded (what the op_id hashes).
+
+    Every constructor of ``Op`` (``make_op``, the decoders) sets ``cbor`` to the canonical
+    encoding of its fields, so the slice equals ``op.header_bytes()``; an op built by hand
+    without ``cbor`` is encoded instead.
+    """
+    cbor = op.cbor
+    tail = _op_tail(op.sig, op.op_id)
+    if cbor.startswith(_OP_PREFIX) and cbor.endswith(tail) and len(cbor) > len(_OP_PREFIX) + len(tail):
+        return cbor[len(_OP_PREFIX) : len(cbor) - len(tail)]
+    return op.header_bytes()
 
 
 def make_op(sk: SigningKey, parents: Iterable[bytes], hlc: Hlc, payload: Payload) -> Op:
