@@ -8,6 +8,7 @@ that need it, never at CLI start-up. ``status --node URL`` lives in ``store_cmds
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -141,22 +142,33 @@ def node_cmd(
         raise
 
 
+def db_or_node(db_help: str, node_help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--db/-d DIR`` (offline) or ``--node URL`` (a running node): exactly one, see ``one_target``."""
+
+    def deco(f: Callable[..., Any]) -> Callable[..., Any]:
+        f = click.option("--node", "node_url", default=None, help=node_help)(f)
+        return click.option(
+            "--db", "-d", "db", default=None, type=click.Path(file_okay=False, path_type=Path), help=db_help
+        )(f)
+
+    return deco
+
+
+def one_target(db: Path | None, node_url: str | None) -> None:
+    if (db is None) == (node_url is None):
+        raise click.UsageError("give exactly one of --db and --node")
+
+
 @click.command("inject-demo-ops")
-@click.option(
-    "--db",
-    "-d",
-    "db",
-    default=None,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Append to this store (offline; the node must not be running on it).",
+@db_or_node(
+    "Append to this store (offline; the node must not be running on it).",
+    "Inject through a running node's control API URL.",
 )
-@click.option("--node", "node_url", default=None, help="Inject through a running node's control API URL.")
 @click.option("--count", required=True, type=click.IntRange(1, 1_000_000), help="Number of ops.")
 @click.option("--seed", required=True, type=click.IntRange(0, 2**64 - 1), help="Author key and payload seed.")
 def inject_demo_ops_cmd(db: Path | None, node_url: str | None, count: int, seed: int) -> None:
     """Write COUNT chained, signed demo Data ops (see ecac.net.demo_ops), offline or live."""
-    if (db is None) == (node_url is None):
-        raise click.UsageError("give exactly one of --db and --node")
+    one_target(db, node_url)
     if node_url is not None:
         from ecac.net.control import ControlClient
 

@@ -20,6 +20,7 @@ import blake3
 import click
 from nacl.signing import SigningKey
 
+from ecac.cli.net_cmds import db_or_node, one_target
 from ecac.codec import dumps
 from ecac.errors import EcacError
 from ecac.hlc import U32_MAX, U64_MAX, Hlc
@@ -241,20 +242,11 @@ def render_status(status: dict[str, Any], as_json: bool) -> str:
 
 
 @click.command("status")
-@click.option(
-    "--db",
-    "-d",
-    "db",
-    default=None,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Store directory (created if missing).",
-)
-@click.option("--node", "node_url", default=None, help="A running node's control API URL instead of --db.")
+@db_or_node("Store directory (created if missing).", "A running node's control API URL instead of --db.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of key: value lines.")
 def status_cmd(db: Path | None, node_url: str | None, as_json: bool) -> None:
     """Ops, heads, pending ops, watermark, latest checkpoint and state digest of a store (or a live node)."""
-    if (db is None) == (node_url is None):
-        raise click.UsageError("give exactly one of --db and --node")
+    one_target(db, node_url)
     if node_url is not None:
         from ecac.cli.net_cmds import node_status, render_node_status
 
