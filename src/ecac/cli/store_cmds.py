@@ -20,13 +20,14 @@ import blake3
 import click
 from nacl.signing import SigningKey
 
+from ecac.cli.core_cmds import load_ops
 from ecac.cli.net_cmds import db_or_node, one_target
 from ecac.codec import dumps
 from ecac.errors import EcacError
 from ecac.hlc import U32_MAX, U64_MAX, Hlc
 from ecac.keys import parse_hex, public_key, signing_key_from_hex
 from ecac.memstore import PutRejectedError
-from ecac.op import IssuerKey, IssuerKeyRevoke, Op, Payload, StatusListChunk, make_op, read_log
+from ecac.op import IssuerKey, IssuerKeyRevoke, Op, Payload, StatusListChunk, make_op
 from ecac.replay import replay_full
 from ecac.store import Store, load_dag, replay_store
 from ecac.trust import TrustView
@@ -67,15 +68,6 @@ def op_files(paths: tuple[Path, ...]) -> list[Path]:
     return out
 
 
-def read_op_file(path: Path) -> list[Op]:
-    """Tolerant read (list of ops, op, list of flat ops, flat op), canonically re-encoded."""
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise EcacError(f"{path}: cannot read: {e.strerror or e}") from None
-    return read_log(data, str(path))
-
-
 def append_ops(
     st: Store, ops: list[Op], batch: int, on_appended: Callable[[bytes], None] = lambda _i: None
 ) -> int:
@@ -112,7 +104,7 @@ def op_append_cmd(db: Path, inputs: tuple[Path, ...], batch_size: int, quiet: bo
     unreadable: EcacError | None = None
     for f in op_files(inputs):
         try:
-            ops.extend(read_op_file(f))
+            ops.extend(load_ops(str(f)))
         except EcacError as e:  # ops of the files before it are still appended, then this fails
             unreadable = e
             break
