@@ -637,6 +637,75 @@ def _id_items(body: bytes) -> bytes | None:
     return got
 
 
+#: UTF-8 of a recent Data key -> the interned key (keys repeat across a log)
+_DATA_KEYS: dict[bytes, str] = {}
+
+
+def _intern_key(kb: bytes) -> str | None:
+    """The interned Data key of these UTF-8 bytes (cached), None when they are not UTF-8."""
+    try:
+        key = sys.intern(kb.decode("utf-8"))
+    except UnicodeDecodeError:
+        return None
+    if len(_DATA_KEYS) >= _SHARED_MAX:
+        _DATA_KEYS.clear()
+    _DATA_KEYS[kb] = key
+    return key
+
+
+def payload_at(data: bytes, off: int) -> tuple[Payload, int] | None:
+    """The canonical payload item at ``off`` of op bytes and where the ``sig`` key after it starts.
+
+    None when it is not in canonical form. Data is parsed directly from the bytes, other
+    kinds by the general payload decoder and then required to re-encode to the same bytes.
+    Shared by the strict op decoder and the store's stored-op decoders.
+    """
+    payload: Payload
+    if data.startswith(_K_DATA, off):  # the common case, without the generic decoder
+        p = off + len(_K_DATA)
+        if len(data) < p + 64:  # a Data op row goes on with at least key, value and signature
+            return None
+        b = data[p] - 0x60
+        if 0 <= b < 24:
+            n, p = b, p + 1
+        else:
+            got = read_head(data, p, 3)
+            if got is None:
+                return None
+            n, p = got
+        kb = data[p : p + n]
+        key = _DATA_KEYS.get(kb) or _intern_key(kb)
+        if key is None:
+            return None
+        p += n + len(_K_VALUE)
+        if not data.startswith(_K_VALUE, p - len(_K_VALUE)) or p >= len(data):
+            return None
+        b = data[p] - 0x80
+        if 0 <= b < 24:
+            n, p = b, p + 1
+        else:
+            got = read_head(data, p, 4)
+            if got is None:
+                return None
+            n, p = got
+        end = data.find(_K_SIG, p)
+        value = uint8_items(data[p:end]) if end > 0 else None
+        if value is None or len(value) != n:
+            return None
+        payload = build_data(key, value)
+    else:
+        fp = io.BytesIO(data)
+        fp.seek(off)
+        try:
+            payload = decode_payload(cbor2.CBORDecoder(fp).decode())
+        except (DecodeError, cbor2.CBORDecodeError, ValueError, TypeError, EOFError, RecursionError):
+            return None
+        end = fp.tell()
+        if not data.startswith(_K_SIG, end) or dumps(payload.to_obj()) != data[off:end]:
+            return None
+    return payload, end
+
+
 def _fast_canonical_op(raw: bytes) -> tuple[Op, bytes] | None:
     """Strict decoding of the canonical layout straight from the bytes; None sends it to the general path.
 
@@ -685,38 +754,10 @@ def _fast_canonical_op(raw: bytes) -> tuple[Op, bytes] | None:
     author = _id_items(raw[pos + len(_K_AUTHOR) : end]) if end > 0 else None
     if author is None:
         return None
-    pos = end + len(_K_PAYLOAD)
-    payload: Payload
-    if raw.startswith(_K_DATA, pos):
-        got = read_head(raw, pos + len(_K_DATA), 3)
-        if got is None:
-            return None
-        klen, pos = got
-        key_raw = raw[pos : pos + klen]
-        pos += klen
-        got = read_head(raw, pos + len(_K_VALUE), 4)
-        if len(key_raw) != klen or not raw.startswith(_K_VALUE, pos) or got is None:
-            return None
-        vlen, pos = got
-        end = raw.find(_K_SIG, pos)
-        value = uint8_items(raw[pos:end]) if end > 0 else None
-        if value is None or len(value) != vlen:
-            return None
-        try:
-            key = key_raw.decode("utf-8")
-        except UnicodeDecodeError:
-            return None
-        payload = build_data(sys.intern(key), value)
-    else:
-        fp = io.BytesIO(raw)
-        fp.seek(pos)
-        try:
-            payload = decode_payload(cbor2.CBORDecoder(fp).decode())
-        except (DecodeError, cbor2.CBORDecodeError, ValueError, TypeError, EOFError, RecursionError):
-            return None
-        end = fp.tell()
-        if dumps(payload.to_obj()) != raw[pos:end] or not raw.startswith(_K_SIG, end):
-            return None
+    got_payload = payload_at(raw, end + len(_K_PAYLOAD))
+    if got_payload is None:
+        return None
+    payload, end = got_payload
     id_at = raw.find(_K_OP_ID, end + len(_K_SIG))
     sig = uint8_items(raw[end + len(_K_SIG) : id_at]) if id_at > 0 else None
     if sig is None or len(sig) != SIG_LEN:

@@ -15,9 +15,7 @@ crash-safety argument.
 from __future__ import annotations
 
 import gc
-import io
 import os
-import sys
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -35,7 +33,6 @@ from ecac.codec import (
     encode_head,
     encode_uint,
     loads,
-    read_head,
     struct_fields,
     to_bytes,
     to_u32,
@@ -46,6 +43,7 @@ from ecac.dag import Dag
 from ecac.errors import DecodeError, EcacError, StoreError
 from ecac.memstore import IndexedOpStore, OpStore, verify_executor
 from ecac.op import (
+    _DATA_KEYS,
     _ID_HEAD,
     _K_AUTHOR,
     _K_DATA,
@@ -63,12 +61,13 @@ from ecac.op import (
     Data,
     Op,
     Payload,
+    _intern_key,
     build_data,
     build_hlc,
     build_op,
     check_sigs,
     decode_op,
-    decode_payload,
+    payload_at,
     slot_constructor,
 )
 from ecac.replay import Replayer, ResumePoint, has_policy, replay_full, suffix_keeps_verdicts
@@ -295,8 +294,6 @@ _K_PAYLOAD_DATA = _K_PAYLOAD + _K_DATA
 #: id or key -> its canonical uint items (no head); parents are usually ops decoded just before
 _ITEMS: dict[bytes, bytes] = {}
 _ITEMS_MAX = 8192
-#: UTF-8 of a recent Data key -> the interned key
-_KEYS: dict[bytes, str] = {}
 
 
 def _items_of(b: bytes) -> bytes:
@@ -435,7 +432,7 @@ def replay_decode_stored(data: bytes, op_id: bytes, edge: EdgeVal) -> Op | None:
             end = data.find(_K_SIG, v)
             value = uint8_items(data[v:end])
             kb = data[p : p + n]
-            key = _KEYS.get(kb)
+            key = _DATA_KEYS.get(kb)
             if key is None:
                 key = _intern_key(kb)
             if key is None or value is None or len(value) != m or end < 0:
@@ -451,25 +448,13 @@ def replay_decode_stored(data: bytes, op_id: bytes, edge: EdgeVal) -> Op | None:
     return build_op(edge.parents, hlc, edge.author_pk, payload, sig, op_id, data)
 
 
-def _intern_key(kb: bytes) -> str | None:
-    """The interned Data key of these UTF-8 bytes (cached), None when they are not UTF-8."""
-    try:
-        key = sys.intern(kb.decode("utf-8"))
-    except UnicodeDecodeError:
-        return None
-    if len(_KEYS) >= _ITEMS_MAX:
-        _KEYS.clear()
-    _KEYS[kb] = key
-    return key
-
-
 def _payload_sig(data: bytes, off: int, op_id: bytes) -> tuple[Payload, bytes] | None:
     """``(payload, sig)`` of op bytes whose payload item starts at ``off``, checked against ``op_id``.
 
     The header bytes must hash to ``op_id``, and the signature and the trailing ``op_id``
     must be canonical items ending the row; None otherwise.
     """
-    got = _payload_end(data, off)
+    got = payload_at(data, off)
     if got is None:
         return None
     payload, end = got
@@ -486,57 +471,6 @@ def _payload_sig(data: bytes, off: int, op_id: bytes) -> tuple[Payload, bytes] |
         _ITEMS.clear()
     _ITEMS[op_id] = tail  # its children name it as a parent next
     return payload, sig
-
-
-def _payload_end(data: bytes, off: int) -> tuple[Payload, int] | None:
-    """The payload item at ``off`` and where the ``sig`` key after it starts; None if malformed.
-
-    Data is parsed directly from the bytes, other kinds by the general payload decoder.
-    """
-    payload: Payload
-    if data.startswith(_K_DATA, off):  # the common case, without the generic decoder
-        p = off + len(_K_DATA)
-        if len(data) < p + 64:  # a Data op row goes on with at least key, value and signature
-            return None
-        b = data[p] - 0x60
-        if 0 <= b < 24:
-            n, p = b, p + 1
-        else:
-            got = read_head(data, p, 3)
-            if got is None:
-                return None
-            n, p = got
-        kb = data[p : p + n]
-        key = _KEYS.get(kb) or _intern_key(kb)
-        if key is None:
-            return None
-        p += n + len(_K_VALUE)
-        if not data.startswith(_K_VALUE, p - len(_K_VALUE)) or p >= len(data):
-            return None
-        b = data[p] - 0x80
-        if 0 <= b < 24:
-            n, p = b, p + 1
-        else:
-            got = read_head(data, p, 4)
-            if got is None:
-                return None
-            n, p = got
-        end = data.find(_K_SIG, p)
-        value = uint8_items(data[p:end]) if end > 0 else None
-        if value is None or len(value) != n:
-            return None
-        payload = build_data(key, value)
-    else:
-        fp = io.BytesIO(data)
-        fp.seek(off)
-        try:
-            payload = decode_payload(cbor2.CBORDecoder(fp).decode())
-        except (DecodeError, cbor2.CBORDecodeError, ValueError, TypeError, EOFError, RecursionError):
-            return None
-        end = fp.tell()
-        if not data.startswith(_K_SIG, end):
-            return None
-    return payload, end
 
 
 # --------------------------------------------------------------------------- opening
