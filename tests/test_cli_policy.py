@@ -21,7 +21,7 @@ from ecac.policy import explain
 from ecac.replay import dag_of_verified, replay_full
 from ecac.scenarios import DESCRIPTIONS, SCENARIOS
 from ecac.store import Store, verified_vc_persist
-from ecac.trust import FileStatusCache, load_file_trust
+from ecac.trustfiles import FileStatusCache, load_file_trust
 from ecac.vc import cred_hash, editor_claims, mint_vc, verify_vc_file
 
 ECAC = [sys.executable, "-c", "from ecac.cli import main; main()"]

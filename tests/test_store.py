@@ -449,7 +449,7 @@ def test_fast_decode_equals_strict_and_rejects_garbage():
 
 def test_vc_cache_parity(db, tmp_path, monkeypatch):
     from ecac.store import verified_vc_persist
-    from ecac.trust import load_file_trust
+    from ecac.trustfiles import load_file_trust
     from ecac.vc import cred_hash, editor_claims, mint_vc, verify_vc_file
 
     issuer = key_pair(1, b"issuer")

@@ -15,7 +15,6 @@ from ecac.op import IssuerKey, IssuerKeyRevoke, StatusListChunk, StatusPointer, 
 from ecac.policy import Epoch, EpochIndex, epochs_m4
 from ecac.scenarios import grant_pair, vc_token
 from ecac.trust import (
-    FileStatusCache,
     IssuerKeyRecord,
     MemoryStatusCache,
     StatusList,
@@ -24,8 +23,8 @@ from ecac.trust import (
     TrustView,
     bit_is_set,
     is_safe_list_id,
-    load_file_trust,
 )
+from ecac.trustfiles import FileStatusCache, load_file_trust, load_trust_store
 from ecac.vc import mint_vc, verify_vc_inband
 
 PK = bytes(key_pair(3, b"trust-test").verify_key)
@@ -36,7 +35,7 @@ PK = bytes(key_pair(3, b"trust-test").verify_key)
 
 def test_vector_trust_file_parses_as_expected(vectors):
     expected = vectors.expected["trust_file"]["vectors/trust/issuers.toml"]
-    store = TrustStore.load(vectors.path("trust"))
+    store = load_trust_store(vectors.path("trust"))
     assert {k: key.hex() for k, key in store.issuers.items()} == expected["issuers"]
     assert dict(store.schemas) == expected["schemas"]
     assert store.schema("local-issuer-1") == "standard-v1"
@@ -84,7 +83,7 @@ def test_toml_errors(text):
 
 def test_missing_trust_file_is_actionable(tmp_path):
     with pytest.raises(TrustStoreError, match="not found"):
-        TrustStore.load(tmp_path)
+        load_trust_store(tmp_path)
 
 
 # --------------------------------------------------------------------------- status bits and files

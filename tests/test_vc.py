@@ -13,6 +13,7 @@ from nacl.signing import SigningKey
 from ecac.errors import VcError
 from ecac.keys import key_pair
 from ecac.trust import MemoryStatusCache, TrustStore
+from ecac.trustfiles import load_trust_store
 from ecac.vc import (
     JSON_MAX_DEPTH,
     REFERENCE_HEADER,
@@ -478,7 +479,7 @@ def test_fixture_jwt_facts(vectors, name):
 @pytest.mark.parametrize("name", ["example.jwt", "example2.jwt"])
 def test_fixture_against_trust_file_is_unknown_issuer(vectors, name):
     tok = vectors.read(f"fixtures/{name}")
-    store = TrustStore.load(vectors.path("trust"))
+    store = load_trust_store(vectors.path("trust"))
     with pytest.raises(VcError) as ei:
         verify_vc_file(tok, store, MemoryStatusCache())
     assert ei.value.kind == "UnknownIssuer" and ei.value.detail == "oem-issuer-1"

@@ -26,7 +26,7 @@ from typing import Literal
 from ecac.hlc import Hlc
 from ecac.op import POLICY_SWITCH_KINDS, Credential, Data, Grant, KeyGrant, Op, Revoke
 from ecac.resources import ISSUER_ADMIN, derive_action_and_tags, role_can_write, role_read_tags
-from ecac.trust import FileStatusCache, MemoryStatusCache, TrustStore, TrustView
+from ecac.trust import StatusCache, TrustStore, TrustView
 from ecac.vc import VerifiedClaims, cred_hash, try_verify, verify_vc_file, verify_vc_inband, verify_vc_m4
 
 #: payload kinds that enable the read path's epochs and the TrustView's admin index (core §11.8)
@@ -310,9 +310,7 @@ def epochs_with_trustview(order: Sequence[Op], tv: TrustView) -> EpochIndex:
     return build_epochs(order, verified_claims_map(order, verify))
 
 
-def epochs_with_files(
-    order: Sequence[Op], trust_store: TrustStore, status_cache: FileStatusCache | MemoryStatusCache
-) -> EpochIndex:
+def epochs_with_files(order: Sequence[Op], trust_store: TrustStore, status_cache: StatusCache) -> EpochIndex:
     """Epochs from VCs verified against ``issuers.toml`` and status files (core §12.4).
 
     For CLI tools and the store's integrity check; replay never uses file trust.

@@ -991,7 +991,7 @@ class Store(IndexedOpStore):
 
     def _verify_vc_caches(self, trust_dir: Path) -> None:
         """VC cache parity, only when ``<trust_dir>/issuers.toml`` loads (store §1.10 step 5)."""
-        from ecac.trust import load_file_trust
+        from ecac.trustfiles import load_file_trust
         from ecac.vc import verify_vc_file
 
         try:

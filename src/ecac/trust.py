@@ -1,19 +1,18 @@
 """Issuer trust: the out-of-band file trust store (core §13) and the in-band TrustView (core §11.3).
 
 The file trust store (``trust/issuers.toml`` plus ``trust/status/<list_id>.bin``) is used
-only by CLI tools and the store's integrity check, never by replay; it is the one part
-of the policy code that reads files. Everything that decides replicated state (the
-TrustView) is pure and built in one linear pass over the total order.
+only by CLI tools and the store's integrity check, never by replay. This module parses
+it from text and bytes; reading the files is ``ecac.trustfiles``'s job, so the module
+stays pure. Everything that decides replicated state (the TrustView) is built in one
+linear pass over the total order.
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Protocol
 
@@ -103,18 +102,6 @@ class TrustStore:
                 schemas[iss] = v
         return cls(MappingProxyType(issuers), MappingProxyType(schemas))
 
-    @classmethod
-    def load(cls, trust_dir: str | Path) -> TrustStore:
-        """Read ``<trust_dir>/issuers.toml`` (file I/O; CLI tools only)."""
-        path = Path(trust_dir) / "issuers.toml"
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise TrustStoreError("Toml", f"{path} not found; create it with an [issuers] table") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise TrustStoreError("Toml", f"cannot read {path}: {e}") from None
-        return cls.from_toml(text)
-
     def issuer_key(self, issuer_id: str) -> bytes | None:
         return self.issuers.get(issuer_id)
 
@@ -135,42 +122,10 @@ class MemoryStatusCache:
         return bit_is_set(self.lists.get(list_id, b""), index)
 
 
-class FileStatusCache:
-    """``<status_dir>/<list_id>.bin`` bitsets, read once per list and cached (missing = empty).
+class StatusCache(Protocol):
+    """Answers "is bit ``index`` of status list ``list_id`` set?" (file-based or in memory)."""
 
-    Unsafe ``list_id`` values are never turned into paths; they count as missing lists.
-    """
-
-    def __init__(self, status_dir: str | Path) -> None:
-        self._dir = Path(status_dir)
-        self._cache: dict[str, bytes] = {}
-
-    def _read(self, list_id: str) -> bytes:
-        if not is_safe_list_id(list_id):
-            return b""
-        path = self._dir / f"{list_id}.bin"
-        try:
-            return path.read_bytes()
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-            return b""
-        except OSError as e:
-            if e.errno == errno.ENAMETOOLONG:
-                return b""
-            raise EcacError(f"cannot read status list {path}: {e}") from None
-
-    def bits(self, list_id: str) -> bytes:
-        """The raw bitset of ``list_id`` (empty when missing)."""
-        if list_id not in self._cache:
-            self._cache[list_id] = self._read(list_id)
-        return self._cache[list_id]
-
-    def is_revoked(self, list_id: str, index: int) -> bool:
-        return bit_is_set(self.bits(list_id), index)
-
-
-def load_file_trust(trust_dir: str | Path) -> tuple[TrustStore, FileStatusCache]:
-    """The reference's file trust: ``<dir>/issuers.toml`` and ``<dir>/status/*.bin``."""
-    return TrustStore.load(trust_dir), FileStatusCache(Path(trust_dir) / "status")
+    def is_revoked(self, list_id: str, index: int) -> bool: ...
 
 
 # --------------------------------------------------------------------------- in-band TrustView

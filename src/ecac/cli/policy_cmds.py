@@ -37,7 +37,8 @@ from ecac.keys import public_key, signing_key_from_hex, to_hex
 from ecac.op import Credential, Grant, Op, make_op
 from ecac.replay import dag_of_verified, replay_full
 from ecac.scenarios import DESCRIPTIONS, SCENARIOS
-from ecac.trust import TrustStoreError, is_safe_list_id, load_file_trust
+from ecac.trust import TrustStoreError, is_safe_list_id
+from ecac.trustfiles import load_file_trust
 from ecac.vc import MISSING_FIELD, UNKNOWN_ISSUER, VerifiedClaims, cred_hash, mint_vc, verify_vc_file
 
 #: the reference's relative trust directory (``./trust/issuers.toml``, ``./trust/status/``)
