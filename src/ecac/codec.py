@@ -16,6 +16,7 @@ bytes directly; each accepts or produces exactly what ``dumps`` produces (tested
 
 from __future__ import annotations
 
+import codecs
 import io
 from collections.abc import Sequence
 from typing import Any
@@ -139,13 +140,14 @@ def encode_uint(n: int) -> bytes:
     return encode_head(0, n)
 
 
-#: the canonical CBOR item of each byte value as an unsigned integer
-_UINT8_ITEM = [bytes([b]) if b < 24 else bytes([0x18, b]) for b in range(256)]
+#: the canonical CBOR item of each byte value as an unsigned integer (a charmap: mapped in C)
+_UINT8_ITEM = {b: bytes([b]) if b < 24 else bytes([0x18, b]) for b in range(256)}
 
 
 def encode_byte_array(data: bytes) -> bytes:
     """``dumps(b2l(data))``: a byte string as the array of uints used for every byte field."""
-    return encode_head(4, len(data)) + b"".join(map(_UINT8_ITEM.__getitem__, data))
+    items = codecs.charmap_encode(bytes(data).decode("latin-1"), "strict", _UINT8_ITEM)[0]
+    return encode_head(4, len(data)) + items
 
 
 def read_head(data: bytes, pos: int, major: int) -> tuple[int, int] | None:
@@ -175,6 +177,8 @@ def read_head(data: bytes, pos: int, major: int) -> tuple[int, int] | None:
 #: for ``uint8_items``: 1 where a byte is the 0x18 prefix / a byte >= 25 (which needs that prefix)
 _PREFIX_AT = bytes.maketrans(bytes(range(256)), b"\0" * 24 + b"\1" + b"\0" * 231)
 _NEEDS_PREFIX_AT = bytes.maketrans(bytes(range(256)), b"\0" * 25 + b"\1" * 231)
+#: item classes: a = 00..17, m = 18 (the prefix, or the value 24 after one), b = 19..ff
+_ITEM_CLASS = bytes(0x61 if v < 0x18 else 0x6D if v == 0x18 else 0x62 for v in range(256))
 
 
 def uint8_items(body: bytes) -> bytes | None:
@@ -183,15 +187,19 @@ def uint8_items(body: bytes) -> bytes | None:
     Canonical items are a byte below 24 by itself or 0x18 followed by the byte (>= 24).
     Without the byte 24 (0x18 0x18), ``body`` is canonical iff a byte is >= 25 exactly
     where the byte before it is 0x18 and the last byte is not 0x18: two translations
-    compared shifted by one, all in C. With it, the items of 24 are split off first.
+    compared shifted by one, all in C. With it (always, for op bytes inside an ``OpBytes``
+    frame), the items are checked on their class string (``a`` < 0x18, ``m`` = 0x18, ``b`` >
+    0x18): runs of ``m`` start at item boundaries, so pairs ``mm`` (the value 24) are
+    removed left to right and what is left must be ``a`` and ``mb`` only, which three
+    counts establish; decoding maps the same pairs to 0x18 and drops the other markers.
     """
     if b"\0" + body.translate(_PREFIX_AT) == body.translate(_NEEDS_PREFIX_AT) + b"\0":
         return body.translate(None, b"\x18")
     if b"\x18\x18" not in body:
         return None
-    out = []
-    for part in body.split(b"\x18\x18"):  # left to right: pairs up every run of 0x18 as items do
-        if b"\0" + part.translate(_PREFIX_AT) != part.translate(_NEEDS_PREFIX_AT) + b"\0":
-            return None
-        out.append(part.translate(None, b"\x18"))
-    return b"\x18".join(out)
+    cls = body.translate(_ITEM_CLASS).replace(b"mm", b"")
+    markers = cls.count(b"m")
+    if markers != cls.count(b"b") or markers != cls.count(b"mb"):
+        return None
+    text = body.decode("latin-1").replace("\x18\x18", "\u0100").replace("\x18", "")
+    return text.replace("\u0100", "\x18").encode("latin-1")

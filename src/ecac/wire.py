@@ -14,7 +14,6 @@ raise ``DecodeError``; well-formed input that breaks a protocol rule or limit ra
 
 from __future__ import annotations
 
-import codecs
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -23,7 +22,19 @@ import blake3
 from nacl.bindings import crypto_core_ed25519_is_valid_point
 from nacl.signing import SigningKey
 
-from ecac.codec import b2l, dumps, loads, struct_fields, to_bytes, to_text, to_u32, to_u64
+from ecac.codec import (
+    b2l,
+    dumps,
+    encode_byte_array,
+    loads,
+    read_head,
+    struct_fields,
+    to_bytes,
+    to_text,
+    to_u32,
+    to_u64,
+    uint8_items,
+)
 from ecac.errors import DecodeError, EcacError, ProtocolError
 from ecac.op import sig_ok
 
@@ -308,7 +319,7 @@ class OpBytes:
         Byte-identical to ``dumps({"OpBytes": b2l(data)})`` (tested), without a Python list of ints.
         """
         data = bytes(self.data)
-        return _OPBYTES_PREFIX + _array_head(len(data)) + _uint_items(data)
+        return _OPBYTES_PREFIX + encode_byte_array(data)
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,71 +350,25 @@ _END_CBOR = dumps("End")
 _MORE_CBOR = dumps("More")
 _OPBYTES_PREFIX = dumps({"OpBytes": []})[:-1]  # a1 67 "OpBytes"
 
-# Each byte of an OpBytes array is a shortest-form CBOR uint: ``v`` for v < 24, else ``18 v``.
-_UINT_ITEM = {v: bytes([v]) if v < 24 else bytes([0x18, v]) for v in range(256)}
-# Item classes for the strictness check of the fast decoder: a = 00..17, m = 18, b = 19..ff.
-_ITEM_CLASS = bytes(0x61 if v < 0x18 else 0x6D if v == 0x18 else 0x62 for v in range(256))
 _SMALL = bytes(range(24))
-
-
-def _uint_items(data: bytes) -> bytes:
-    """The bytes of ``data`` as consecutive CBOR uint items (the charmap codec maps each in C)."""
-    return codecs.charmap_encode(data.decode("latin-1"), "strict", _UINT_ITEM)[0]
-
-
-def _array_head(n: int) -> bytes:
-    """Shortest-form CBOR array head for ``n`` items."""
-    if n < 24:
-        return bytes([0x80 | n])
-    if n < 256:
-        return bytes([0x98, n])
-    if n < 65536:
-        return b"\x99" + n.to_bytes(2, "big")
-    if n < 2**32:
-        return b"\x9a" + n.to_bytes(4, "big")
-    return b"\x9b" + n.to_bytes(8, "big")
 
 
 def _fast_op_bytes(b: bytes) -> bytes | None:
     """The op bytes of a canonical ``OpBytes`` frame body, or None for anything else.
 
-    Exact: returns bytes only when ``b`` is the canonical encoding of ``OpBytes(result)``
-    (prefix, shortest array head, every item a shortest-form uint 0..255, item count equal
-    to the head's). The items are checked on their class string (``a`` < 0x18, ``m`` = 0x18,
-    ``b`` > 0x18): runs of ``m`` start at item boundaries, so pairs ``mm`` (the value 24)
-    are removed left to right, and what is left must be ``a`` and ``mb`` (the marker of a
-    value ≥ 25 and the value) only, which three counts establish. Decoding maps the same
-    pairs to 0x18 and drops the remaining markers. Every step is one C-level pass; None
-    sends the caller to the general decoder (which then names the problem).
+    Exact: bytes only when ``b`` is the canonical encoding of ``OpBytes(result)`` (prefix,
+    shortest array head, every item a shortest-form uint, as many items as the head
+    says), checked with the codec's C-level ``uint8_items``. None sends the caller to the
+    general decoder, which then names the problem.
     """
-    p = len(_OPBYTES_PREFIX)
-    if len(b) <= p or not b.startswith(_OPBYTES_PREFIX):
+    if not b.startswith(_OPBYTES_PREFIX):
         return None
-    h = b[p]
-    if h < 0x98:
-        n, start = h - 0x80, p + 1
-        if n < 0:
-            return None
-    else:
-        width = {0x98: 1, 0x99: 2, 0x9A: 4}.get(h)
-        if width is None or len(b) < p + 1 + width:
-            return None
-        n, start = int.from_bytes(b[p + 1 : p + 1 + width], "big"), p + 1 + width
-        if n < (24, 256, 0, 65536)[width - 1]:
-            return None  # not the shortest head
-    items = b[start:]
-    cls = items.translate(_ITEM_CLASS).replace(b"mm", b"")
-    markers = cls.count(b"m")
-    if markers != cls.count(b"b") or markers != cls.count(b"mb"):
+    got = read_head(b, len(_OPBYTES_PREFIX), 4)
+    if got is None:
         return None
-    out = (
-        items.decode("latin-1")
-        .replace("\x18\x18", "\u0100")
-        .replace("\x18", "")
-        .replace("\u0100", "\x18")
-        .encode("latin-1")
-    )
-    return out if len(out) == n else None
+    n, start = got
+    out = uint8_items(b[start:])
+    return out if out is not None and len(out) == n else None
 
 
 def decode_rpc_frame(data: bytes) -> RpcFrame:
