@@ -31,12 +31,12 @@ from ecac.op import (
     StatusListChunk,
     make_op,
 )
+from ecac.policy import has_policy
 from ecac.replay import (
     Replayer,
     ResumePoint,
     apply_over_order,
     decode_and_admit,
-    has_policy,
     order_hash,
     replay_full,
     suffix_keeps_verdicts,

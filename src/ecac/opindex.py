@@ -15,7 +15,7 @@ its size. The complete set equals what an in-memory DAG holding the same ops act
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import blake3
 
@@ -228,6 +228,11 @@ class OpIndex:
             return None
         self._order()
         return self._pos[op_id]
+
+    def positions(self) -> Mapping[bytes, int]:
+        """Every complete op's 0-based position in ``topo_ids()`` (a live view: do not mutate)."""
+        self._order()
+        return self._pos
 
     def topo_slice(self, start: int, stop: int | None = None) -> list[bytes]:
         """``topo_ids()[start:stop]`` without copying the whole order."""

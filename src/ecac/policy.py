@@ -18,8 +18,9 @@ Everything here is pure: no I/O, no clock, and no result depends on dict iterati
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from types import MappingProxyType
 from typing import Literal
 
@@ -322,9 +323,15 @@ def epochs_with_files(order: Sequence[Op], trust_store: TrustStore, status_cache
     return build_epochs(order, verified_claims_map(order, verify))
 
 
-def has_policy(order: Sequence[Op]) -> bool:
-    """The write gate is on iff the order has a Grant or Revoke (core §8.2)."""
-    return any(op.payload.NAME in POLICY_SWITCH_KINDS for op in order)
+def has_policy(ops: Iterable[Op]) -> bool:
+    """The write gate is on iff the ops include a Grant or Revoke (core §8.2).
+
+    Scanned in C (``map`` of an ``attrgetter``): every replay asks this of the whole order.
+    """
+    return not POLICY_SWITCH_KINDS.isdisjoint(map(_KIND_OF, ops))
+
+
+_KIND_OF = attrgetter("payload.NAME")
 
 
 def has_read_policy(order: Sequence[Op]) -> bool:

@@ -166,11 +166,6 @@ def order_hash(order: Sequence[Op], k: int | None = None) -> bytes:
     return blake3.blake3(b"".join(op.op_id for op in ops)).digest()
 
 
-def has_policy(ops: Iterable[Op]) -> bool:
-    """Whether the write gate is on: some op is a Grant or Revoke (core §8.2)."""
-    return any(op.payload.NAME in POLICY_SWITCH_KINDS for op in ops)
-
-
 def suffix_keeps_verdicts(suffix: Iterable[Op], prefix_has_policy: bool) -> bool:
     """Conditions 2 and 3 of core §8.4: nothing in ``suffix`` can change an earlier verdict."""
     for op in suffix:
@@ -202,7 +197,8 @@ class ResumePoint:
         """The resume point of ``state`` after a replay over exactly ``order``."""
         if state.processed_count != len(order):
             raise ValueError("state was not computed over this order")
-        return cls(len(order), order_hash(order), has_policy(order), state.snapshot_cbor(), state.digest())
+        has = policy.has_policy(order)
+        return cls(len(order), order_hash(order), has, state.snapshot_cbor(), state.digest())
 
     def valid_for(self, order: Sequence[Op], ids: bytes | None = None) -> bool:
         """All three conditions of core §8.4 against the current ``order``.
@@ -359,7 +355,7 @@ class Replayer:
                 start = point.k
             self._live_policy = point.has_policy if point is not None else False
         self.digest = apply_over_order(dag, self.state, order, start, observer)
-        self._live_policy = self._live_policy or has_policy(order[start:])
+        self._live_policy = self._live_policy or policy.has_policy(order[start:])
         self._live_order = order
         self._live_dag = weakref.ref(dag)
         self._live_hash = None
