@@ -26,6 +26,7 @@ import blake3
 import cbor2
 from rocksdict import AccessType, Options, Rdict, WriteBatch, WriteOptions
 
+from ecac import _opscan
 from ecac.codec import (
     b2l,
     dumps,
@@ -41,6 +42,7 @@ from ecac.codec import (
 )
 from ecac.dag import Dag
 from ecac.errors import DecodeError, EcacError, StoreError
+from ecac.hlc import Hlc
 from ecac.memstore import IndexedOpStore, OpStore, verify_executor
 from ecac.op import (
     _DATA_KEYS,
@@ -54,14 +56,12 @@ from ecac.op import (
     _K_OP_ID,
     _K_PAYLOAD,
     _K_SIG,
-    _K_VALUE,
+    _SHARED_MAX,
     OP_DOMAIN,
     SIG_LEN,
     Data,
     Op,
     Payload,
-    _intern_key,
-    build_data,
     build_hlc,
     build_op,
     check_sigs,
@@ -319,6 +319,8 @@ def _uint(v: int) -> bytes:
 
 
 _build_edge = slot_constructor(EdgeVal)
+#: the bulk decoder builds these classes' instances and shares the Data-key interning table
+_opscan.configure(Op, Hlc, Data, EdgeVal, _DATA_KEYS, _SHARED_MAX)
 _K_EDGE_PARENTS = b"\xa5\x67parents"
 _K_EDGE_AUTHOR = b"\x69author_pk"
 _K_EDGE_MS = b"\x66hlc_ms"
@@ -396,52 +398,6 @@ def fast_decode_stored(data: bytes, op_id: bytes, edge: EdgeVal) -> Op | None:
         return None
     hlc = build_hlc(edge.hlc_ms, edge.hlc_logical, edge.hlc_node)
     return build_op(edge.parents, hlc, edge.author_pk, got[0], got[1], op_id, data)
-
-
-def replay_decode_stored(data: bytes, op_id: bytes, edge: EdgeVal) -> Op | None:
-    """Decode a stored op for a full replay, trusting the row's header bytes; None if it does not parse.
-
-    A replay reads rows that ``put`` wrote after checking them strictly (canonical form, op
-    id, signature), in the same atomic batch as their ``edges`` rows, and RocksDB's block
-    checksums catch media corruption on read. So the header fields are taken from ``edge``
-    and the header bytes are neither re-encoded nor re-hashed against ``op_id``: that costs
-    a third of a replay, and it is ``verify_integrity``'s job (and ``--verify-sigs``'s, whose
-    replay uses ``fast_decode_stored``). The payload and signature are still parsed
-    strictly, so anything that does not have the canonical layout gives None and the
-    caller's strict decoder names the op. A Data op with a short key and value (the bulk
-    of a log) is parsed inline; anything else by ``payload_at``.
-    """
-    off = data.find(_K_PAYLOAD_DATA, len(_K_HEADER))
-    if off > 0:
-        p = off + len(_K_PAYLOAD_DATA) + 1
-        n = data[p - 1] - 0x60  # key length, then the key
-        v = p + n + len(_K_VALUE) + 1
-        m = data[v - 1] - 0x80 if 0 <= n < 24 and v <= len(data) else -1  # value length, then its items
-        if 0 <= m < 24 and data.startswith(_K_VALUE, v - 1 - len(_K_VALUE)):
-            end = data.find(_K_SIG, v)
-            value = uint8_items(data[v:end])
-            kb = data[p : p + n]
-            key = _DATA_KEYS.get(kb) or _intern_key(kb)
-            if key is None or value is None or len(value) != m or end < 0:
-                return None
-            payload: Payload = build_data(key, value)
-        else:
-            got = payload_at(data, off + len(_K_PAYLOAD))
-            if got is None:
-                return None
-            payload, end = got
-    else:
-        off = data.find(_K_PAYLOAD, len(_K_HEADER))
-        got = payload_at(data, off + len(_K_PAYLOAD)) if off > 0 else None
-        if got is None:
-            return None
-        payload, end = got
-    at = data.find(_K_OP_ID, end + _SIG_AT)
-    sig = uint8_items(data[end + _SIG_AT : at])
-    if sig is None or len(sig) != SIG_LEN or at < 0 or uint8_items(data[at + _ID_AT :]) != op_id:
-        return None
-    hlc = build_hlc(edge.hlc_ms, edge.hlc_logical, edge.hlc_node)
-    return build_op(edge.parents, hlc, edge.author_pk, payload, sig, op_id, data)
 
 
 def _payload_sig(data: bytes, off: int, op_id: bytes) -> tuple[Payload, bytes] | None:
@@ -723,29 +679,28 @@ class Store(IndexedOpStore):
     def replay_ops(self, checked: bool = False) -> Iterator[Op]:
         """Every complete op in topo order, for a full replay.
 
-        Decoded by ``replay_decode_stored`` (header fields from the ``edges`` rows), or with
-        ``checked`` by ``fast_decode_stored`` (header bytes compared with the row and hashed
-        against the id). When the replay covers at least half of the store, the rows are
-        decoded during one sequential scan of ``ops`` (key order: about 3x cheaper per row
-        than point reads) straight into their topo positions. A row that does not decode is
-        named by the strict decoder.
+        Canonical Data rows are decoded in bulk by ``ecac._opscan`` (their header bytes must
+        equal the ``edges`` row; not re-hashed, see docs/decisions.md D39); other rows, and
+        every row when ``checked``, by ``fast_decode_stored`` (the header bytes also hashed
+        against the id), then the strict decoder, which names a bad row. When the replay
+        covers at least half of the store, rows come from one sequential scan of ``ops``
+        (key order: about 3x cheaper per row than point reads) straight into their topo
+        positions.
         """
         with self._lock:
             ids = self._index.topo_slice(0)
             at = self._index.positions()
-        decode = fast_decode_stored if checked else replay_decode_stored
         edges = self._edges
-        strict = self._strict_stored
-        if not self._scan_pays(len(ids)):
-            rows = self._rows(ids)
-            return (decode(data, op_id, edges[op_id]) or strict(op_id, data) for op_id, data in rows)
+        rows = self._cfv("ops").items() if self._scan_pays(len(ids)) else self._rows(ids)
         out: list[Op | None] = [None] * len(ids)
-        where = at.get
-        placed = 0
-        for op_id, data in self._cfv("ops").items():
-            i = where(op_id)
-            if i is not None:  # complete: in the order (orphans and rows without edges are not)
-                out[i] = decode(data, op_id, edges[op_id]) or strict(op_id, data)
+        if checked:
+            placed, rest = 0, rows
+        else:
+            placed, rest = _opscan.scan(rows, edges, at, out)
+        for op_id, data in rest:
+            i = at.get(op_id)
+            if i is not None:
+                out[i] = fast_decode_stored(data, op_id, edges[op_id]) or self._strict_stored(op_id, data)
                 placed += 1
         if placed != len(ids):
             gone = next(op_id for op_id, op in zip(ids, out, strict=True) if op is None)

@@ -1,0 +1,397 @@
+/*
+ * ecac._opscan: decode stored Data ops in bulk for a replay from the store.
+ *
+ * Why C: a full replay of a 100k-op store spent ~5 us per op decoding rows in Python
+ * (byte searches, item decoding, building three frozen dataclass instances), half of the
+ * replay. This module does exactly that work for the one row shape that makes up the bulk
+ * of a log -- a canonical Data op -- and leaves every other row to the Python decoders.
+ * It is pure: no I/O, no clock, no randomness.
+ *
+ * A row is accepted only when it is byte for byte the canonical encoding (core §3) of
+ *   header = {parents, hlc, author_pk} taken from the op's `edges` row,
+ *   payload = {"Data": {"key": <text>, "value": <uint8 items>}},
+ *   sig = 64 uint8 items, op_id = the 32 uint8 items of the row's key,
+ * with nothing after it. The header bytes are compared with the edges row, not re-hashed
+ * against the op id: put verified that hash (and the signature) before writing both rows in
+ * one batch, and verify_integrity / --verify-sigs recompute it (docs/decisions.md, D39).
+ * Anything else (other payload kinds, a mismatch, a malformed row) is handed back to the
+ * caller untouched, whose Python decoders parse it or name the op.
+ *
+ * The objects built are the same as ecac.op.slot_constructor builds: instances of the
+ * configured slots classes (Op, Hlc, Data) whose slots are set directly.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <string.h>
+
+typedef struct {
+    PyTypeObject *type;
+    Py_ssize_t *offsets;
+    int n;
+} SlotClass;
+
+static Py_ssize_t op_off[7], hlc_off[3], data_off[2], edge_off[5];
+static SlotClass op_cls = {NULL, op_off, 7}, hlc_cls = {NULL, hlc_off, 3}, data_cls = {NULL, data_off, 2},
+                 edge_cls = {NULL, edge_off, 5};
+static PyObject *key_cache = NULL; /* bytes -> interned str, shared with ecac.op */
+static Py_ssize_t key_cache_max = 4096;
+
+static const char *const OP_FIELDS[] = {"parents", "hlc", "author_pk", "payload", "sig", "op_id", "cbor"};
+static const char *const HLC_FIELDS[] = {"physical_ms", "logical", "node_id"};
+static const char *const DATA_FIELDS[] = {"key", "value"};
+static const char *const EDGE_FIELDS[] = {"parents", "author_pk", "hlc_ms", "hlc_logical", "hlc_node"};
+
+#define SLOT(obj, off) (*(PyObject **)((char *)(obj) + (off)))
+
+static int configure_class(SlotClass *cls, PyObject *type, const char *const *fields) {
+    if (!PyType_Check(type)) {
+        PyErr_SetString(PyExc_TypeError, "configure: expected a class");
+        return -1;
+    }
+    for (int i = 0; i < cls->n; i++) {
+        PyObject *descr = PyDict_GetItemString(((PyTypeObject *)type)->tp_dict, fields[i]);
+        if (descr == NULL || !Py_IS_TYPE(descr, &PyMemberDescr_Type)) {
+            PyErr_Format(PyExc_TypeError, "configure: %s.%s is not a slot", ((PyTypeObject *)type)->tp_name,
+                         fields[i]);
+            return -1;
+        }
+        PyMemberDef *m = ((PyMemberDescrObject *)descr)->d_member;
+        if (m->type != T_OBJECT_EX) {
+            PyErr_Format(PyExc_TypeError, "configure: %s.%s is not an object slot",
+                         ((PyTypeObject *)type)->tp_name, fields[i]);
+            return -1;
+        }
+        cls->offsets[i] = m->offset;
+    }
+    Py_XSETREF(cls->type, (PyTypeObject *)Py_NewRef(type));
+    return 0;
+}
+
+static PyObject *configure(PyObject *self, PyObject *args) {
+    PyObject *op_t, *hlc_t, *data_t, *edge_t, *cache;
+    Py_ssize_t cache_max;
+    if (!PyArg_ParseTuple(args, "OOOOO!n", &op_t, &hlc_t, &data_t, &edge_t, &PyDict_Type, &cache, &cache_max))
+        return NULL;
+    if (configure_class(&op_cls, op_t, OP_FIELDS) < 0 || configure_class(&hlc_cls, hlc_t, HLC_FIELDS) < 0 ||
+        configure_class(&data_cls, data_t, DATA_FIELDS) < 0 || configure_class(&edge_cls, edge_t, EDGE_FIELDS) < 0)
+        return NULL;
+    Py_XSETREF(key_cache, Py_NewRef(cache));
+    key_cache_max = cache_max;
+    Py_RETURN_NONE;
+}
+
+/* A new instance of cls with its slots set to new references of vals (all non-NULL). */
+static PyObject *build(SlotClass *cls, PyObject *const *vals) {
+    PyObject *o = cls->type->tp_alloc(cls->type, 0);
+    if (o == NULL)
+        return NULL;
+    for (int i = 0; i < cls->n; i++)
+        SLOT(o, cls->offsets[i]) = Py_NewRef(vals[i]);
+    return o;
+}
+
+/* ---------------------------------------------------------------- canonical CBOR matching */
+
+typedef struct {
+    const unsigned char *d;
+    Py_ssize_t n, p;
+} Cur;
+
+static int lit(Cur *c, const char *s, Py_ssize_t len) {
+    if (c->n - c->p < len || memcmp(c->d + c->p, s, (size_t)len) != 0)
+        return 0;
+    c->p += len;
+    return 1;
+}
+#define LIT(c, s) lit((c), (s), (Py_ssize_t)(sizeof(s) - 1))
+
+/* A shortest-form head of major type `major`; its argument in *v. */
+static int head(Cur *c, int major, unsigned long long *v) {
+    if (c->p >= c->n)
+        return 0;
+    int b = c->d[c->p] - (major << 5);
+    if (b >= 0 && b < 24) {
+        *v = (unsigned long long)b;
+        c->p += 1;
+        return 1;
+    }
+    int w = b == 24 ? 1 : b == 25 ? 2 : b == 26 ? 4 : b == 27 ? 8 : 0;
+    if (w == 0 || c->n - c->p < 1 + w)
+        return 0;
+    unsigned long long x = 0;
+    for (int i = 1; i <= w; i++)
+        x = (x << 8) | c->d[c->p + i];
+    unsigned long long min = w == 1 ? 24ULL : 1ULL << (4 * w); /* else a shorter form exists */
+    if (x < min)
+        return 0;
+    *v = x;
+    c->p += 1 + w;
+    return 1;
+}
+
+/* The canonical head of `major` with argument v equals the bytes at the cursor. */
+static int head_is(Cur *c, int major, unsigned long long v) {
+    Cur t = *c;
+    unsigned long long got;
+    if (!head(&t, major, &got) || got != v)
+        return 0;
+    *c = t;
+    return 1;
+}
+
+/* n canonical uint8 items (a byte < 24, or 0x18 then a byte >= 24), decoded into out. */
+static int items(Cur *c, Py_ssize_t n, unsigned char *out) {
+    const unsigned char *d = c->d;
+    Py_ssize_t p = c->p, end = c->n;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (p >= end)
+            return 0;
+        unsigned char b = d[p];
+        if (b < 24) {
+            out[i] = b;
+            p += 1;
+        } else if (b == 24 && p + 1 < end && d[p + 1] >= 24) {
+            out[i] = d[p + 1];
+            p += 2;
+        } else {
+            return 0;
+        }
+    }
+    c->p = p;
+    return 1;
+}
+
+/* The canonical byte array (int-array form) of the bytes object b at the cursor. */
+static int array_is(Cur *c, PyObject *b) {
+    if (!PyBytes_Check(b))
+        return 0;
+    Py_ssize_t n = PyBytes_GET_SIZE(b);
+    const unsigned char *s = (const unsigned char *)PyBytes_AS_STRING(b);
+    if (!head_is(c, 4, (unsigned long long)n))
+        return 0;
+    const unsigned char *d = c->d;
+    Py_ssize_t p = c->p, end = c->n;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char v = s[i];
+        if (v < 24) {
+            if (p >= end || d[p] != v)
+                return 0;
+            p += 1;
+        } else {
+            if (p + 1 >= end || d[p] != 24 || d[p + 1] != v)
+                return 0;
+            p += 2;
+        }
+    }
+    c->p = p;
+    return 1;
+}
+
+static int uint_is(Cur *c, PyObject *v) {
+    if (!PyLong_CheckExact(v))
+        return 0;
+    unsigned long long x = PyLong_AsUnsignedLongLong(v);
+    if (x == (unsigned long long)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    return head_is(c, 0, x);
+}
+
+/* The interned key for UTF-8 bytes [s, s+n), through the shared cache; NULL with no error
+ * set when the bytes are not UTF-8, NULL with an error set on failure. */
+static PyObject *data_key(const char *s, Py_ssize_t n) {
+    PyObject *kb = PyBytes_FromStringAndSize(s, n);
+    if (kb == NULL)
+        return NULL;
+    PyObject *key = PyDict_GetItemWithError(key_cache, kb);
+    if (key != NULL) {
+        Py_DECREF(kb);
+        return Py_NewRef(key);
+    }
+    if (PyErr_Occurred()) {
+        Py_DECREF(kb);
+        return NULL;
+    }
+    key = PyUnicode_DecodeUTF8(s, n, "strict");
+    if (key == NULL) {
+        Py_DECREF(kb);
+        if (PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
+            PyErr_Clear();
+        }
+        return NULL;
+    }
+    PyUnicode_InternInPlace(&key);
+    if (PyDict_GET_SIZE(key_cache) >= key_cache_max)
+        PyDict_Clear(key_cache);
+    int rc = PyDict_SetItem(key_cache, kb, key);
+    Py_DECREF(kb);
+    if (rc < 0) {
+        Py_DECREF(key);
+        return NULL;
+    }
+    return key;
+}
+
+/* The Op of a canonical Data row, Py_None (new ref) when the row is not one, NULL on error. */
+static PyObject *decode_row(PyObject *op_id, PyObject *data, PyObject *edge) {
+    if (!PyBytes_CheckExact(op_id) || PyBytes_GET_SIZE(op_id) != 32 || !PyBytes_CheckExact(data) ||
+        Py_TYPE(edge) != edge_cls.type)
+        Py_RETURN_NONE;
+    PyObject *parents = SLOT(edge, edge_off[0]), *author = SLOT(edge, edge_off[1]);
+    PyObject *ms = SLOT(edge, edge_off[2]), *logical = SLOT(edge, edge_off[3]), *node = SLOT(edge, edge_off[4]);
+    if (parents == NULL || author == NULL || ms == NULL || logical == NULL || node == NULL ||
+        !PyTuple_CheckExact(parents))
+        Py_RETURN_NONE;
+    Cur c = {(const unsigned char *)PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), 0};
+    Py_ssize_t np = PyTuple_GET_SIZE(parents);
+    if (!LIT(&c, "\xa3" "fheader" "\xa4" "gparents") || !head_is(&c, 4, (unsigned long long)np))
+        Py_RETURN_NONE;
+    for (Py_ssize_t i = 0; i < np; i++)
+        if (!array_is(&c, PyTuple_GET_ITEM(parents, i)))
+            Py_RETURN_NONE;
+    if (!LIT(&c, "chlc" "\xa3" "kphysical_ms") || !uint_is(&c, ms) || !LIT(&c, "glogical") ||
+        !uint_is(&c, logical) || !LIT(&c, "gnode_id") || !uint_is(&c, node) || !LIT(&c, "iauthor_pk") ||
+        !array_is(&c, author) || !LIT(&c, "gpayload" "\xa1" "dData" "\xa2" "ckey"))
+        Py_RETURN_NONE;
+    unsigned long long klen, vlen;
+    if (!head(&c, 3, &klen) || klen > (unsigned long long)(c.n - c.p))
+        Py_RETURN_NONE;
+    const char *kp = (const char *)c.d + c.p;
+    c.p += (Py_ssize_t)klen;
+    if (!LIT(&c, "evalue") || !head(&c, 4, &vlen) || vlen > (unsigned long long)(c.n - c.p))
+        Py_RETURN_NONE;
+    PyObject *value = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)vlen);
+    if (value == NULL)
+        return NULL;
+    PyObject *sig = PyBytes_FromStringAndSize(NULL, 64);
+    if (sig == NULL) {
+        Py_DECREF(value);
+        return NULL;
+    }
+    unsigned char idb[32];
+    if (!items(&c, (Py_ssize_t)vlen, (unsigned char *)PyBytes_AS_STRING(value)) || !LIT(&c, "csig" "\x98" "@") ||
+        !items(&c, 64, (unsigned char *)PyBytes_AS_STRING(sig)) || !LIT(&c, "eop_id" "\x98" " ") ||
+        !items(&c, 32, idb) || c.p != c.n || memcmp(idb, PyBytes_AS_STRING(op_id), 32) != 0) {
+        Py_DECREF(value);
+        Py_DECREF(sig);
+        Py_RETURN_NONE;
+    }
+    PyObject *key = data_key(kp, (Py_ssize_t)klen);
+    if (key == NULL) {
+        Py_DECREF(value);
+        Py_DECREF(sig);
+        if (PyErr_Occurred())
+            return NULL;
+        Py_RETURN_NONE; /* not UTF-8: the strict decoder names it */
+    }
+    PyObject *dv[2] = {key, value};
+    PyObject *payload = build(&data_cls, dv);
+    Py_DECREF(key);
+    Py_DECREF(value);
+    PyObject *hv[3] = {ms, logical, node};
+    PyObject *hlc = payload == NULL ? NULL : build(&hlc_cls, hv);
+    PyObject *op = NULL;
+    if (hlc != NULL) {
+        PyObject *ov[7] = {parents, hlc, author, payload, sig, op_id, data};
+        op = build(&op_cls, ov);
+    }
+    Py_XDECREF(payload);
+    Py_XDECREF(hlc);
+    Py_DECREF(sig);
+    return op;
+}
+
+PyDoc_STRVAR(scan_doc,
+             "scan(rows, edges, positions, out) -> (placed, rest)\n\n"
+             "For each (op_id, data) of the iterable rows whose op_id is in positions: decode it\n"
+             "when it is a canonical Data row matching edges[op_id] and store the Op at\n"
+             "out[positions[op_id]] (which must hold None); other rows of positions are returned\n"
+             "in rest as (op_id, data) pairs, in scan order. Rows not in positions are skipped.");
+
+static PyObject *scan(PyObject *self, PyObject *args) {
+    PyObject *rows, *edges, *positions, *out;
+    if (!PyArg_ParseTuple(args, "OO!O!O!", &rows, &PyDict_Type, &edges, &PyDict_Type, &positions, &PyList_Type,
+                          &out))
+        return NULL;
+    if (op_cls.type == NULL || key_cache == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "ecac._opscan.configure() was not called");
+        return NULL;
+    }
+    PyObject *it = PyObject_GetIter(rows);
+    if (it == NULL)
+        return NULL;
+    PyObject *rest = PyList_New(0);
+    if (rest == NULL) {
+        Py_DECREF(it);
+        return NULL;
+    }
+    Py_ssize_t placed = 0, size = PyList_GET_SIZE(out);
+    PyObject *row;
+    while ((row = PyIter_Next(it)) != NULL) {
+        if (!PyTuple_Check(row) || PyTuple_GET_SIZE(row) != 2) {
+            PyErr_SetString(PyExc_TypeError, "scan: rows must be (op_id, data) pairs");
+            goto fail_row;
+        }
+        PyObject *op_id = PyTuple_GET_ITEM(row, 0), *data = PyTuple_GET_ITEM(row, 1);
+        PyObject *pos = PyDict_GetItemWithError(positions, op_id);
+        if (pos == NULL) {
+            if (PyErr_Occurred())
+                goto fail_row;
+            Py_DECREF(row);
+            continue;
+        }
+        Py_ssize_t i = PyLong_AsSsize_t(pos);
+        if (i == -1 && PyErr_Occurred())
+            goto fail_row;
+        if (i < 0 || i >= size || PyList_GET_ITEM(out, i) != Py_None) {
+            PyErr_SetString(PyExc_ValueError, "scan: position out of range or already filled");
+            goto fail_row;
+        }
+        PyObject *edge = PyDict_GetItemWithError(edges, op_id);
+        PyObject *op = NULL;
+        if (edge != NULL) {
+            op = decode_row(op_id, data, edge);
+            if (op == NULL)
+                goto fail_row;
+        } else if (PyErr_Occurred()) {
+            goto fail_row;
+        }
+        if (op == NULL || op == Py_None) {
+            Py_XDECREF(op);
+            if (PyList_Append(rest, row) < 0)
+                goto fail_row;
+        } else {
+            PyObject *old = PyList_GET_ITEM(out, i);
+            PyList_SET_ITEM(out, i, op);
+            Py_DECREF(old);
+            placed++;
+        }
+        Py_DECREF(row);
+    }
+    Py_DECREF(it);
+    if (PyErr_Occurred()) {
+        Py_DECREF(rest);
+        return NULL;
+    }
+    return Py_BuildValue("(nN)", placed, rest);
+fail_row:
+    Py_DECREF(row);
+    Py_DECREF(it);
+    Py_DECREF(rest);
+    return NULL;
+}
+
+static PyMethodDef methods[] = {
+    {"configure", configure, METH_VARARGS,
+     "configure(Op, Hlc, Data, EdgeVal, key_cache, key_cache_max): the classes to build and read."},
+    {"scan", scan, METH_VARARGS, scan_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "ecac._opscan",
+                                    "Bulk decoding of stored canonical Data ops (see the source's header).", -1,
+                                    methods};
+
+PyMODINIT_FUNC PyInit__opscan(void) { return PyModule_Create(&module); }

@@ -1,0 +1,145 @@
+"""ecac._opscan: the C bulk decoder of stored canonical Data ops used by the store replay.
+
+Its contract: a row it places is exactly what the strict decoder reads from those bytes
+(with the header equal to the ``edges`` row); every other row is handed back untouched.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+
+import pytest
+
+from conftest import vectors_dir
+from ecac import _opscan
+from ecac.hlc import Hlc
+from ecac.keys import key_pair
+from ecac.op import _DATA_KEYS, _SHARED_MAX, Data, Op, decode_op, make_op, read_log
+from ecac.store import EdgeVal
+from ecac.workloads import OTHER_KINDS, gen_hb_chain, gen_random_dag
+
+SK = key_pair(3, b"test/opscan")
+
+
+def _ops() -> list[Op]:
+    rng = random.Random(7)
+    ops = read_log((vectors_dir() / "fixtures/ops.cbor").read_bytes())
+    ops += gen_hb_chain(5, 20)
+    ops += gen_random_dag(
+        rng, 60, max_parents=4, random_hlc=True, other_kinds=OTHER_KINDS, other_fraction=0.3
+    )
+    big = [
+        make_op(SK, [], Hlc(2**64 - 1, 2**32 - 1, 2**32 - 1), Data("k" * 300, bytes(range(256)) * 2)),
+        make_op(SK, [bytes([i]) * 32 for i in range(30)], Hlc(24, 255, 256), Data("", b"")),
+        make_op(SK, [b"\x18" * 32], Hlc(65535, 65536, 23), Data("mv:o:é", b"\x18" * 40)),
+    ]
+    return ops + big
+
+
+def _scan(ops: list[Op], rows: list[tuple[bytes, bytes]] | None = None):
+    edges = {op.op_id: EdgeVal.of(op) for op in ops}
+    positions = {op.op_id: i for i, op in enumerate(ops)}
+    out: list[Op | None] = [None] * len(ops)
+    placed, rest = _opscan.scan(
+        rows if rows is not None else [(op.op_id, op.cbor) for op in ops], edges, positions, out
+    )
+    return placed, rest, out
+
+
+def test_intact_rows_decode_exactly_as_the_strict_decoder():
+    ops = _ops()
+    placed, rest, out = _scan(ops)
+    data_ops = [op for op in ops if type(op.payload) is Data]
+    assert placed == len(data_ops) and placed + len(rest) == len(ops)
+    assert [r[0] for r in rest] == [op.op_id for op in ops if type(op.payload) is not Data]
+    for op, got in zip(ops, out, strict=True):
+        if type(op.payload) is Data:
+            strict = decode_op(op.cbor)
+            assert type(got) is Op and got == strict and got.sig == strict.sig and got.cbor is op.cbor
+            assert type(got.hlc) is Hlc and type(got.payload) is Data
+            assert got.payload.key is sys.intern(op.payload.key)  # interned, as the Python decoders do
+        else:
+            assert got is None
+
+
+def test_rows_outside_positions_are_skipped_and_a_missing_edge_is_handed_back():
+    ops = [op for op in _ops() if type(op.payload) is Data][:5]
+    edges = {op.op_id: EdgeVal.of(op) for op in ops[1:]}
+    positions = {op.op_id: i for i, op in enumerate(ops[:4])}
+    out: list[Op | None] = [None] * 4
+    placed, rest = _opscan.scan([(op.op_id, op.cbor) for op in ops], edges, positions, out)
+    assert placed == 3 and rest == [(ops[0].op_id, ops[0].cbor)]  # ops[4] is not in positions
+    assert out[0] is None and out[1:] == ops[1:4]
+
+
+def test_every_single_byte_corruption_is_handed_back_or_read_as_the_strict_decoder_reads_it():
+    ops = [op for op in _ops() if type(op.payload) is Data]
+    rng = random.Random(11)
+    for op in rng.sample(ops, 12) + ops[-3:]:
+        data = op.cbor
+        for i in range(len(data)):
+            for v in {data[i] ^ 1, data[i] ^ 0x80, 0x00, 0x17, 0x18, 0x19, 0x60, 0x78, 0x98, 0xFF}:
+                bad = data[:i] + bytes([v]) + data[i + 1 :]
+                if bad == data:
+                    continue
+                placed, rest, out = _scan([op], [(op.op_id, bad)])
+                if placed == 0:
+                    assert rest == [(op.op_id, bad)] and out == [None]
+                    continue
+                strict = decode_op(bad)  # must accept: the scanner only places canonical rows
+                got = out[0]
+                assert got == strict and got.sig == strict.sig and got.cbor is bad
+
+
+def test_truncated_extended_and_header_mismatched_rows_are_handed_back():
+    op = next(op for op in _ops() if type(op.payload) is Data and op.parents)
+    for bad in (op.cbor[:-1], op.cbor + b"\x00", op.cbor[: len(op.cbor) // 2], b"", b"\xa3"):
+        assert _scan([op], [(op.op_id, bad)])[0] == 0
+    h = op.hlc
+    for edge in (
+        EdgeVal(op.parents, op.author_pk, h.physical_ms + 1, h.logical, h.node_id),
+        EdgeVal(op.parents, bytes(32), h.physical_ms, h.logical, h.node_id),
+        EdgeVal((), op.author_pk, h.physical_ms, h.logical, h.node_id),
+        EdgeVal(op.parents * 2, op.author_pk, h.physical_ms, h.logical, h.node_id),
+    ):
+        out: list[Op | None] = [None]
+        placed, rest = _opscan.scan([(op.op_id, op.cbor)], {op.op_id: edge}, {op.op_id: 0}, out)
+        assert placed == 0 and rest == [(op.op_id, op.cbor)]
+    other = make_op(SK, [], Hlc(1, 0, 0), Data("x", b"y"))
+    assert _scan([op], [(op.op_id, other.cbor)])[0] == 0  # the trailing id must be the row's key
+
+
+def test_a_key_that_is_not_utf8_is_handed_back():
+    op = make_op(SK, [], Hlc(1, 0, 0), Data("ab", b"v"))
+    bad = op.cbor.replace(b"\x62ab", b"\x62\xff\xfe", 1)
+    assert bad != op.cbor
+    placed, rest, _ = _scan([op], [(op.op_id, bad)])
+    assert placed == 0 and rest == [(op.op_id, bad)]
+
+
+def test_bad_calls_raise_clear_errors_and_change_nothing():
+    op = make_op(SK, [], Hlc(1, 0, 0), Data("k", b"v"))
+    edges = {op.op_id: EdgeVal.of(op)}
+    with pytest.raises(ValueError, match="position out of range"):
+        _opscan.scan([(op.op_id, op.cbor)], edges, {op.op_id: 5}, [None])
+    filled = [op]
+    with pytest.raises(ValueError, match="already filled"):
+        _opscan.scan([(op.op_id, op.cbor)], edges, {op.op_id: 0}, filled)
+    assert filled == [op]
+    with pytest.raises(TypeError, match="pairs"):
+        _opscan.scan([op.cbor], edges, {op.op_id: 0}, [None])
+    with pytest.raises(TypeError):
+        _opscan.scan([], [], {}, [])
+
+
+def test_the_shared_key_table_stays_bounded():
+    ops = [make_op(SK, [], Hlc(i, 0, 0), Data(f"opscan:{i}", b"v")) for i in range(12)]
+    try:
+        _opscan.configure(Op, Hlc, Data, EdgeVal, _DATA_KEYS, 5)
+        _DATA_KEYS.clear()
+        placed, _, out = _scan(ops)
+        assert placed == 12 and len(_DATA_KEYS) <= 5
+        assert [o.payload.key for o in out] == [op.payload.key for op in ops]
+    finally:
+        _opscan.configure(Op, Hlc, Data, EdgeVal, _DATA_KEYS, _SHARED_MAX)
