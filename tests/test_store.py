@@ -523,7 +523,7 @@ def test_replay_verify_sigs_detects_flipped_signature(db):
 
 def test_replay_trusts_verified_rows_and_checked_replay_names_a_tampered_one(db):
     """A row rewritten behind the store's back with a well-formed but different payload: the
-    default replay trusts rows that put verified (decisions.md, D39), while ``verify-store``
+    default replay trusts rows that put verified (decisions.md, D35), while ``verify-store``
     and the ``--verify-sigs`` replay recompute the op id and name the op; nothing is lost."""
     from ecac.store import replay_from_store
 

@@ -13,7 +13,7 @@
  *   sig = 64 uint8 items, op_id = the 32 uint8 items of the row's key,
  * with nothing after it. The header bytes are compared with the edges row, not re-hashed
  * against the op id: put verified that hash (and the signature) before writing both rows in
- * one batch, and verify_integrity / --verify-sigs recompute it (docs/decisions.md, D39).
+ * one batch, and verify_integrity / --verify-sigs recompute it (docs/decisions.md, D35).
  * Anything else (other payload kinds, a mismatch, a malformed row) is handed back to the
  * caller untouched, whose Python decoders parse it or name the op.
  *

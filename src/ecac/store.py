@@ -680,7 +680,7 @@ class Store(IndexedOpStore):
         """Every complete op in topo order, for a full replay.
 
         Canonical Data rows are decoded in bulk by ``ecac._opscan`` (their header bytes must
-        equal the ``edges`` row; not re-hashed, see docs/decisions.md D39); other rows, and
+        equal the ``edges`` row; not re-hashed, see docs/decisions.md D35); other rows, and
         every row when ``checked``, by ``fast_decode_stored`` (the header bytes also hashed
         against the id), then the strict decoder, which names a bad row. When the replay
         covers at least half of the store, rows come from one sequential scan of ``ops``
