@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import gc
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -662,71 +662,77 @@ class Store(IndexedOpStore):
         return self.ops_for(ids)
 
     def ops_for(self, ids: Sequence[bytes]) -> Iterator[Op]:
-        """The stored ops of ``ids`` (in that order), decoded by ``fast_decode_stored``.
+        """The stored ops of ``ids``, in that order (``missing op <hex>`` for an absent one).
 
-        Header fields come from the ``edges`` rows (checked against the op bytes), the
-        payload and signature are parsed and the header bytes are hashed against the op
-        id, so corruption is still caught (the strict decoder then names the op). Rows are
-        read by one sequential scan of ``ops`` when ``ids`` cover at least half of the
-        stored ops (a full replay: about 3x cheaper per row than point reads), else by
-        batched point reads.
+        Decoded as ``replay_ops`` decodes. Rows come from one sequential scan of ``ops`` when
+        ``ids`` cover at least half of the store, else from batched point reads, a batch at
+        a time.
         """
-        edges = self._edges
-        for op_id, data in self._rows(ids):
-            op = fast_decode_stored(data, op_id, edges[op_id])
-            yield op if op is not None else self._strict_stored(op_id, data)
+        if self._scan_pays(len(ids)):
+            return iter(self._decoded(ids, self._cfv("ops").items()))
+        return self._decoded_chunks(ids)
+
+    def _decoded_chunks(self, ids: Sequence[bytes]) -> Iterator[Op]:
+        for i in range(0, len(ids), _READ_CHUNK):
+            chunk = ids[i : i + _READ_CHUNK]
+            yield from self._decoded(chunk, self._chunk_rows(chunk))
 
     def replay_ops(self, checked: bool = False) -> Iterator[Op]:
-        """Every complete op in topo order, for a full replay.
+        """Every complete op in topo order, for a full replay (see ``_decoded``).
 
-        Canonical Data rows are decoded in bulk by ``ecac._opscan`` (their header bytes must
-        equal the ``edges`` row; not re-hashed, see docs/decisions.md D35); other rows, and
-        every row when ``checked``, by ``fast_decode_stored`` (the header bytes also hashed
-        against the id), then the strict decoder, which names a bad row. When the replay
-        covers at least half of the store, rows come from one sequential scan of ``ops``
-        (key order: about 3x cheaper per row than point reads) straight into their topo
-        positions.
+        With ``checked`` every row goes through ``fast_decode_stored``, which also hashes
+        the header bytes against the id (``--verify-sigs``).
         """
         with self._lock:
             ids = self._index.topo_slice(0)
             at = self._index.positions()
+        rows = self._cfv("ops").items() if self._scan_pays(len(ids)) else self._chunk_rows(ids)
+        return iter(self._decoded(ids, rows, at, checked))
+
+    def _chunk_rows(self, ids: Sequence[bytes]) -> Iterator[tuple[bytes, bytes | None]]:
+        ops_cf = self._cfv("ops")
+        for i in range(0, len(ids), _READ_CHUNK):
+            chunk = ids[i : i + _READ_CHUNK]
+            yield from zip(chunk, ops_cf.get(chunk), strict=True)
+
+    def _decoded(
+        self,
+        ids: Sequence[bytes],
+        rows: Iterable[tuple[bytes, bytes | None]],
+        positions: Mapping[bytes, int] | None = None,
+        checked: bool = False,
+    ) -> list[Op]:
+        """The ops of ``ids`` (in that order) from ``rows``, which may hold other rows too.
+
+        Canonical Data rows are decoded in bulk by ``ecac._opscan``: their header bytes must
+        equal the ``edges`` row and are not re-hashed (docs/decisions.md D35, D39). Other
+        rows, and every row when ``checked``, go to ``fast_decode_stored`` and then to the
+        strict decoder, which names a bad row. ``positions`` maps each id to its index in
+        ``ids`` (built when not given).
+        """
+        at = positions if positions is not None else {x: i for i, x in enumerate(ids)}
+        if len(at) != len(ids):  # repeated ids: decode each once
+            uniq = list(dict.fromkeys(ids))
+            by_id = dict(zip(uniq, self._decoded(uniq, rows, checked=checked), strict=True))
+            return [by_id[x] for x in ids]
         edges = self._edges
-        rows = self._cfv("ops").items() if self._scan_pays(len(ids)) else self._rows(ids)
         out: list[Op | None] = [None] * len(ids)
-        if checked:
-            placed, rest = 0, rows
-        else:
-            placed, rest = _opscan.scan(rows, edges, at, out)
+        placed, rest = (0, rows) if checked else _opscan.scan(rows, edges, at, out)
         for op_id, data in rest:
             i = at.get(op_id)
-            if i is not None:
-                out[i] = fast_decode_stored(data, op_id, edges[op_id]) or self._strict_stored(op_id, data)
+            if i is not None and data is not None:
+                edge = edges.get(op_id)
+                op = fast_decode_stored(data, op_id, edge) if edge is not None else None
+                out[i] = op or self._strict_stored(op_id, data)
                 placed += 1
         if placed != len(ids):
             gone = next(op_id for op_id, op in zip(ids, out, strict=True) if op is None)
             raise StoreError(f"missing op {gone.hex()}")
-        return iter(out)  # type: ignore[arg-type]
+        return out  # type: ignore[return-value]
 
     def _scan_pays(self, n: int) -> bool:
         """Whether reading ``n`` of the stored rows is cheaper by one full scan than by point reads."""
         return n >= _SCAN_MIN and 2 * n >= len(self._index)
-
-    def _rows(self, ids: Sequence[bytes]) -> Iterator[tuple[bytes, bytes]]:
-        ops_cf = self._cfv("ops")
-        if self._scan_pays(len(ids)):
-            rows = dict(ops_cf.items())
-            for op_id in ids:
-                data = rows.pop(op_id, None)
-                if data is None:
-                    raise StoreError(f"missing op {op_id.hex()}")
-                yield op_id, data
-            return
-        for i in range(0, len(ids), _READ_CHUNK):
-            chunk = ids[i : i + _READ_CHUNK]
-            for op_id, data in zip(chunk, ops_cf.get(chunk), strict=True):
-                if data is None:
-                    raise StoreError(f"missing op {op_id.hex()}")
-                yield op_id, data
 
     def _strict_stored(self, op_id: bytes, data: bytes) -> Op:
         try:
