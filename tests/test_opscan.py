@@ -143,3 +143,18 @@ def test_the_shared_key_table_stays_bounded():
         assert [o.payload.key for o in out] == [op.payload.key for op in ops]
     finally:
         _opscan.configure(Op, Hlc, Data, EdgeVal, _DATA_KEYS, _SHARED_MAX)
+
+
+def test_skeletons_carry_the_edges_header_and_the_given_payload():
+    ops = [op for op in _ops() if op.parents][:20]
+    edges = {op.op_id: EdgeVal.of(op) for op in ops}
+    marker = Data("", b"")
+    got = _opscan.skeletons([op.op_id for op in ops], edges, marker, b"", b"")
+    assert [(g.parents, g.hlc, g.author_pk, g.op_id) for g in got] == [
+        (op.parents, op.hlc, op.author_pk, op.op_id) for op in ops
+    ]
+    assert all(type(g) is Op and g.payload is marker and g.sig == b"" and g.cbor == b"" for g in got)
+    missing = b"\x01" * 32
+    with pytest.raises(KeyError) as e:
+        _opscan.skeletons([ops[0].op_id, missing], edges, marker, b"", b"")
+    assert e.value.args[0] == missing

@@ -383,10 +383,62 @@ fail_row:
     return NULL;
 }
 
+PyDoc_STRVAR(skeletons_doc,
+             "skeletons(ids, edges, payload, sig, cbor) -> list[Op]\n\n"
+             "An Op per id with the header fields of edges[id] and the given payload, sig and\n"
+             "cbor: the prefix of a resumed replay, whose Data payloads are never read.\n"
+             "KeyError(id) when an id has no edges row.");
+
+static PyObject *skeletons(PyObject *self, PyObject *args) {
+    PyObject *ids, *edges, *payload, *sig, *cbor;
+    if (!PyArg_ParseTuple(args, "O!O!OOO", &PyList_Type, &ids, &PyDict_Type, &edges, &payload, &sig, &cbor))
+        return NULL;
+    if (op_cls.type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "ecac._opscan.configure() was not called");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(ids);
+    PyObject *out = PyList_New(n);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *op_id = PyList_GET_ITEM(ids, i);
+        PyObject *edge = PyDict_GetItemWithError(edges, op_id);
+        if (edge == NULL || Py_TYPE(edge) != edge_cls.type) {
+            if (!PyErr_Occurred())
+                PyErr_SetObject(PyExc_KeyError, op_id);
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyObject *hv[3] = {SLOT(edge, edge_off[2]), SLOT(edge, edge_off[3]), SLOT(edge, edge_off[4])};
+        PyObject *parents = SLOT(edge, edge_off[0]), *author = SLOT(edge, edge_off[1]);
+        if (hv[0] == NULL || hv[1] == NULL || hv[2] == NULL || parents == NULL || author == NULL) {
+            PyErr_SetObject(PyExc_KeyError, op_id);
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyObject *hlc = build(&hlc_cls, hv);
+        if (hlc == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyObject *ov[7] = {parents, hlc, author, payload, sig, op_id, cbor};
+        PyObject *op = build(&op_cls, ov);
+        Py_DECREF(hlc);
+        if (op == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, i, op);
+    }
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS,
      "configure(Op, Hlc, Data, EdgeVal, key_cache, key_cache_max): the classes to build and read."},
     {"scan", scan, METH_VARARGS, scan_doc},
+    {"skeletons", skeletons, METH_VARARGS, skeletons_doc},
     {NULL, NULL, 0, NULL},
 };
 

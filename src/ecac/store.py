@@ -1147,28 +1147,21 @@ def _resume(store: Store, verify_sigs: bool) -> StoreReplay | None:
     return StoreReplay(state, digest, k, cid)
 
 
-def _resume_dag(store: Store, prefix: Sequence[bytes], non_data: set[bytes], suffix: Sequence[Op]) -> Dag:
+def _resume_dag(store: Store, prefix: list[bytes], non_data: set[bytes], suffix: Sequence[Op]) -> Dag:
     """A DAG whose prefix Data ops carry only their header fields (never read when resuming)."""
+    try:
+        ops = _opscan.skeletons(prefix, store._edges, _UNREAD, b"", b"")
+    except KeyError as e:
+        raise StoreError(f"missing op {e.args[0].hex()}") from None
+    listed = [i for i, op_id in enumerate(prefix) if op_id in non_data]
+    for i, op in zip(listed, store.ops_for([prefix[i] for i in listed]), strict=True):
+        ops[i] = op
+    ops.extend(suffix)
     dag = Dag()
-    full = {op.op_id: op for op in store.ops_for([x for x in prefix if x in non_data])}
-
-    def ops() -> Iterator[Op]:
-        edge = store.edge
-        for op_id in prefix:
-            op = full.get(op_id)
-            if op is None:
-                e = edge(op_id)
-                if e is None:
-                    raise StoreError(f"missing op {op_id.hex()}")
-                hlc = build_hlc(e.hlc_ms, e.hlc_logical, e.hlc_node)
-                op = build_op(e.parents, hlc, e.author_pk, _UNREAD, b"", op_id, b"")
-            yield op
-        yield from suffix
-
     gc_was = gc.isenabled()
     gc.disable()
     try:
-        dag.extend_ordered(ops())
+        dag.extend_ordered(ops)
     finally:
         if gc_was:
             gc.enable()
