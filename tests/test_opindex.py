@@ -6,6 +6,7 @@ import heapq
 import json
 import random
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -184,3 +185,125 @@ def test_random_dags_match_reference_kahn(case):
         assert idx.gen(x) == (1 + max(idx.gen(p) for p in ps) if ps else 0)
     stored = set(nodes)
     assert idx.missing_parents() == {p for x in nodes for p in nodes[x][0] if p not in stored}
+
+
+# ---- bulk load
+
+
+class _NoKahn(OpIndex):
+    """An index whose bulk load must not fall back to the Kahn pass (keys already in Kahn order)."""
+
+    __slots__ = ()
+
+    def _complete_by_kahn(self) -> None:
+        raise AssertionError("key order is Kahn's order here: the key-ordered sweep must not give up")
+
+
+def snapshot(idx: OpIndex, ids: list[bytes]) -> dict:
+    """Every query's answer, plus the waiting bookkeeping that decides later ``add`` results."""
+    topo = idx.topo_ids()
+    return {
+        "topo": topo,
+        "positions": [idx.position(x) for x in ids],
+        "heads": idx.heads(1000),
+        "heads2": idx.heads(2),
+        "head_count": idx.head_count(),
+        "pending": idx.pending_ids(),
+        "missing": idx.missing_parents(),
+        "complete": [idx.is_complete(x) for x in ids],
+        "contains": [x in idx for x in ids],
+        "gen": {x: idx.gen(x) for x in topo},
+        "children": {x: idx.children(x) for x in topo},
+        "bloom": [idx.recent_bloom(n) for n in (1, 3, 8, 100)],
+        "len": (len(idx), idx.complete_count()),
+        "unmet": list(idx._unmet.items()),
+        "waiting": [(p, list(w)) for p, w in idx._waiting.items()],
+    }
+
+
+@st.composite
+def load_cases(draw):
+    """Ops with 0..3 parents (duplicates allowed), some missing, shuffled, keys in or out of DAG order."""
+    n = draw(st.integers(1, 30))
+    monotone = draw(st.booleans())  # every parent's key below its child's: the key-ordered sweep
+    ops = []
+    for i in range(n):
+        ps = tuple(draw(st.lists(st.integers(0, i - 1), max_size=3))) if i else ()
+        hlc = i if monotone else draw(st.integers(0, 8))
+        ops.append((oid(i), tuple(oid(p) for p in ps), key(hlc, oid(i), node=i % 3)))
+    missing = draw(st.sets(st.integers(0, n - 1), max_size=3))
+    rng = random.Random(draw(st.integers(0, 2**32)))
+    items = [o for o in ops if int.from_bytes(o[0], "big") not in missing]
+    rng.shuffle(items)
+    if items and rng.random() < 0.2:  # a second copy with other parents: the first one wins
+        x, _, k = items[rng.randrange(len(items))]
+        items.append((x, (oid(n + 5),), k))
+    later = [o for o in ops if int.from_bytes(o[0], "big") in missing]
+    rng.shuffle(later)
+    return items, later, monotone, rng.random() < 0.5
+
+
+@given(load_cases())
+@settings(max_examples=300, deadline=None)
+def test_load_equals_adding_one_by_one(case):
+    items, later, monotone, query_between = case
+    ids = sorted({x for x, _, _ in items} | {x for x, _, _ in later})
+    one_by_one = OpIndex()
+    for item in items:
+        one_by_one.add(*item)
+    parents: dict[bytes, tuple[bytes, ...]] = {}
+    keys: dict[bytes, tuple] = {}
+    for x, ps, k in items:
+        if x not in parents:
+            parents[x], keys[x] = ps, k
+    bulk = (_NoKahn if monotone else OpIndex)()
+    bulk.load(parents, keys)
+    assert snapshot(bulk, ids) == snapshot(one_by_one, ids)
+    nodes = {x: (parents[x], keys[x]) for x in parents}
+    assert bulk.topo_ids() == reference_kahn(nodes)
+    for x, ps, k in later:  # the missing ops arrive: both complete the same ops in the same order
+        assert bulk.add(x, ps, k) == one_by_one.add(x, ps, k)
+        if query_between:
+            assert snapshot(bulk, ids) == snapshot(one_by_one, ids)
+        nodes[x] = (ps, k)
+    assert snapshot(bulk, ids) == snapshot(one_by_one, ids)
+    assert bulk.topo_ids() == reference_kahn(nodes)
+
+
+def test_load_of_a_chain_with_a_hole_and_a_key_inversion():
+    a, b, c, d, e = (oid(i) for i in range(1, 6))
+    parents = {c: (b,), a: (), b: (a, a), e: (d,)}  # d is missing: e waits
+    keys = {c: key(3, c), a: key(1, a), b: key(2, b), e: key(5, e)}
+    idx = OpIndex()
+    idx.load(parents, keys)
+    assert idx.topo_ids() == [a, b, c] and idx.heads(8) == [c]
+    assert idx.children(a) == (b, b) and [idx.gen(x) for x in (a, b, c)] == [0, 1, 2]
+    assert idx.pending_ids() == [e] and idx.missing_parents() == {d}
+    assert idx.add(d, (c,), key(4, d)) == [d, e]
+    assert idx.topo_ids() == [a, b, c, d, e] and idx.position(e) == 4
+    inverted = OpIndex()  # a parent sorting after its child: Kahn's order, not the key order
+    inverted.load({b: (a,), a: ()}, {b: key(1, b), a: key(9, a)})
+    assert inverted.topo_ids() == [a, b] and inverted.heads(8) == [b]
+
+
+def test_children_come_by_key_whatever_the_arrival_order():
+    a, b, c = oid(1), oid(2), oid(3)
+    idx = OpIndex()
+    idx.add(a, (), key(1, a))
+    idx.add(c, (a,), key(3, c))
+    idx.add(b, (a,), key(2, b))
+    assert idx.children(a) == (b, c)
+
+
+def test_load_checks_its_input_and_adds_to_a_nonempty_index():
+    a, b = oid(1), oid(2)
+    with pytest.raises(ValueError, match="same ops"):
+        OpIndex().load({a: ()}, {})
+    bad = OpIndex()
+    with pytest.raises(ValueError, match="its own op id"):
+        bad.load({a: (), b: ()}, {a: key(1, a), b: key(2, a)})
+    assert len(bad) == 0 and bad.topo_ids() == []
+    idx = OpIndex()
+    idx.add(b, (a,), key(2, b))
+    idx.load({a: ()}, {a: key(1, a)})
+    assert idx.topo_ids() == [a, b]

@@ -760,3 +760,138 @@ def test_edge_bytes_equal_the_encoded_edges_row():
         assert EdgeVal.decode(edge_bytes(op)) == e
     odd = replace(ops[0], cbor=b"")  # no canonical bytes to cut from: encoded instead
     assert edge_bytes(odd) == EdgeVal.of(odd).encode()
+
+
+# ---- open path
+
+_U64_EDGES = (0, 23, 24, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**64 - 1)
+_IDS = st_.binary(min_size=32, max_size=32) | st_.sampled_from([b"\x18" * 32, bytes(range(32)), b"\xff" * 32])
+
+
+@st_.composite
+def _edge_vals(draw):
+    return EdgeVal(
+        tuple(draw(st_.lists(_IDS, max_size=3) | st_.lists(_IDS, min_size=22, max_size=26))),
+        draw(_IDS),
+        draw(st_.sampled_from(_U64_EDGES) | st_.integers(0, 2**64 - 1)),
+        draw(st_.sampled_from(_U64_EDGES[:8]) | st_.integers(0, 2**32 - 1)),
+        draw(st_.sampled_from(_U64_EDGES[:8]) | st_.integers(0, 2**32 - 1)),
+    )
+
+
+def _or_none(decode, row):
+    from ecac.errors import DecodeError
+
+    try:
+        return decode(row)
+    except DecodeError:  # any other exception fails the test
+        return None
+
+
+def test_edge_decoder_reads_stored_rows_directly():
+    from ecac.store import _edge_canonical, decode_edge_fast, edge_bytes
+
+    ops = read_log((VECTORS / "fixtures/ops.cbor").read_bytes()) + hb_chain(15, 3) + _random_ops(4, 60)
+    for op in ops:
+        row, e = edge_bytes(op), EdgeVal.of(op)
+        assert _edge_canonical(row) == e  # the direct parse, not the CBOR fallback
+        assert decode_edge_fast(row) == e == EdgeVal.decode(row)
+    vector_rows = [bytes.fromhex(value) for value in STORE_V["edges_value_hex"].values()]
+    assert vector_rows
+    for row in vector_rows:
+        assert _edge_canonical(row) == decode_edge_fast(row) == EdgeVal.decode(row)
+
+
+@given(_edge_vals())
+@st_settings(max_examples=300, deadline=None)
+def test_edge_decoder_equals_the_strict_decoder(e):
+    from ecac.store import _edge_canonical, decode_edge_fast
+
+    row = e.encode()
+    assert decode_edge_fast(row) == e == EdgeVal.decode(row)
+    assert _edge_canonical(row) == (e if len(e.parents) < 24 else None)  # longer arrays: the CBOR path
+
+
+@given(_edge_vals(), st_.data())
+@st_settings(max_examples=500, deadline=None)
+def test_edge_decoder_rejects_what_the_strict_decoder_rejects(e, data):
+    from ecac.store import _EDGE_KEYS, decode_edge_fast
+
+    row = bytearray(e.encode())
+    # anywhere, or on the structure: array heads, the ids' 0x98 0x20 heads, the keys
+    marks = [j for j in range(len(row)) if row[j] in b"\x80\x81\x82\x98\x20\x66\x68\x69\x6b\xa5"]
+    i = data.draw(st_.integers(0, len(row)) | st_.sampled_from(marks) | st_.integers(0, 12))
+    kind = data.draw(st_.sampled_from(["truncate", "set", "insert", "delete", "append"]))
+    b = data.draw(st_.integers(0, 255) | st_.sampled_from([0x18, 0x19, 0x1A, 0x1B, 0x98, 0x20, 0x80, 0x81]))
+    if kind == "truncate":
+        del row[i:]
+    elif kind == "set" and i < len(row):
+        row[i] = b
+    elif kind == "insert":
+        row.insert(i, b)
+    elif kind == "delete" and i < len(row):
+        del row[i]
+    else:
+        row += bytes([b]) * data.draw(st_.integers(1, 3))
+    got = _or_none(decode_edge_fast, bytes(row))
+    if got is not None:  # only what the strict decoder reads the same, in the reference's field order
+        assert got == EdgeVal.decode(bytes(row))
+        assert list(loads(bytes(row))) == _EDGE_KEYS
+    if _or_none(EdgeVal.decode, bytes(row)) is None:
+        assert got is None
+
+
+def _check_mutant(row: bytes) -> None:
+    from ecac.store import _EDGE_KEYS, decode_edge_fast
+
+    got = _or_none(decode_edge_fast, row)
+    if got is not None:  # only what the strict decoder reads the same, in the reference's field order
+        assert got == EdgeVal.decode(row)
+        assert list(loads(row)) == _EDGE_KEYS
+    if _or_none(EdgeVal.decode, row) is None:
+        assert got is None
+
+
+def test_edge_decoder_on_every_single_byte_mutation():
+    """Each position of rows with 0, 1, 2 and 23 parents: replaced, deleted, doubled, cut there."""
+    ids = [bytes([i]) * 31 + b"\x18" for i in range(23)]
+    rows = [
+        EdgeVal(tuple(ids[:n]), b"\x18" * 32, ms, lg, nd).encode()
+        for n, ms, lg, nd in ((0, 5, 0, 1), (1, 2**40, 300, 70000), (2, 24, 2**32 - 1, 255), (23, 0, 0, 0))
+    ]
+    for row in rows:
+        for i in range(len(row)):
+            for b in {0x00, 0x17, 0x18, 0x19, 0x1B, 0x20, 0x80, 0x82, 0x98, 0xFF, row[i] ^ 1}:
+                _check_mutant(row[:i] + bytes([b]) + row[i + 1 :])
+            _check_mutant(row[:i] + row[i + 1 :])
+            _check_mutant(row[: i + 1] + row[i:])
+            _check_mutant(row[:i])
+        _check_mutant(row + b"\x00")
+
+
+@given(st_.binary(max_size=120))
+@st_settings(max_examples=300, deadline=None)
+def test_edge_decoder_raises_only_decode_errors(raw):
+    from ecac.store import _K_EDGE_PARENTS, decode_edge_fast
+
+    for row in (raw, _K_EDGE_PARENTS + raw):
+        got = _or_none(decode_edge_fast, row)
+        assert got is None or got == EdgeVal.decode(row)
+
+
+def test_open_reads_noncanonical_rows_and_adopts_ops_whose_row_is_unreadable(db):
+    from ecac.codec import encode_uint
+
+    ops = hb_chain(16, 4)
+    with Store.open(db) as st:
+        st.put_many(ops)
+    row = EdgeVal.of(ops[2]).encode()
+    assert encode_uint(1002) in row
+    long_ms = row.replace(encode_uint(1002), b"\x1b" + (1002).to_bytes(8, "big"))  # not the shortest form
+    raw_edit(db, "edges", ops[2].op_id, long_ms)
+    raw_edit(db, "edges", ops[1].op_id, EdgeVal.of(ops[1]).encode()[:-1])  # truncated
+    with Store.open(db) as st:
+        assert st._bad_edge_rows == 1
+        assert st.topo_ids() == [op.op_id for op in ops] and st.heads(8) == [ops[3].op_id]
+        assert st._edges[ops[2].op_id] == EdgeVal.of(ops[2])
+    assert raw_rows(db)["edges"][ops[1].op_id] == EdgeVal.of(ops[1]).encode()  # rewritten by adopt_ready

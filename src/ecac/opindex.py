@@ -8,8 +8,10 @@ An op is *complete* when every ancestor at any depth is stored (store §1.6): a
 transitive orphan (its grandparent missing) is neither ordered nor a head, which fixes
 the reference defect of checking only direct parents. Completion is incremental: adding
 the op that a waiting subtree lacked completes exactly that subtree, in time linear in
-its size. The complete set equals what an in-memory DAG holding the same ops activates
-(core §6), so ``topo_ids()`` equals the core ``topo_sort`` of that DAG.
+its size. A store's open hands over every stored op at once (``load``), which completes
+them all in one pass and leaves exactly the state adding them one by one would. The
+complete set equals what an in-memory DAG holding the same ops activates (core §6), so
+``topo_ids()`` equals the core ``topo_sort`` of that DAG.
 """
 
 from __future__ import annotations
@@ -70,13 +72,14 @@ class OpIndex:
         self._parents: dict[bytes, tuple[bytes, ...]] = {}
         self._key: dict[bytes, SortKey] = {}
         self._gen: dict[bytes, int] = {}  # complete ops only
-        self._children: dict[bytes, list[bytes]] = {}  # complete parent -> complete children (multiplicity)
+        # complete parent -> complete children (with multiplicity); None: derive on first use
+        self._children: dict[bytes, list[bytes]] | None = {}
         self._heads: set[bytes] = set()
         self._unmet: dict[bytes, int] = {}  # incomplete op -> number of distinct incomplete parents
         self._waiting: dict[bytes, dict[bytes, None]] = {}  # incomplete parent -> waiting children
         self._missing: set[bytes] = set()  # referenced as a parent but not stored
         self._topo: list[bytes] | None = []
-        self._pos: dict[bytes, int] = {}
+        self._pos: dict[bytes, int] | None = {}  # positions in _topo; None: derive on first use
         self._max_key: SortKey | None = None
 
     # ------------------------------------------------------------------ mutation
@@ -112,6 +115,158 @@ class OpIndex:
             out.extend(self.add(op_id, parents, key))
         return out
 
+    def load(self, parents: dict[bytes, tuple[bytes, ...]], keys: dict[bytes, SortKey]) -> None:
+        """Bulk ``add``: the state of adding every op of ``parents`` (in its order) with its key.
+
+        For a store's open, which hands over every stored op at once; the dicts are kept,
+        not copied (the caller must not change them), and each key ends with its op's id
+        (a ``SortKey``). On an empty index all ops are completed in one pass, in key order
+        when that is Kahn's order (``_complete_in_key_order``), else by a Kahn pass over all
+        of them. Adding them one by one costs several times more: rows arrive in id order,
+        so most ops would first wait for their parent and be completed later. A non-empty
+        index just adds them one by one.
+        """
+        if parents.keys() != keys.keys():
+            raise ValueError("OpIndex.load: parents and keys must cover the same ops")
+        if self._parents:
+            for op_id, ps in parents.items():
+                self.add(op_id, ps, keys[op_id])
+            return
+        self._parents = parents
+        self._key = keys
+        try:
+            if not self._complete_in_key_order():
+                self._complete_by_kahn()
+        except ValueError:
+            self._parents, self._key = {}, {}
+            raise
+
+    def _complete_in_key_order(self) -> bool:
+        """Complete the loaded ops in one sweep in key order; False (nothing set) if that is not Kahn's order.
+
+        When every stored parent sorts before its child (the usual case: a child's HLC is
+        later), the smallest unswept op has all its stored parents swept, so Kahn's ready
+        set always offers it first and the key order of the complete ops is the topological
+        order. An op is complete when each parent is (a missing parent excludes all its
+        descendants). Meeting a stored parent that is not swept yet means a parent sorts
+        after its child: the caller falls back to Kahn.
+        """
+        parents = self._parents
+        gen: dict[bytes, int] = {}
+        heads: set[bytes] = set()
+        topo: list[bytes] = []
+        waiting: set[bytes] = set()  # swept, not complete
+        for k in sorted(self._key.values()):
+            x = k[3]
+            ps = parents[x]
+            if len(ps) == 1:  # the bulk of a log: inlined
+                p = ps[0]
+                g = gen.get(p)
+                if g is None:
+                    if p in parents and p not in waiting:
+                        return False
+                    waiting.add(x)
+                    continue
+                gen[x] = g + 1
+                heads.discard(p)
+            elif ps:
+                g = 0
+                for p in ps:
+                    gp = gen.get(p)
+                    if gp is None:
+                        if p in parents and p not in waiting:
+                            return False
+                        waiting.add(x)
+                        break
+                    if gp >= g:
+                        g = gp + 1
+                else:
+                    gen[x] = g
+                    heads.difference_update(ps)
+                    heads.add(x)
+                    topo.append(x)
+                continue
+            else:
+                gen[x] = 0
+            heads.add(x)
+            topo.append(x)
+        if len(gen) + len(waiting) != len(parents):
+            raise ValueError("OpIndex.load: every key must end with its own op id")
+        self._finish_load(gen, heads, topo, self._key[topo[-1]] if topo else None, waiting)
+        return True
+
+    def _complete_by_kahn(self) -> None:
+        """Complete the loaded ops by Kahn over all of them (ready set by key); ops never ready wait."""
+        parents = self._parents
+        keys = self._key
+        below: dict[bytes, list[bytes]] = {}  # stored op -> the stored ops naming it (once each)
+        unmet: dict[bytes, int] = {}  # op -> distinct parents not complete yet
+        ready: list[tuple[SortKey, bytes]] = []
+        for x, ps in parents.items():
+            distinct = dict.fromkeys(ps) if len(ps) > 1 else ps
+            for p in distinct:
+                if p in parents:
+                    below.setdefault(p, []).append(x)
+            if distinct:
+                unmet[x] = len(distinct)
+            else:
+                ready.append((keys[x], x))
+        heapq.heapify(ready)
+        gen: dict[bytes, int] = {}
+        heads: set[bytes] = set()
+        topo: list[bytes] = []
+        while ready:
+            _, x = heapq.heappop(ready)
+            g = 0
+            for p in parents[x]:
+                gp = gen[p] + 1
+                if gp > g:
+                    g = gp
+                heads.discard(p)
+            gen[x] = g
+            heads.add(x)
+            topo.append(x)
+            for c in below.get(x, ()):
+                left = unmet[c] - 1
+                if left:
+                    unmet[c] = left
+                else:
+                    del unmet[c]
+                    heapq.heappush(ready, (keys[c], c))
+        self._finish_load(gen, heads, topo, max(map(keys.__getitem__, topo), default=None), set(unmet))
+
+    def _finish_load(
+        self,
+        gen: dict[bytes, int],
+        heads: set[bytes],
+        topo: list[bytes],
+        max_key: SortKey | None,
+        waiting: set[bytes],
+    ) -> None:
+        """Install a bulk load's results; the waiting ops get the bookkeeping ``add`` would have left.
+
+        Children and positions are derived when first needed (a Kahn rebuild, ``children``,
+        a position query or the next ``add``), not during the open.
+        """
+        self._gen = gen
+        self._heads = heads
+        self._topo = topo
+        self._max_key = max_key
+        self._children = None
+        self._pos = None
+        if not waiting:
+            return
+        for x in [x for x in self._parents if x in waiting]:  # arrival order, as ``add`` met them
+            unmet = 0
+            for p in dict.fromkeys(self._parents[x]):
+                if p in gen:
+                    continue
+                unmet += 1
+                self._waiting.setdefault(p, {})[x] = None
+                if p not in self._parents:
+                    self._missing.add(p)
+            self._unmet[x] = unmet
+
     def _complete_from(self, root: bytes) -> list[bytes]:
         done: list[bytes] = []
         ready = [(self._key[root], root)]
@@ -130,12 +285,14 @@ class OpIndex:
 
     def _mark_complete(self, x: bytes) -> None:
         ps = self._parents[x]
+        children = self._children
         g = 0
         for p in ps:
             gp = self._gen[p] + 1
             if gp > g:
                 g = gp
-            self._children.setdefault(p, []).append(x)
+            if children is not None:
+                children.setdefault(p, []).append(x)
             self._heads.discard(p)
         self._gen[x] = g
         self._heads.add(x)
@@ -154,17 +311,44 @@ class OpIndex:
         k = self._key[x]
         mk = self._max_key
         if mk is not None and k < mk:
-            start = max((self._pos[p] for p in self._parents[x]), default=-1) + 1
+            pos = self._positions()
+            start = max((pos[p] for p in self._parents[x]), default=-1) + 1
             keys = self._key
             for i in range(len(topo) - 1, start - 1, -1):
                 if keys[topo[i]] > k:
                     self._topo = None
-                    self._pos = {}
+                    self._pos = None
                     return
         else:
             self._max_key = k
-        self._pos[x] = len(topo)
+        if self._pos is not None:
+            self._pos[x] = len(topo)
         topo.append(x)
+
+    def _positions(self) -> dict[bytes, int]:
+        """Positions in the cached order (which must be present), derived on first use."""
+        pos = self._pos
+        if pos is None:
+            topo = self._topo
+            assert topo is not None
+            pos = self._pos = dict(zip(topo, range(len(topo)), strict=True))
+        return pos
+
+    def _children_map(self) -> dict[bytes, list[bytes]]:
+        """Complete parent -> complete children (with multiplicity), derived on first use."""
+        children = self._children
+        if children is None:
+            children = {}
+            parents = self._parents
+            for x in self._gen:
+                for p in parents[x]:
+                    ch = children.get(p)
+                    if ch is None:
+                        children[p] = [x]
+                    else:
+                        ch.append(x)
+            self._children = children
+        return children
 
     # ------------------------------------------------------------------ queries over stored ops
 
@@ -205,8 +389,8 @@ class OpIndex:
         return self._gen[op_id]
 
     def children(self, op_id: bytes) -> tuple[bytes, ...]:
-        """Complete children of a complete op, with multiplicity, in completion order."""
-        return tuple(self._children.get(op_id, ()))
+        """Complete children of a complete op, with multiplicity, by key (whatever order they arrived in)."""
+        return tuple(sorted(self._children_map().get(op_id, ()), key=self._key.__getitem__))
 
     def heads(self, k: int) -> list[bytes]:
         """Complete ops without complete children, largest key first, at most ``k`` (store §1.7)."""
@@ -227,12 +411,12 @@ class OpIndex:
         if op_id not in self._gen:
             return None
         self._order()
-        return self._pos[op_id]
+        return self._positions()[op_id]
 
     def positions(self) -> Mapping[bytes, int]:
         """Every complete op's 0-based position in ``topo_ids()`` (a live view: do not mutate)."""
         self._order()
-        return self._pos
+        return self._positions()
 
     def topo_slice(self, start: int, stop: int | None = None) -> list[bytes]:
         """``topo_ids()[start:stop]`` without copying the whole order."""
@@ -248,7 +432,7 @@ class OpIndex:
     def _order(self) -> list[bytes]:
         if self._topo is None:
             self._topo = self._kahn()
-            self._pos = {x: i for i, x in enumerate(self._topo)}
+            self._pos = None
             self._max_key = max((self._key[x] for x in self._topo), default=None)
         return self._topo
 
@@ -258,7 +442,7 @@ class OpIndex:
         ready = [(keys[x], x) for x, d in indeg.items() if d == 0]
         heapq.heapify(ready)
         out: list[bytes] = []
-        children = self._children
+        children = self._children_map()
         while ready:
             _, x = heapq.heappop(ready)
             out.append(x)
