@@ -23,9 +23,11 @@ def cli() -> None:
 
 def _register_all() -> None:
     from ecac.cli import bench_cmds, core_cmds, demo_cmds, net_cmds, optools_cmds, policy_cmds, store_cmds
+    from ecac.cli.audit_cmds import register as register_audit
 
     for mod in (core_cmds, optools_cmds, policy_cmds, store_cmds, net_cmds, bench_cmds, demo_cmds):
         mod.register(cli)
+    register_audit(cli)
 
 
 _register_all()
