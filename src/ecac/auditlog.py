@@ -4,8 +4,9 @@ The I/O half of ``ecac.audit``. A log directory holds ``index.json``, ``segment-
 …, ``node_pk.bin`` and ``node_id.bin`` (and ``node_sk.bin`` for the default hook). Segment
 files are ``u32 BE length ‖ record`` frames; the index lists the segments with their first
 and last seq and hash. Every append is written and fsynced before the index is rewritten
-(``index.tmp``, fsync, rename), so after a crash the files hold at most one record the
-index does not list yet, or one torn record at the end of the last segment.
+(``index.tmp``, fsync, rename), so after a crash the last segment can hold records the
+index does not list yet (those of one ``append_many``) and one torn record at its end.
+A writer is safe to share between threads (appends are serialised).
 
 Choices beyond store §1.13 (``docs/decisions.md``):
 
@@ -28,6 +29,7 @@ import contextlib
 import json
 import os
 import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -306,11 +308,15 @@ class AuditWriter:
             raise ValueError("rotate_bytes must be at least 1")
         self._report = report
         self._fd: int | None = None
+        self._mutex = threading.Lock()
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise AuditError(f"cannot create audit directory {self.dir}: {e.strerror or e}") from None
-        lock = _DirLock.try_acquire(self.dir)
+        try:
+            lock = _DirLock.try_acquire(self.dir)
+        except OSError as e:
+            raise AuditError(f"cannot open audit directory {self.dir}: {e.strerror or e}") from None
         if lock is None:
             raise AuditError(
                 f"audit log {self.dir} is in use by another writer (it holds the directory lock)"
@@ -484,6 +490,10 @@ class AuditWriter:
         listed in the index once it is durable; if a write fails, the records of the
         failing segment chunk are cut off again and the chain continues as before them.
         """
+        with self._mutex:
+            return self._append_many(events)
+
+    def _append_many(self, events: Iterable[AuditEvent]) -> list[int]:
         if self._fd is None:
             raise AuditError(f"audit writer for {self.dir} is closed")
         seqs: list[int] = []
@@ -547,12 +557,14 @@ class AuditWriter:
         self._bytes = 0
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-        if getattr(self, "_lock", None) is not None:
-            self._lock.release()  # type: ignore[union-attr]
-            self._lock = None
+        """Close the segment and release the directory lock (idempotent)."""
+        with self._mutex:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+            if getattr(self, "_lock", None) is not None:
+                self._lock.release()  # type: ignore[union-attr]
+                self._lock = None
 
     def __enter__(self) -> AuditWriter:
         return self
@@ -666,7 +678,10 @@ class AuditReader:
         return VerifyResult(v.count, head, len(segs))
 
     def _repair(self, path: Path, offset: int) -> None:
-        lock = _DirLock.try_acquire(self.dir)
+        try:
+            lock = _DirLock.try_acquire(self.dir)
+        except OSError as e:
+            raise AuditError(f"cannot open audit directory {self.dir}: {e.strerror or e}") from None
         if lock is None:
             self._report(
                 f"truncated tail at {path} (offset {offset}) left in place: a writer has the log open"
