@@ -623,3 +623,67 @@ def test_cli_subprocess_exit_codes(tmp_path, sk):
 
 def test_errors_are_ecac_errors():
     assert issubclass(AuditError, EcacError) and issubclass(AuditChainError, AuditError)
+
+
+# --------------------------------------------------------------------------- the store's own log
+
+
+def _store_events(db: Path) -> list:
+    reader = AuditReader(db / "audit")
+    res = reader.verify()
+    events = [rec.entry.event for _, _, rec in reader.iter_records()]
+    assert res.count == len(events)
+    return events
+
+
+def test_store_logs_every_decoded_put_and_checkpoint_to_db_audit(tmp_path, monkeypatch):
+    from ecac.audit import Checkpoint, IngestedOp
+    from ecac.codec import dumps, loads
+    from ecac.dag import Dag
+    from ecac.memstore import PutRejectedError
+    from ecac.replay import replay_full
+    from ecac.store import Store
+    from ecac.workloads import gen_hb_chain
+
+    monkeypatch.setenv("ECAC_NODE_SK_HEX", "01" * 32)
+    db = tmp_path / "db"
+    ops = gen_hb_chain(21, 6)
+    bad = loads(ops[5].cbor)
+    bad["sig"][0] ^= 1
+    with Store.open(db) as st:
+        assert st.audit is not None
+        st.put_many(ops[:3])
+        res = st.put_many([ops[3], dumps(bad), b"\x00not cbor", ops[0]], on_invalid="skip")
+        assert len(res.rejected) == 2
+        with pytest.raises(PutRejectedError):
+            st.put(dumps(bad))  # logged before it is refused
+        state, digest = replay_full(Dag.from_ops(ops[:4]))
+        cid = st.checkpoint_create(state, 4)
+    want = [IngestedOp.of(op, True) for op in ops[:4]]
+    want += [IngestedOp.of(ops[5], False), IngestedOp.of(ops[0], True), IngestedOp.of(ops[5], False)]
+    want.append(Checkpoint(cid, 4, digest))
+    assert _store_events(db) == want  # the undecodable input has no event
+    with Store.open(db) as st:  # a reopened store continues the same chain
+        st.put(ops[4])
+    assert _store_events(db) == [*want, IngestedOp.of(ops[4], True)]
+
+
+def test_store_without_or_with_a_bad_node_key_keeps_working_without_audit(tmp_path, monkeypatch, capfd):
+    from ecac.store import Store
+    from ecac.workloads import gen_hb_chain
+
+    ops = gen_hb_chain(22, 2)
+    monkeypatch.delenv("ECAC_NODE_SK_HEX", raising=False)
+    with Store.open(tmp_path / "a") as st:
+        st.put_many(ops)
+        assert st.audit is None
+    assert not (tmp_path / "a" / "audit").exists()
+    monkeypatch.setenv("ECAC_NODE_SK_HEX", "zz")
+    with Store.open(tmp_path / "b") as st:
+        st.put_many(ops)
+        assert st.audit is None and st.complete_count() == 2
+    assert "audit disabled: bad ECAC_NODE_SK_HEX" in capfd.readouterr().err
+    monkeypatch.setenv("ECAC_NODE_SK_HEX", "02" * 32)
+    with Store.open(tmp_path / "a", read_only=True) as st:  # a reader never writes a log
+        assert st.audit is None and st.complete_count() == 2
+    assert not (tmp_path / "a" / "audit").exists()

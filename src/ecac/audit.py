@@ -593,9 +593,12 @@ def verify_chain(
 
 
 class AuditSink(Protocol):
-    """Where audit events go: ``append`` returns the event's seq (1, 2, …)."""
+    """Where audit events go: ``append`` returns the event's seq (1, 2, …); ``append_many``
+    appends several at once (a file sink syncs once per batch)."""
 
     def append(self, event: AuditEvent) -> int: ...
+
+    def append_many(self, events: Iterable[AuditEvent]) -> list[int]: ...
 
 
 @dataclass
@@ -607,6 +610,9 @@ class MemorySink:
     def append(self, event: AuditEvent) -> int:
         self.events.append(event)
         return len(self.events)
+
+    def append_many(self, events: Iterable[AuditEvent]) -> list[int]:
+        return [self.append(e) for e in events]
 
 
 # --------------------------------------------------------------------------- replay with auditing

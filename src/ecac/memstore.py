@@ -17,6 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
+from ecac.audit import AuditSink, IngestedOp
 from ecac.codec import loads
 from ecac.errors import DecodeError, StoreError
 from ecac.op import (
@@ -36,11 +37,18 @@ OnInvalid = Literal["raise", "skip"]
 
 @dataclass(frozen=True, slots=True)
 class PutRejection:
-    """One refused input of ``put_many``: its position, its embedded id when it decoded, why."""
+    """One refused input of ``put_many``: its position, its embedded id when it decoded, why.
+
+    ``op`` is the decoded op (None when it did not decode) and ``sig_ok`` whether its id and
+    signature verified (a non-canonical encoding of a valid op is refused with both good):
+    the audit trail logs every decoded input, refused or not (core §14.1).
+    """
 
     index: int
     op_id: bytes | None
     message: str
+    op: Op | None = field(default=None, compare=False, repr=False)
+    sig_ok: bool = field(default=False, compare=False)
 
     def __str__(self) -> str:
         return self.message
@@ -162,9 +170,10 @@ def _validate(
         checked, fut = entry
         for (i, op, canonical), sig_good in zip(checked, fut.result(), strict=True):
             if not sig_good:
-                rejected.append(PutRejection(i, op.op_id, f"invalid signature for op {op.op_id.hex()}"))
+                rejected.append(PutRejection(i, op.op_id, f"invalid signature for op {op.op_id.hex()}", op))
             elif not canonical:
-                rejected.append(PutRejection(i, op.op_id, f"non-canonical op encoding for {op.op_id.hex()}"))
+                msg = f"non-canonical op encoding for {op.op_id.hex()}"
+                rejected.append(PutRejection(i, op.op_id, msg, op, sig_ok=True))
             else:
                 ok.append((i, op, False))
 
@@ -187,7 +196,7 @@ def _validate(
             if prev is not None and prev == data:
                 ok.append((i, op, True))
             elif op_id_of(header) != op.op_id:
-                rejected.append(PutRejection(i, op.op_id, REASON_ID_MISMATCH))
+                rejected.append(PutRejection(i, op.op_id, REASON_ID_MISMATCH, op))
             else:
                 checked.append((i, op, canonical))
         triples = [(op.author_pk, op.sig, op.op_id) for _, op, _ in checked]
@@ -217,6 +226,8 @@ class IndexedOpStore(ABC):
     def __init__(self) -> None:
         self._index = OpIndex()
         self._lock = threading.RLock()
+        #: where puts log an ``IngestedOp`` per decoded input (core §14.1); None: no auditing
+        self.audit: AuditSink | None = None
 
     # -- storage hooks
     @abstractmethod
@@ -302,6 +313,7 @@ class IndexedOpStore(ABC):
     def put(self, op: bytes | Op) -> bytes:
         """Validate and store one op (store §1.4); returns its id, also for a duplicate."""
         ok, rejected = validate_ops([op], self._stored_bytes)
+        self._audit_ingested(ok, rejected)
         if rejected:
             raise PutRejectedError(rejected[0])
         (_, good, _) = ok[0]
@@ -319,6 +331,7 @@ class IndexedOpStore(ABC):
         if on_invalid not in ("raise", "skip"):
             raise ValueError(f"on_invalid must be 'raise' or 'skip', not {on_invalid!r}")
         ok, rejected = validate_ops(items, self._stored_bytes)
+        self._audit_ingested(ok, rejected)
         if rejected and on_invalid == "raise":
             raise PutRejectedError(rejected[0])
         new: list[Op] = []
@@ -333,6 +346,15 @@ class IndexedOpStore(ABC):
                     new.append(op)
             completed = self._commit(new) if new else []
         return PutResult([op.op_id for op in new], dups, rejected, completed)
+
+    def _audit_ingested(self, ok: list[tuple[int, Op, bool]], rejected: list[PutRejection]) -> None:
+        """Log an ``IngestedOp`` for every decoded input, in input order, before any rejection."""
+        if self.audit is None:
+            return
+        seen = [(i, IngestedOp.of(op, True)) for i, op, _ in ok]
+        seen += [(r.index, IngestedOp.of(r.op, r.sig_ok)) for r in rejected if r.op is not None]
+        seen.sort(key=lambda t: t[0])
+        self.audit.append_many([e for _, e in seen])
 
     def _stored_bytes(self, op_id: bytes) -> bytes | None:
         return self._read_bytes(op_id) if self._index.contains(op_id) else None

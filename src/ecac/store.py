@@ -27,6 +27,8 @@ import blake3
 from rocksdict import AccessType, Options, Rdict, WriteBatch, WriteOptions
 
 from ecac import _opscan
+from ecac.audit import Checkpoint as AuditCheckpoint
+from ecac.auditlog import AuditWriter, store_writer
 from ecac.codec import (
     b2l,
     dumps,
@@ -594,6 +596,8 @@ class Store(IndexedOpStore):
         st = cls(p, db, sync_writes, read_only)
         try:
             st._init_meta()
+            if not read_only:
+                st.audit = store_writer(p)  # <db>/audit when ECAC_NODE_SK_HEX is set (store §1.3)
             st._load_index()
             if not read_only:
                 st.adopt_ready()
@@ -608,6 +612,9 @@ class Store(IndexedOpStore):
         if db is None:
             return
         self._db = None
+        if isinstance(self.audit, AuditWriter):
+            self.audit.close()
+        self.audit = None
         self._h.clear()
         self._cf.clear()
         gc.collect()
@@ -874,6 +881,8 @@ class Store(IndexedOpStore):
             if resume is not None:
                 wb.put(resume_key(cid), resume.encode(), self._h["meta"])
             self._commit_batch(wb)
+            if self.audit is not None:
+                self.audit.append(AuditCheckpoint(cid, topo_idx, state_digest))
         return cid
 
     def checkpoint_create(self, state: State, topo_idx: int, order: Sequence[Op] | None = None) -> int:

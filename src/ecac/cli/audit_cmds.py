@@ -9,9 +9,8 @@ failures are ``EcacError``s: ``Error: <message>`` on stderr, exit 1.
 Additions (documented in ``--help`` and docs/storage.md): ``audit-verify-chain
 --expect-head HEX`` pins the last entry hash, ``--print-head`` prints it.
 
-Until the store has its own audit writer (store §1.3 step 2), ``op-append-audited`` logs
-the ``IngestedOp`` events the store would log into ``<db>/audit`` when
-``ECAC_NODE_SK_HEX`` is set; it stops doing so once ``Store`` has an ``audit`` attribute.
+With ``ECAC_NODE_SK_HEX`` set the store itself logs an ``IngestedOp`` per put input into
+``<db>/audit`` (store §1.3 step 2); ``op-append-audited`` adds the refusals to the default sink.
 """
 
 from __future__ import annotations
@@ -24,7 +23,6 @@ import click
 from ecac.audit import (
     INVALID_SIG,
     AuditError,
-    IngestedOp,
     MemorySink,
     SkippedOp,
     cat_line,
@@ -42,13 +40,12 @@ from ecac.auditlog import (
     AuditReader,
     AuditWriter,
     open_default,
-    store_writer,
 )
 from ecac.cli.core_cmds import load_ops
 from ecac.cli.store_cmds import DEFAULT_BATCH, db_option, op_files, opened
 from ecac.errors import EcacError
 from ecac.keys import parse_hex
-from ecac.op import Op, check_ops
+from ecac.op import Op
 from ecac.store import Store, load_dag
 
 dir_option = click.option(
@@ -82,20 +79,11 @@ def open_sink() -> AuditWriter:
 # --------------------------------------------------------------------------- op-append-audited
 
 
-def _store_audit(db: Path, st: Store) -> AuditWriter | None:
-    """Stand-in for the store's own audit writer (``<db>/audit``) until ``Store`` has one."""
-    if getattr(st, "audit", None) is not None:
-        return None
-    return store_writer(db)
-
-
-def _append_audited(st: Store, ops: list[Op], sink: AuditWriter, store_audit: AuditWriter | None) -> None:
+def _append_audited(st: Store, ops: list[Op], sink: AuditWriter) -> None:
+    """Put ``ops`` in batches; the store's own log (``<db>/audit``, with ECAC_NODE_SK_HEX) gets
+    an IngestedOp per op from ``put_many`` itself, the default sink a SkippedOp per refusal."""
     for lo in range(0, len(ops), DEFAULT_BATCH):
         part = ops[lo : lo + DEFAULT_BATCH]
-        if store_audit is not None:  # IngestedOp before rejecting (core §14.1), rejected ops included
-            store_audit.append_many(
-                [IngestedOp.of(op, r is None) for op, r in zip(part, check_ops(part), strict=True)]
-            )
         res = st.put_many(part, on_invalid="skip")
         failed = {r.index: r.message for r in res.rejected}
         skipped = []
@@ -125,12 +113,7 @@ def op_append_audited_cmd(db: Path, inputs: tuple[Path, ...]) -> None:
                 unreadable = e
                 break
         with opened(db) as st:
-            store_audit = _store_audit(db, st)
-            try:
-                _append_audited(st, ops, sink, store_audit)
-            finally:
-                if store_audit is not None:
-                    store_audit.close()
+            _append_audited(st, ops, sink)
     if unreadable is not None:
         raise unreadable
 
