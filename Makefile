@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml setup.py src/ecac/_opscan.c scripts/ensure-sysdeps.sh
+$(STAMP): pyproject.toml setup.py src/ecac/_native.c scripts/ensure-sysdeps.sh
 	@sh scripts/ensure-sysdeps.sh
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip

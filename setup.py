@@ -1,5 +1,5 @@
-"""Build hook for the one C extension, ``ecac._opscan`` (everything else is in pyproject.toml)."""
+"""Build hook for the one C extension, ``ecac._native`` (everything else is in pyproject.toml)."""
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("ecac._opscan", ["src/ecac/_opscan.c"], extra_compile_args=["-O2", "-Wall"])])
+setup(ext_modules=[Extension("ecac._native", ["src/ecac/_native.c"], extra_compile_args=["-O2", "-Wall"], libraries=["dl"])])

@@ -136,3 +136,59 @@ def test_load_missing_op_message():
     st = MemoryOpStore()
     with pytest.raises(Exception, match="missing op " + "ab" * 32):
         st.load_ops_cbor([b"\xab" * 32])
+
+
+# --------------------------------------------------------------------------- put_stream
+
+
+def test_put_stream_stores_what_put_many_per_batch_stores():
+    ops = chain(50)
+    blobs = [op.cbor for op in ops]
+    a, b = MemoryOpStore(), MemoryOpStore()
+    got = list(a.put_stream(blobs, batch=7))
+    want = [b.put_many(blobs[lo : lo + 7]) for lo in range(0, len(blobs), 7)]
+    assert len(got) == 8 and [r.stored for r in got] == [r.stored for r in want]
+    assert [r.completed for r in got] == [r.completed for r in want]
+    assert a.topo_ids() == b.topo_ids() == [op.op_id for op in ops]
+    assert list(a.put_stream([])) == []
+    with pytest.raises(ValueError, match="batch must be positive"):
+        list(a.put_stream(blobs, batch=0))
+
+
+def test_put_stream_reports_rejections_by_stream_index_and_skips_them():
+    ops = chain(20)
+    bad = loads(ops[12].cbor)
+    bad["sig"][0] ^= 1
+    blobs = [op.cbor for op in ops]
+    blobs[12] = dumps(bad)
+    blobs[3] = b"\x01not an op"
+    st = MemoryOpStore()
+    results = list(st.put_stream(blobs, batch=5, on_invalid="skip"))
+    rejected = [r for res in results for r in res.rejected]
+    assert [(r.index, r.op_id) for r in rejected] == [(3, None), (12, ops[12].op_id)]
+    assert rejected[1].message == f"invalid signature for op {ops[12].op_id.hex()}"
+    assert st.op_count() == 18 and not st.contains(ops[12].op_id)
+
+
+def test_put_stream_raise_keeps_earlier_batches_and_writes_nothing_of_the_failing_one():
+    ops = chain(20)
+    blobs = [op.cbor for op in ops]
+    blobs[11] = b"\xa0"
+    st = MemoryOpStore()
+    with pytest.raises(PutRejectedError) as e:
+        for _ in st.put_stream(blobs, batch=5):
+            pass
+    assert e.value.rejection.index == 11
+    assert st.topo_ids() == [op.op_id for op in ops[:10]]  # batches 0-4 and 5-9, none of 10-14
+
+
+def test_put_stream_logs_ingested_ops_in_stream_order():
+    from ecac.audit import IngestedOp, MemorySink
+
+    ops = chain(12)
+    st = MemoryOpStore()
+    st.audit = MemorySink()
+    blobs = [op.cbor for op in ops]
+    blobs[4] = dumps({**loads(ops[4].cbor), "sig": [0] * 64})
+    list(st.put_stream(blobs, batch=3, on_invalid="skip"))
+    assert st.audit.events == [IngestedOp.of(op, i != 4) for i, op in enumerate(ops)]

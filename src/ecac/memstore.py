@@ -10,10 +10,10 @@ and treat a second copy of a stored id as a duplicate (the first copy wins).
 from __future__ import annotations
 
 import gc
+import itertools
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
@@ -23,12 +23,13 @@ from ecac.errors import DecodeError, StoreError
 from ecac.op import (
     REASON_ID_MISMATCH,
     Op,
-    check_sigs,
+    SigCheck,
     decode_op,
     decode_op_with_header,
     header_cbor_of,
     op_from_obj,
     op_id_of,
+    submit_sigs,
 )
 from ecac.opindex import OpIndex
 
@@ -98,6 +99,9 @@ class OpStore(Protocol):
     def op_count(self) -> int: ...
     def put(self, op: bytes | Op) -> bytes: ...
     def put_many(self, items: Sequence[bytes | Op], on_invalid: OnInvalid = "raise") -> PutResult: ...
+    def put_stream(
+        self, items: Iterable[bytes | Op], batch: int = ..., on_invalid: OnInvalid = "raise"
+    ) -> Iterator[PutResult]: ...
 
 
 # --------------------------------------------------------------------------- validation
@@ -122,16 +126,14 @@ def _decode_for_put(data: bytes) -> tuple[Op, bytes, bool]:
     return op, op.header_bytes(), False
 
 
-_VERIFY_EXEC: ThreadPoolExecutor | None = None
 _CHUNK = 512
+#: ``put_stream``'s default batch: one synced write per this many ops
+STREAM_BATCH = 1024
 
 
-def verify_executor() -> ThreadPoolExecutor:
-    """One background thread that runs ``check_sigs`` (itself two threads) while the caller decodes."""
-    global _VERIFY_EXEC
-    if _VERIFY_EXEC is None:
-        _VERIFY_EXEC = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ecac-put-verify")
-    return _VERIFY_EXEC
+def _check_on_invalid(on_invalid: str) -> None:
+    if on_invalid not in ("raise", "skip"):
+        raise ValueError(f"on_invalid must be 'raise' or 'skip', not {on_invalid!r}")
 
 
 def validate_ops(
@@ -148,27 +150,49 @@ def validate_ops(
     fields by construction, and its id is checked over the header cut from those bytes.
 
     Decoding (Python, holds the GIL) of one chunk overlaps signature checks of the
-    previous chunk (libsodium, releases the GIL, two threads via ``check_sigs``).
+    previous chunk (libsodium without the GIL, two threads via ``submit_sigs``).
     """
-    gc_was = gc.isenabled()
-    gc.disable()  # the decoded ops become long-lived: collections would only rescan the store's index
-    try:
-        return _validate(items, stored_bytes)
-    finally:
-        if gc_was:
-            gc.enable()
+    return _validate(items, stored_bytes)
 
 
 def _validate(
     items: Sequence[bytes | Op], stored_bytes: Callable[[bytes], bytes | None]
 ) -> tuple[list[tuple[int, Op, bool]], list[PutRejection]]:
-    rejected: list[PutRejection] = []
     ok: list[tuple[int, Op, bool]] = []
-    pending: list[tuple[list[tuple[int, Op, bool]], Future[list[bool]]]] = []
+    rejected: list[PutRejection] = []
+    prev: _Decoded | None = None
+    for lo in range(0, len(items), _CHUNK):
+        cur = _decode_chunk(items[lo : lo + _CHUNK], lo, stored_bytes)  # while prev's signatures verify
+        if prev is not None:
+            prev.verdicts(ok, rejected)
+        prev = cur
+    if prev is not None:
+        prev.verdicts(ok, rejected)
+    ok.sort(key=lambda t: t[0])
+    rejected.sort(key=lambda r: r.index)
+    return ok, rejected
 
-    def collect(entry: tuple[list[tuple[int, Op, bool]], Future[list[bool]]]) -> None:
-        checked, fut = entry
-        for (i, op, canonical), sig_good in zip(checked, fut.result(), strict=True):
+
+@dataclass(slots=True)
+class _Decoded:
+    """A chunk of put input after decoding and the id checks; its signatures are being verified.
+
+    ``ok``/``rejected`` hold the verdicts known already; ``pending`` the ``(index, op,
+    canonical)`` entries whose signature verdicts ``sigs`` (on the verify threads) will give.
+    """
+
+    ok: list[tuple[int, Op, bool]]
+    rejected: list[PutRejection]
+    pending: list[tuple[int, Op, bool]]
+    sigs: SigCheck | None
+
+    def verdicts(self, ok: list[tuple[int, Op, bool]], rejected: list[PutRejection]) -> None:
+        """Wait for the signature checks and add every verdict to ``ok`` / ``rejected``."""
+        ok += self.ok
+        rejected += self.rejected
+        if self.sigs is None:
+            return
+        for (i, op, canonical), sig_good in zip(self.pending, self.sigs.result(), strict=True):
             if not sig_good:
                 rejected.append(PutRejection(i, op.op_id, f"invalid signature for op {op.op_id.hex()}", op))
             elif not canonical:
@@ -177,10 +201,16 @@ def _validate(
             else:
                 ok.append((i, op, False))
 
-    for lo in range(0, len(items), _CHUNK):
-        checked: list[tuple[int, Op, bool]] = []
-        for i in range(lo, min(lo + _CHUNK, len(items))):
-            item = items[i]
+
+def _decode_chunk(
+    items: Sequence[bytes | Op], base: int, stored_bytes: Callable[[bytes], bytes | None]
+) -> _Decoded:
+    """Decode ``items`` (input indexes from ``base``), check ids, and submit their signature checks."""
+    out = _Decoded([], [], [], None)
+    gc_was = gc.isenabled()
+    gc.disable()  # the decoded ops become long-lived: collections would only rescan the store's index
+    try:
+        for i, item in enumerate(items, base):
             if isinstance(item, Op) and item.cbor:
                 # already decoded (or made) by ecac.op: its cbor is the canonical encoding of its
                 # fields, so only the id and the signature remain to check (no second decode)
@@ -190,25 +220,21 @@ def _validate(
                 try:
                     op, header, canonical = _decode_for_put(data)
                 except DecodeError as e:
-                    rejected.append(PutRejection(i, None, str(e)))
+                    out.rejected.append(PutRejection(i, None, str(e)))
                     continue
             prev = stored_bytes(op.op_id)
             if prev is not None and prev == data:
-                ok.append((i, op, True))
+                out.ok.append((i, op, True))
             elif op_id_of(header) != op.op_id:
-                rejected.append(PutRejection(i, op.op_id, REASON_ID_MISMATCH, op))
+                out.rejected.append(PutRejection(i, op.op_id, REASON_ID_MISMATCH, op))
             else:
-                checked.append((i, op, canonical))
-        triples = [(op.author_pk, op.sig, op.op_id) for _, op, _ in checked]
-        fut = verify_executor().submit(check_sigs, triples)
-        if pending:
-            collect(pending.pop())
-        pending.append((checked, fut))
-    if pending:
-        collect(pending.pop())
-    ok.sort(key=lambda t: t[0])
-    rejected.sort(key=lambda r: r.index)
-    return ok, rejected
+                out.pending.append((i, op, canonical))
+    finally:
+        if gc_was:
+            gc.enable()
+    if out.pending:
+        out.sigs = submit_sigs([(op.author_pk, op.sig, op.op_id) for _, op, _ in out.pending])
+    return out
 
 
 # --------------------------------------------------------------------------- shared base
@@ -313,14 +339,8 @@ class IndexedOpStore(ABC):
     def put(self, op: bytes | Op) -> bytes:
         """Validate and store one op (store §1.4); returns its id, also for a duplicate."""
         ok, rejected = validate_ops([op], self._stored_bytes)
-        self._audit_ingested(ok, rejected)
-        if rejected:
-            raise PutRejectedError(rejected[0])
-        (_, good, _) = ok[0]
-        with self._lock:
-            if not self._index.contains(good.op_id):
-                self._commit([good])
-        return good.op_id
+        self._store_validated(ok, rejected, "raise")
+        return ok[0][1].op_id
 
     def put_many(self, items: Sequence[bytes | Op], on_invalid: OnInvalid = "raise") -> PutResult:
         """Validate every item, then write all accepted new ops in ONE atomic batch.
@@ -328,9 +348,45 @@ class IndexedOpStore(ABC):
         ``on_invalid="raise"``: the first refused item raises ``PutRejectedError`` and
         nothing is written. ``"skip"``: refused items are reported in ``rejected``.
         """
-        if on_invalid not in ("raise", "skip"):
-            raise ValueError(f"on_invalid must be 'raise' or 'skip', not {on_invalid!r}")
+        _check_on_invalid(on_invalid)
         ok, rejected = validate_ops(items, self._stored_bytes)
+        return self._store_validated(ok, rejected, on_invalid)
+
+    def put_stream(
+        self, items: Iterable[bytes | Op], batch: int = STREAM_BATCH, on_invalid: OnInvalid = "raise"
+    ) -> Iterator[PutResult]:
+        """``put_many`` over consecutive batches of ``items``, pipelined: yields each batch's result.
+
+        For bulk import. Each batch is one atomic, durable write, as with ``put_many``; the
+        signatures of the next batch are verified (libsodium threads) while this one is
+        decoded, written and indexed (Python), so both cores stay busy. Rejection indexes
+        count from the start of ``items``. With ``"raise"``, the first batch holding a
+        refused item raises ``PutRejectedError`` and is not written; the batches before it
+        were.
+        """
+        _check_on_invalid(on_invalid)
+        if batch <= 0:
+            raise ValueError(f"batch must be positive, not {batch}")
+        it = iter(items)
+        base = 0
+        prev: _Decoded | None = None
+        while True:
+            part = list(itertools.islice(it, batch))
+            cur = _decode_chunk(part, base, self._stored_bytes) if part else None
+            base += len(part)
+            if prev is not None:
+                ok: list[tuple[int, Op, bool]] = []
+                rejected: list[PutRejection] = []
+                prev.verdicts(ok, rejected)
+                yield self._store_validated(ok, rejected, on_invalid)
+            if cur is None:
+                return
+            prev = cur
+
+    def _store_validated(
+        self, ok: list[tuple[int, Op, bool]], rejected: list[PutRejection], on_invalid: OnInvalid
+    ) -> PutResult:
+        """Audit, then write the accepted new ops of one validated batch atomically (or raise)."""
         self._audit_ingested(ok, rejected)
         if rejected and on_invalid == "raise":
             raise PutRejectedError(rejected[0])

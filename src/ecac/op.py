@@ -12,16 +12,17 @@ import dataclasses
 import io
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 import blake3
 import cbor2
-from nacl.bindings import crypto_sign_open
-from nacl.exceptions import BadSignatureError, CryptoError
+import nacl._sodium
+import nacl.bindings  # initialises libsodium (sodium_init) before ecac._native uses it
 from nacl.signing import SigningKey
 
+from ecac import _native
 from ecac.codec import (
     b2l,
     dumps,
@@ -37,6 +38,8 @@ from ecac.codec import (
 )
 from ecac.errors import DecodeError, InvalidOpError
 from ecac.hlc import U32_MAX, Hlc
+
+_native.use_sodium(nacl._sodium.__file__)  # batch verification calls the libsodium PyNaCl loaded
 
 T = TypeVar("T")
 
@@ -358,15 +361,10 @@ def make_op(sk: SigningKey, parents: Iterable[bytes], hlc: Hlc, payload: Payload
 def sig_ok(public_key: bytes, sig: bytes, message: bytes) -> bool:
     """Ed25519 (libsodium, strict) over ``message``; any malformed key or signature is False.
 
-    The one signature check of the project: op ids, announce digests and VC signing inputs.
+    The one signature check of the project (op ids, announce digests, VC signing inputs):
+    ``check_sigs`` of one triple.
     """
-    if len(sig) != SIG_LEN or len(public_key) != 32:
-        return False
-    try:
-        crypto_sign_open(sig + message, public_key)
-    except (BadSignatureError, CryptoError, ValueError, TypeError):
-        return False
-    return True
+    return check_sigs(((public_key, sig, message),))[0]
 
 
 def check_op(op: Op, header_cbor: bytes | None = None) -> str | None:
@@ -397,24 +395,48 @@ def _pool() -> ThreadPoolExecutor:
     return _POOL
 
 
-def _sig_chunk(items: list[tuple[bytes, bytes, bytes]]) -> list[bool]:
-    return [sig_ok(pk, s, i) for pk, s, i in items]
-
-
 def check_sigs(items: Sequence[tuple[bytes, bytes, bytes]]) -> list[bool]:
-    """Verify many ``(author_pk, sig, op_id)`` triples, on two threads when it pays off.
+    """Verify many ``(public_key, sig, message)`` triples; a malformed key or signature is False.
 
-    libsodium releases the GIL, so two threads roughly double throughput on two cores.
+    ``ecac._native.verify_batch`` calls libsodium's strict verify (the check PyNaCl's
+    ``crypto_sign_open`` makes) with the GIL released for a whole chunk, so large batches
+    run on two threads at full speed even while another thread runs Python.
     """
-    n = len(items)
+    return submit_sigs(items).result()
+
+
+class SigCheck:
+    """Signature verdicts being computed on the verify threads (``submit_sigs``)."""
+
+    __slots__ = ("_now", "_parts")
+
+    def __init__(self, now: list[bool] | None, parts: list[Future[list[bool]]]) -> None:
+        self._now = now
+        self._parts = parts
+
+    def result(self) -> list[bool]:
+        """The verdicts, in input order (waits for the threads)."""
+        if self._now is not None:
+            return self._now
+        out: list[bool] = []
+        for part in self._parts:
+            out.extend(part.result())
+        return out
+
+
+def submit_sigs(items: Sequence[tuple[bytes, bytes, bytes]]) -> SigCheck:
+    """Start ``check_sigs`` on the two verify threads and return at once (small batches: inline).
+
+    A bulk import decodes its next batch meanwhile. Each thread gets one chunk, so it needs
+    the GIL only at the two ends of it, however busy the decoding thread keeps the GIL.
+    """
+    triples = [t if type(t) is tuple else tuple(t) for t in items]
+    n = len(triples)
     if n < _PARALLEL_MIN:
-        return _sig_chunk(list(items))
-    step = max(64, n // 16)
-    chunks = [list(items[i : i + step]) for i in range(0, n, step)]
-    out: list[bool] = []
-    for part in _pool().map(_sig_chunk, chunks):
-        out.extend(part)
-    return out
+        return SigCheck(_native.verify_batch(triples), [])
+    step = -(-n // 2)
+    parts = [_pool().submit(_native.verify_batch, triples[i : i + step]) for i in range(0, n, step)]
+    return SigCheck(None, parts)
 
 
 def check_ops(ops: Sequence[Op]) -> list[str | None]:

@@ -18,7 +18,6 @@ import gc
 import os
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from typing import Any
 import blake3
 from rocksdict import AccessType, Options, Rdict, WriteBatch, WriteOptions
 
-from ecac import _opscan
+from ecac import _native
 from ecac.audit import Checkpoint as AuditCheckpoint
 from ecac.auditlog import AuditWriter, store_writer
 from ecac.codec import (
@@ -45,7 +44,7 @@ from ecac.codec import (
 from ecac.dag import Dag
 from ecac.errors import DecodeError, EcacError, StoreError
 from ecac.hlc import Hlc
-from ecac.memstore import IndexedOpStore, OpStore, verify_executor
+from ecac.memstore import IndexedOpStore, OpStore
 from ecac.op import (
     _DATA_KEYS,
     _ID_HEAD,
@@ -64,12 +63,14 @@ from ecac.op import (
     Data,
     Op,
     Payload,
+    SigCheck,
     build_hlc,
     build_op,
     check_sigs,
     decode_op,
     payload_at,
     slot_constructor,
+    submit_sigs,
 )
 from ecac.policy import has_policy
 from ecac.replay import Replayer, ResumePoint, replay_full, suffix_keeps_verdicts
@@ -395,7 +396,7 @@ def _uint(v: int) -> bytes:
 
 _build_edge = slot_constructor(EdgeVal)
 #: the bulk decoder builds these classes' instances and shares the Data-key interning table
-_opscan.configure(Op, Hlc, Data, EdgeVal, _DATA_KEYS, _SHARED_MAX)
+_native.configure(Op, Hlc, Data, EdgeVal, _DATA_KEYS, _SHARED_MAX)
 _K_EDGE_PARENTS = b"\xa5\x67parents"
 _K_EDGE_AUTHOR = b"\x69author_pk"
 _K_EDGE_MS = b"\x66hlc_ms"
@@ -794,7 +795,7 @@ class Store(IndexedOpStore):
     ) -> list[Op]:
         """The ops of ``ids`` (in that order) from ``rows``, which may hold other rows too.
 
-        Canonical Data rows are decoded in bulk by ``ecac._opscan``: their header bytes must
+        Canonical Data rows are decoded in bulk by ``ecac._native``: their header bytes must
         equal the ``edges`` row and are not re-hashed (docs/decisions.md D35, D39). Other
         rows, and every row when ``checked``, go to ``fast_decode_stored`` and then to the
         strict decoder, which names a bad row. ``positions`` maps each id to its index in
@@ -807,7 +808,7 @@ class Store(IndexedOpStore):
             return [by_id[x] for x in ids]
         edges = self._edges
         out: list[Op | None] = [None] * len(ids)
-        placed, rest = (0, rows) if checked else _opscan.scan(rows, edges, at, out)
+        placed, rest = (0, rows) if checked else _native.scan(rows, edges, at, out)
         for op_id, data in rest:
             i = at.get(op_id)
             if i is not None and data is not None:
@@ -1114,7 +1115,7 @@ def load_dag(store: OpStore, verify_sigs: bool = False) -> Dag:
     the header bytes to hash to the id.
     """
     dag = Dag()
-    pending: list[tuple[list[Op], Future[list[bool]]]] = []
+    pending: list[tuple[list[Op], SigCheck]] = []
 
     def checked(ops: Iterator[Op]) -> Iterator[Op]:
         chunk: list[Op] = []
@@ -1145,11 +1146,11 @@ def load_dag(store: OpStore, verify_sigs: bool = False) -> Dag:
 _VERIFY_CHUNK = 2048
 
 
-def _submit_sigs(ops: list[Op]) -> tuple[list[Op], Future[list[bool]]]:
-    return ops, verify_executor().submit(check_sigs, [(op.author_pk, op.sig, op.op_id) for op in ops])
+def _submit_sigs(ops: list[Op]) -> tuple[list[Op], SigCheck]:
+    return ops, submit_sigs([(op.author_pk, op.sig, op.op_id) for op in ops])
 
 
-def _sigs_ok(ops: list[Op], fut: Future[list[bool]]) -> None:
+def _sigs_ok(ops: list[Op], fut: SigCheck) -> None:
     for op, good in zip(ops, fut.result(), strict=True):
         if not good:
             raise StoreError(f"invalid signature for op {op.op_id.hex()}")
@@ -1242,7 +1243,7 @@ def _resume(store: Store, verify_sigs: bool) -> StoreReplay | None:
 def _resume_dag(store: Store, prefix: list[bytes], non_data: set[bytes], suffix: Sequence[Op]) -> Dag:
     """A DAG whose prefix Data ops carry only their header fields (never read when resuming)."""
     try:
-        ops = _opscan.skeletons(prefix, store._edges, _UNREAD, b"", b"")
+        ops = _native.skeletons(prefix, store._edges, _UNREAD, b"", b"")
     except KeyError as e:
         raise StoreError(f"missing op {e.args[0].hex()}") from None
     listed = [i for i, op_id in enumerate(prefix) if op_id in non_data]

@@ -71,25 +71,23 @@ def op_files(paths: tuple[Path, ...]) -> list[Path]:
 def append_ops(
     st: Store, ops: list[Op], batch: int, on_appended: Callable[[bytes], None] = lambda _i: None
 ) -> int:
-    """Put ``ops`` in batches (one synced write each); the first invalid op aborts.
+    """Put ``ops`` in batches (one synced write each, ``Store.put_stream``); the first invalid op aborts.
 
     Ops before the failing one stay stored, as with the reference's one-put-per-op loop.
     """
     done = 0
-    for lo in range(0, len(ops), batch):
-        part = ops[lo : lo + batch]
-        try:
-            st.put_many([op.cbor for op in part])
-        except PutRejectedError as e:
-            good = part[: e.rejection.index]
-            if good:
-                st.put_many([op.cbor for op in good])
-            for op in good:
+    try:
+        for res in st.put_stream(ops, batch):
+            for op in ops[done : done + len(res.stored) + res.duplicates]:
                 on_appended(op.op_id)
-            raise
-        for op in part:
+            done += len(res.stored) + res.duplicates
+    except PutRejectedError as e:
+        good = ops[done : e.rejection.index]  # the failing batch's ops before the refused one
+        if good:
+            st.put_many(good)
+        for op in good:
             on_appended(op.op_id)
-        done += len(part)
+        raise
     return done
 
 

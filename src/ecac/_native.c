@@ -1,28 +1,36 @@
 /*
- * ecac._opscan: decode stored Data ops in bulk for a replay from the store.
+ * ecac._native: the project's one C module, for the two hot loops Python cannot make fast.
  *
- * Why C: a full replay of a 100k-op store spent ~5 us per op decoding rows in Python
- * (byte searches, item decoding, building three frozen dataclass instances), half of the
- * replay. This module does exactly that work for the one row shape that makes up the bulk
- * of a log -- a canonical Data op -- and leaves every other row to the Python decoders.
- * It is pure: no I/O, no clock, no randomness.
+ * 1. Bulk decoding of stored Data ops for a replay from the store (scan, skeletons).
+ *    A full replay of a 100k-op store spent ~5 us per op decoding rows in Python (byte
+ *    searches, item decoding, three frozen dataclass instances), half of the replay. This
+ *    does exactly that work for the one row shape that makes up the bulk of a log -- a
+ *    canonical Data op -- and leaves every other row to the Python decoders.
  *
- * A row is accepted only when it is byte for byte the canonical encoding (core §3) of
- *   header = {parents, hlc, author_pk} taken from the op's `edges` row,
- *   payload = {"Data": {"key": <text>, "value": <uint8 items>}},
- *   sig = 64 uint8 items, op_id = the 32 uint8 items of the row's key,
- * with nothing after it. The header bytes are compared with the edges row, not re-hashed
- * against the op id: put verified that hash (and the signature) before writing both rows in
- * one batch, and verify_integrity / --verify-sigs recompute it (docs/decisions.md, D35).
- * Anything else (other payload kinds, a mismatch, a malformed row) is handed back to the
- * caller untouched, whose Python decoders parse it or name the op.
+ *    A row is accepted only when it is byte for byte the canonical encoding (core §3) of
+ *      header = {parents, hlc, author_pk} taken from the op's `edges` row,
+ *      payload = {"Data": {"key": <text>, "value": <uint8 items>}},
+ *      sig = 64 uint8 items, op_id = the 32 uint8 items of the row's key,
+ *    with nothing after it. The header bytes are compared with the edges row, not re-hashed
+ *    against the op id: put verified that hash (and the signature) before writing both rows
+ *    in one batch, and verify_integrity / --verify-sigs recompute it (docs/decisions.md, D35).
+ *    Anything else (other payload kinds, a mismatch, a malformed row) is handed back to the
+ *    caller untouched, whose Python decoders parse it or name the op. The objects built are
+ *    the same as ecac.op.slot_constructor builds: instances of the configured slots classes
+ *    (Op, Hlc, Data) whose slots are set directly.
  *
- * The objects built are the same as ecac.op.slot_constructor builds: instances of the
- * configured slots classes (Op, Hlc, Data) whose slots are set directly.
+ * 2. Batch Ed25519 verification (verify_batch). PyNaCl verifies one signature per call and
+ *    needs the GIL between calls, so verify threads stall while another thread runs Python
+ *    (decoding the next batch of a bulk import). verify_batch checks a whole batch with the
+ *    GIL released, calling libsodium's crypto_sign_verify_detached -- the same strict check
+ *    as PyNaCl's crypto_sign_open -- from the libsodium PyNaCl already loaded (use_sodium).
+ *
+ * Pure: no I/O, no clock, no randomness.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#include <dlfcn.h>
 #include <string.h>
 
 typedef struct {
@@ -316,7 +324,7 @@ static PyObject *scan(PyObject *self, PyObject *args) {
                           &out))
         return NULL;
     if (op_cls.type == NULL || key_cache == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "ecac._opscan.configure() was not called");
+        PyErr_SetString(PyExc_RuntimeError, "ecac._native.configure() was not called");
         return NULL;
     }
     PyObject *it = PyObject_GetIter(rows);
@@ -394,7 +402,7 @@ static PyObject *skeletons(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "O!O!OOO", &PyList_Type, &ids, &PyDict_Type, &edges, &payload, &sig, &cbor))
         return NULL;
     if (op_cls.type == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "ecac._opscan.configure() was not called");
+        PyErr_SetString(PyExc_RuntimeError, "ecac._native.configure() was not called");
         return NULL;
     }
     Py_ssize_t n = PyList_GET_SIZE(ids);
@@ -434,16 +442,99 @@ static PyObject *skeletons(PyObject *self, PyObject *args) {
     return out;
 }
 
+/* ---------------------------------------------------------------- batch Ed25519 */
+
+typedef int (*verify_fn)(const unsigned char *sig, const unsigned char *m, unsigned long long mlen,
+                         const unsigned char *pk);
+static verify_fn sodium_verify = NULL;
+
+static PyObject *use_sodium(PyObject *self, PyObject *args) {
+    const char *path;
+    if (!PyArg_ParseTuple(args, "s", &path))
+        return NULL;
+    void *h = dlopen(path, RTLD_NOW | RTLD_NOLOAD); /* already loaded by PyNaCl */
+    if (h == NULL) {
+        PyErr_Format(PyExc_RuntimeError, "use_sodium: %s is not loaded (%s)", path, dlerror());
+        return NULL;
+    }
+    void *f = dlsym(h, "crypto_sign_verify_detached");
+    if (f == NULL) {
+        PyErr_Format(PyExc_RuntimeError, "use_sodium: no crypto_sign_verify_detached in %s", path);
+        return NULL;
+    }
+    sodium_verify = (verify_fn)f;
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(verify_batch_doc,
+             "verify_batch(items) -> list[bool]\n\n"
+             "Ed25519 (libsodium, strict) of each (public_key, signature, message) triple, with the\n"
+             "GIL released for the whole batch. Anything but a 32-byte key, a 64-byte signature and\n"
+             "a bytes message gives False; an item that is not a 3-tuple raises TypeError.");
+
+static PyObject *verify_batch(PyObject *self, PyObject *arg) {
+    if (sodium_verify == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "ecac._native.use_sodium() was not called");
+        return NULL;
+    }
+    PyObject *items = PySequence_Tuple(arg); /* immutable: its bytes stay alive without the GIL */
+    if (items == NULL)
+        return NULL;
+    Py_ssize_t n = PyTuple_GET_SIZE(items);
+    const unsigned char **ptr = PyMem_Malloc(sizeof(*ptr) * 3 * (size_t)(n ? n : 1));
+    unsigned long long *mlen = PyMem_Malloc(sizeof(*mlen) * (size_t)(n ? n : 1));
+    char *ok = PyMem_Malloc((size_t)(n ? n : 1));
+    PyObject *out = NULL;
+    if (ptr == NULL || mlen == NULL || ok == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *t = PyTuple_GET_ITEM(items, i);
+        if (!PyTuple_CheckExact(t) || PyTuple_GET_SIZE(t) != 3) {
+            PyErr_Format(PyExc_TypeError, "verify_batch: item %zd is not a (key, sig, message) triple", i);
+            goto done;
+        }
+        PyObject *pk = PyTuple_GET_ITEM(t, 0), *sig = PyTuple_GET_ITEM(t, 1), *msg = PyTuple_GET_ITEM(t, 2);
+        ok[i] = PyBytes_Check(pk) && PyBytes_Check(sig) && PyBytes_Check(msg) && PyBytes_GET_SIZE(pk) == 32 &&
+                PyBytes_GET_SIZE(sig) == 64;
+        if (!ok[i])
+            continue;
+        ptr[3 * i] = (const unsigned char *)PyBytes_AS_STRING(pk);
+        ptr[3 * i + 1] = (const unsigned char *)PyBytes_AS_STRING(sig);
+        ptr[3 * i + 2] = (const unsigned char *)PyBytes_AS_STRING(msg);
+        mlen[i] = (unsigned long long)PyBytes_GET_SIZE(msg);
+    }
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (ok[i])
+            ok[i] = sodium_verify(ptr[3 * i + 1], ptr[3 * i + 2], mlen[i], ptr[3 * i]) == 0;
+    Py_END_ALLOW_THREADS
+    out = PyList_New(n);
+    if (out == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < n; i++)
+        PyList_SET_ITEM(out, i, PyBool_FromLong(ok[i]));
+done:
+    PyMem_Free(ptr);
+    PyMem_Free(mlen);
+    PyMem_Free(ok);
+    Py_DECREF(items);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS,
      "configure(Op, Hlc, Data, EdgeVal, key_cache, key_cache_max): the classes to build and read."},
     {"scan", scan, METH_VARARGS, scan_doc},
     {"skeletons", skeletons, METH_VARARGS, skeletons_doc},
+    {"use_sodium", use_sodium, METH_VARARGS, "use_sodium(path): take libsodium from this loaded library."},
+    {"verify_batch", verify_batch, METH_O, verify_batch_doc},
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "ecac._opscan",
-                                    "Bulk decoding of stored canonical Data ops (see the source's header).", -1,
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "ecac._native",
+                                    "Bulk decoding of stored Data ops and batch Ed25519 verification (see the source's header).", -1,
                                     methods};
 
-PyMODINIT_FUNC PyInit__opscan(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__native(void) { return PyModule_Create(&module); }

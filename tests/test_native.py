@@ -1,4 +1,4 @@
-"""ecac._opscan: the C bulk decoder of stored canonical Data ops used by the store replay.
+"""ecac._native: the C bulk decoder of stored canonical Data ops used by the store replay.
 
 Its contract: a row it places is exactly what the strict decoder reads from those bytes
 (with the header equal to the ``edges`` row); every other row is handed back untouched.
@@ -12,10 +12,10 @@ import sys
 import pytest
 
 from conftest import vectors_dir
-from ecac import _opscan
+from ecac import _native
 from ecac.hlc import Hlc
 from ecac.keys import key_pair
-from ecac.op import _DATA_KEYS, _SHARED_MAX, Data, Op, decode_op, make_op, read_log
+from ecac.op import _DATA_KEYS, _SHARED_MAX, Data, Op, check_sigs, decode_op, make_op, read_log
 from ecac.store import EdgeVal
 from ecac.workloads import OTHER_KINDS, gen_hb_chain, gen_random_dag
 
@@ -41,7 +41,7 @@ def _scan(ops: list[Op], rows: list[tuple[bytes, bytes]] | None = None):
     edges = {op.op_id: EdgeVal.of(op) for op in ops}
     positions = {op.op_id: i for i, op in enumerate(ops)}
     out: list[Op | None] = [None] * len(ops)
-    placed, rest = _opscan.scan(
+    placed, rest = _native.scan(
         rows if rows is not None else [(op.op_id, op.cbor) for op in ops], edges, positions, out
     )
     return placed, rest, out
@@ -68,7 +68,7 @@ def test_rows_outside_positions_are_skipped_and_a_missing_edge_is_handed_back():
     edges = {op.op_id: EdgeVal.of(op) for op in ops[1:]}
     positions = {op.op_id: i for i, op in enumerate(ops[:4])}
     out: list[Op | None] = [None] * 4
-    placed, rest = _opscan.scan([(op.op_id, op.cbor) for op in ops], edges, positions, out)
+    placed, rest = _native.scan([(op.op_id, op.cbor) for op in ops], edges, positions, out)
     assert placed == 3 and rest == [(ops[0].op_id, ops[0].cbor)]  # ops[4] is not in positions
     assert out[0] is None and out[1:] == ops[1:4]
 
@@ -104,7 +104,7 @@ def test_truncated_extended_and_header_mismatched_rows_are_handed_back():
         EdgeVal(op.parents * 2, op.author_pk, h.physical_ms, h.logical, h.node_id),
     ):
         out: list[Op | None] = [None]
-        placed, rest = _opscan.scan([(op.op_id, op.cbor)], {op.op_id: edge}, {op.op_id: 0}, out)
+        placed, rest = _native.scan([(op.op_id, op.cbor)], {op.op_id: edge}, {op.op_id: 0}, out)
         assert placed == 0 and rest == [(op.op_id, op.cbor)]
     other = make_op(SK, [], Hlc(1, 0, 0), Data("x", b"y"))
     assert _scan([op], [(op.op_id, other.cbor)])[0] == 0  # the trailing id must be the row's key
@@ -122,39 +122,83 @@ def test_bad_calls_raise_clear_errors_and_change_nothing():
     op = make_op(SK, [], Hlc(1, 0, 0), Data("k", b"v"))
     edges = {op.op_id: EdgeVal.of(op)}
     with pytest.raises(ValueError, match="position out of range"):
-        _opscan.scan([(op.op_id, op.cbor)], edges, {op.op_id: 5}, [None])
+        _native.scan([(op.op_id, op.cbor)], edges, {op.op_id: 5}, [None])
     filled = [op]
     with pytest.raises(ValueError, match="already filled"):
-        _opscan.scan([(op.op_id, op.cbor)], edges, {op.op_id: 0}, filled)
+        _native.scan([(op.op_id, op.cbor)], edges, {op.op_id: 0}, filled)
     assert filled == [op]
     with pytest.raises(TypeError, match="pairs"):
-        _opscan.scan([op.cbor], edges, {op.op_id: 0}, [None])
+        _native.scan([op.cbor], edges, {op.op_id: 0}, [None])
     with pytest.raises(TypeError):
-        _opscan.scan([], [], {}, [])
+        _native.scan([], [], {}, [])
 
 
 def test_the_shared_key_table_stays_bounded():
     ops = [make_op(SK, [], Hlc(i, 0, 0), Data(f"opscan:{i}", b"v")) for i in range(12)]
     try:
-        _opscan.configure(Op, Hlc, Data, EdgeVal, _DATA_KEYS, 5)
+        _native.configure(Op, Hlc, Data, EdgeVal, _DATA_KEYS, 5)
         _DATA_KEYS.clear()
         placed, _, out = _scan(ops)
         assert placed == 12 and len(_DATA_KEYS) <= 5
         assert [o.payload.key for o in out] == [op.payload.key for op in ops]
     finally:
-        _opscan.configure(Op, Hlc, Data, EdgeVal, _DATA_KEYS, _SHARED_MAX)
+        _native.configure(Op, Hlc, Data, EdgeVal, _DATA_KEYS, _SHARED_MAX)
 
 
 def test_skeletons_carry_the_edges_header_and_the_given_payload():
     ops = [op for op in _ops() if op.parents][:20]
     edges = {op.op_id: EdgeVal.of(op) for op in ops}
     marker = Data("", b"")
-    got = _opscan.skeletons([op.op_id for op in ops], edges, marker, b"", b"")
+    got = _native.skeletons([op.op_id for op in ops], edges, marker, b"", b"")
     assert [(g.parents, g.hlc, g.author_pk, g.op_id) for g in got] == [
         (op.parents, op.hlc, op.author_pk, op.op_id) for op in ops
     ]
     assert all(type(g) is Op and g.payload is marker and g.sig == b"" and g.cbor == b"" for g in got)
     missing = b"\x01" * 32
     with pytest.raises(KeyError) as e:
-        _opscan.skeletons([ops[0].op_id, missing], edges, marker, b"", b"")
+        _native.skeletons([ops[0].op_id, missing], edges, marker, b"", b"")
     assert e.value.args[0] == missing
+
+
+# --------------------------------------------------------------------------- batch Ed25519
+
+
+def test_verify_batch_agrees_with_pynacl_on_valid_forged_and_malformed_triples():
+    from nacl.bindings import crypto_sign_open
+    from nacl.exceptions import BadSignatureError
+
+    rng = random.Random(5)
+    triples = []
+    for i in range(300):
+        sk = key_pair(i % 7, b"test/verify")
+        msg = rng.randbytes(rng.choice([0, 1, 32, 100]))
+        sig = sk.sign(msg).signature
+        pk = bytes(sk.verify_key)
+        kind = i % 5
+        if kind == 1:
+            sig = bytes([sig[0] ^ (1 << rng.randrange(8))]) + sig[1:]
+        elif kind == 2:
+            msg = msg + b"x"
+        elif kind == 3:
+            pk = bytes(key_pair(99, b"other").verify_key)
+        triples.append((pk, sig, msg))
+
+    def nacl_ok(pk: bytes, sig: bytes, msg: bytes) -> bool:
+        try:
+            crypto_sign_open(sig + msg, pk)
+        except BadSignatureError:
+            return False
+        return True
+
+    want = [nacl_ok(*t) for t in triples]
+    assert 0 < sum(want) < len(want)
+    assert _native.verify_batch(triples) == want
+    assert check_sigs(triples) == want  # two threads
+    pk, sig, msg = triples[0]
+    assert (
+        _native.verify_batch([(pk[:31], sig, msg), (pk, sig + b"\x00", msg), (pk, sig, None), (1, 2, 3)])
+        == [False] * 4
+    )
+    assert _native.verify_batch([]) == []
+    with pytest.raises(TypeError, match="item 1 is not a"):
+        _native.verify_batch([(pk, sig, msg), (pk, sig)])
