@@ -39,9 +39,10 @@ from ecac.op import (
     Data,
     Op,
     Rejection,
-    check_sigs,
+    SigCheck,
     decode_op_with_header,
     op_id_of,
+    submit_sigs,
 )
 from ecac.resources import SET_ADD, SET_FIELD, DataAction, derive_action_and_tags
 from ecac.state import State
@@ -133,29 +134,39 @@ def dag_of_verified(ops: Iterable[Op]) -> Dag:
 def decode_and_admit(blobs: Sequence[bytes]) -> tuple[list[Op], list[Rejection]]:
     """Strictly decode canonical op bytes and verify them (op_id and signature), in input order.
 
-    All ops are decoded first and their signatures then checked in one ``check_sigs``
-    batch (two threads). Overlapping the two does not pay: the verify threads need the GIL
-    after every signature and the decoding thread would hold it for whole switch
-    intervals. A blob that does not decode raises DecodeError naming its index; ops that
-    fail verification come back as rejections (id mismatches first, then bad signatures).
+    Chunk by chunk: the signatures of one chunk are checked on the verify threads
+    (``submit_sigs``, libsodium without the GIL) while the next chunk is decoded. A blob
+    that does not decode raises DecodeError naming its index; ops that fail verification
+    come back as rejections (id mismatches first, then bad signatures).
     """
     ops: list[Op] = []
+    checks: list[tuple[list[Op], SigCheck]] = []
     bad: list[Rejection] = []
-    for i, blob in enumerate(blobs):
-        try:
-            op, header_cbor = decode_op_with_header(blob)
-        except DecodeError as e:
-            raise DecodeError(f"op #{i}: {e}") from None
-        if op_id_of(header_cbor) != op.op_id:
-            bad.append(Rejection(op.op_id, REASON_ID_MISMATCH))
-        else:
-            ops.append(op)
-    oks = check_sigs([(op.author_pk, op.sig, op.op_id) for op in ops])
-    if all(oks):
-        return ops, bad
-    good = [op for op, ok in zip(ops, oks, strict=True) if ok]
-    bad.extend(Rejection(op.op_id, REASON_BAD_SIG) for op, ok in zip(ops, oks, strict=True) if not ok)
-    return good, bad
+    for lo in range(0, len(blobs), _ADMIT_CHUNK):
+        chunk: list[Op] = []
+        for i in range(lo, min(lo + _ADMIT_CHUNK, len(blobs))):
+            try:
+                op, header_cbor = decode_op_with_header(blobs[i])
+            except DecodeError as e:
+                raise DecodeError(f"op #{i}: {e}") from None
+            if op_id_of(header_cbor) != op.op_id:
+                bad.append(Rejection(op.op_id, REASON_ID_MISMATCH))
+            else:
+                chunk.append(op)
+        checks.append((chunk, submit_sigs([(op.author_pk, op.sig, op.op_id) for op in chunk])))
+    forged: list[Rejection] = []
+    for chunk, check in checks:
+        oks = check.result()
+        if all(oks):
+            ops += chunk
+            continue
+        ops += [op for op, ok in zip(chunk, oks, strict=True) if ok]
+        forged += [Rejection(op.op_id, REASON_BAD_SIG) for op, ok in zip(chunk, oks, strict=True) if not ok]
+    return ops, bad + forged
+
+
+#: ops decoded per signature batch in ``decode_and_admit``
+_ADMIT_CHUNK = 2048
 
 
 # ---------------------------------------------------------------------- incremental replay (core §8.4)
