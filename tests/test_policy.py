@@ -428,3 +428,10 @@ def test_spec_named_helpers_delegate():
     assert not pol.issuer_admin_mode_active(idx, 4, Hlc(9, 0, 0))
     assert not pol.author_is_issuer_admin_at(idx, USER_PK, 4, Hlc(9, 0, 0))
     assert not pol.can_read_tag_version(idx, USER_PK, "hv", 1, 1, Hlc(1, 0, 0))
+
+
+def test_has_policy_types_are_the_switch_kinds():
+    from ecac.op import POLICY_SWITCH_KINDS
+    from ecac.policy import _SWITCH_TYPES
+
+    assert {t.NAME for t in _SWITCH_TYPES} == POLICY_SWITCH_KINDS

@@ -25,7 +25,7 @@ from types import MappingProxyType
 from typing import Literal
 
 from ecac.hlc import Hlc
-from ecac.op import POLICY_SWITCH_KINDS, Credential, Data, Grant, KeyGrant, Op, Revoke
+from ecac.op import Credential, Data, Grant, KeyGrant, Op, Revoke
 from ecac.resources import ISSUER_ADMIN, derive_action_and_tags, role_can_write, role_read_tags
 from ecac.trust import StatusCache, TrustStore, TrustView
 from ecac.vc import VerifiedClaims, cred_hash, try_verify, verify_vc_file, verify_vc_inband, verify_vc_m4
@@ -326,12 +326,13 @@ def epochs_with_files(order: Sequence[Op], trust_store: TrustStore, status_cache
 def has_policy(ops: Iterable[Op]) -> bool:
     """The write gate is on iff the ops include a Grant or Revoke (core §8.2).
 
-    Scanned in C (``map`` of an ``attrgetter``): every replay asks this of the whole order.
+    Scanned in C (``map``s over the payloads' types): every replay asks this of the whole order.
     """
-    return not POLICY_SWITCH_KINDS.isdisjoint(map(_KIND_OF, ops))
+    return not _SWITCH_TYPES.isdisjoint(map(type, map(_PAYLOAD, ops)))
 
 
-_KIND_OF = attrgetter("payload.NAME")
+_PAYLOAD = attrgetter("payload")
+_SWITCH_TYPES = frozenset({Grant, Revoke})  # the payload classes of POLICY_SWITCH_KINDS
 
 
 def has_read_policy(order: Sequence[Op]) -> bool:
