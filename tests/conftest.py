@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner, Result
 
 from ecac.op import Op, read_log
 
@@ -55,3 +56,18 @@ def vectors() -> Vectors:
     if not exp.is_file():
         pytest.fail(f"spec vectors not found at {d}; set ECAC_SPEC_DIR (or ECAC_VECTORS)")
     return Vectors(d, json.loads(exp.read_text(encoding="utf-8")))
+
+
+def cli_run(*args: str, env: dict[str, str] | None = None) -> Result:
+    """Invoke the ``ecac`` command in-process (click's runner); exceptions are caught into the result."""
+    from ecac.cli import cli
+
+    return CliRunner().invoke(cli, list(args), env=env)
+
+
+def cli_ok(*args: str, env: dict[str, str] | None = None) -> Result:
+    """``cli_run`` that must succeed (exit 0, no exception)."""
+    r = cli_run(*args, env=env)
+    assert r.exception is None, (r.exception, r.stderr)
+    assert r.exit_code == 0
+    return r

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import blake3
 import pytest
-from click.testing import CliRunner
 from nacl.signing import SigningKey
 
+from conftest import cli_ok as ok
+from conftest import cli_run as run
 from ecac.audit import (
     ZERO_HASH,
     AppliedOp,
@@ -45,7 +46,6 @@ from ecac.auditlog import (
     rotate_bytes_from_env,
     store_writer,
 )
-from ecac.cli import cli
 from ecac.codec import dumps, loads
 from ecac.errors import EcacError
 from ecac.keys import public_key
@@ -451,17 +451,6 @@ def test_store_writer_follows_ecac_node_sk_hex(tmp_path):
 
 
 # --------------------------------------------------------------------------- CLI
-
-
-def run(*args: str, env: dict[str, str] | None = None):
-    return CliRunner().invoke(cli, list(args), env=env)
-
-
-def ok(*args: str, env: dict[str, str] | None = None):
-    r = run(*args, env=env)
-    assert r.exception is None, (r.exception, r.stderr)
-    assert r.exit_code == 0
-    return r
 
 
 def test_cli_verify_chain(tmp_path, sk):

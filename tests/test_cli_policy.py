@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from ecac.cli import cli
+from conftest import cli_ok as ok
+from conftest import cli_run as run
 from ecac.codec import loads
 from ecac.errors import EcacError
 from ecac.hlc import U64_MAX, Hlc
@@ -29,17 +29,6 @@ ISSUER = key_pair(7, b"cli-policy/issuer")
 ADMIN = key_pair(7, b"cli-policy/admin")
 SUBJECT = key_pair(7, b"cli-policy/subject")
 OTHER = key_pair(7, b"cli-policy/other")
-
-
-def run(*args: str, env: dict[str, str] | None = None):
-    return CliRunner().invoke(cli, list(args), env=env)
-
-
-def ok(*args: str, env: dict[str, str] | None = None):
-    r = run(*args, env=env)
-    assert r.exception is None, (r.exception, r.stderr)
-    assert r.exit_code == 0
-    return r
 
 
 def fails(msg: str, *args: str):

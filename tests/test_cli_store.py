@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from ecac.cli import cli
+from conftest import cli_ok as ok
+from conftest import cli_run as run
 from ecac.codec import dumps, loads
 from ecac.errors import EcacError
 from ecac.op import encode_ops
@@ -26,17 +26,6 @@ FIXTURES = [
     "fixtures/orset_races.cbor",
 ]
 ECAC = [sys.executable, "-c", "from ecac.cli import main; main()"]
-
-
-def run(*args: str):
-    return CliRunner().invoke(cli, list(args))
-
-
-def ok(*args: str):
-    r = run(*args)
-    assert r.exception is None, (r.exception, r.stderr)
-    assert r.exit_code == 0
-    return r
 
 
 def fails(msg: str, *args: str, prefix: bool = False):

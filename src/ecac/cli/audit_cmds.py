@@ -41,8 +41,7 @@ from ecac.auditlog import (
     AuditWriter,
     open_default,
 )
-from ecac.cli.core_cmds import load_ops
-from ecac.cli.store_cmds import DEFAULT_BATCH, db_option, op_files, opened
+from ecac.cli.store_cmds import DEFAULT_BATCH, db_option, opened, read_op_files
 from ecac.errors import EcacError
 from ecac.keys import parse_hex
 from ecac.op import Op
@@ -104,14 +103,7 @@ def op_append_audited_cmd(db: Path, inputs: tuple[Path, ...]) -> None:
     """Append op files like op-append, but log each refused op as SkippedOp{invalid_sig} to the
     default audit sink ($ECAC_AUDIT_DIR or .audit) and continue with the next."""
     with open_sink() as sink:
-        ops: list[Op] = []
-        unreadable: EcacError | None = None
-        for f in op_files(inputs):
-            try:
-                ops.extend(load_ops(str(f)))
-            except EcacError as e:  # ops of the files before it are still appended, then this fails
-                unreadable = e
-                break
+        ops, unreadable = read_op_files(inputs)
         with opened(db) as st:
             _append_audited(st, ops, sink)
     if unreadable is not None:

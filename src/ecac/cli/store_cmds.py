@@ -68,6 +68,21 @@ def op_files(paths: tuple[Path, ...]) -> list[Path]:
     return out
 
 
+def read_op_files(inputs: tuple[Path, ...]) -> tuple[list[Op], EcacError | None]:
+    """The ops of the input files in order, up to the first unreadable file, and its error.
+
+    The caller appends the ops read and then raises the error, so the ops of the files
+    before a bad one are still appended (the reference's behaviour).
+    """
+    ops: list[Op] = []
+    for f in op_files(inputs):
+        try:
+            ops.extend(load_ops(str(f)))
+        except EcacError as e:
+            return ops, e
+    return ops, None
+
+
 def append_ops(
     st: Store, ops: list[Op], batch: int, on_appended: Callable[[bytes], None] = lambda _i: None
 ) -> int:
@@ -98,14 +113,7 @@ def append_ops(
 @click.option("--quiet", "-q", is_flag=True, help="Do not print an `appended <id>` line per op.")
 def op_append_cmd(db: Path, inputs: tuple[Path, ...], batch_size: int, quiet: bool) -> None:
     """Append op files (or directories of *.cbor files) to the store, validating every op."""
-    ops: list[Op] = []
-    unreadable: EcacError | None = None
-    for f in op_files(inputs):
-        try:
-            ops.extend(load_ops(str(f)))
-        except EcacError as e:  # ops of the files before it are still appended, then this fails
-            unreadable = e
-            break
+    ops, unreadable = read_op_files(inputs)
     with opened(db) as st:
         _append_with_feedback(st, ops, batch_size, quiet)
     if unreadable is not None:
