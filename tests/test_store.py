@@ -895,3 +895,18 @@ def test_open_reads_noncanonical_rows_and_adopts_ops_whose_row_is_unreadable(db)
         assert st.topo_ids() == [op.op_id for op in ops] and st.heads(8) == [ops[3].op_id]
         assert st._edges[ops[2].op_id] == EdgeVal.of(ops[2])
     assert raw_rows(db)["edges"][ops[1].op_id] == EdgeVal.of(ops[1]).encode()  # rewritten by adopt_ready
+
+
+def test_decoding_a_snapshot_ignores_ops_added_to_the_live_positions_map(db):
+    """replay_ops holds the index's live position map after releasing the lock; ops a
+    concurrent put appends to it must not break (or join) the snapshot being decoded."""
+    ops = hb_chain(23, 12)
+    with Store.open(db) as st:
+        st.put_many(ops[:8])
+        with st._lock:
+            ids = st.index.topo_slice(0)
+            at = st.index.positions()
+        st.put_many(ops[8:])  # extends the cached order: the live map gains positions 8..11
+        assert len(at) == 12 and len(ids) == 8
+        got = st._decoded(ids, st._cfv("ops").items(), at)
+        assert got == ops[:8]

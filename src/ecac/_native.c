@@ -313,10 +313,10 @@ static PyObject *decode_row(PyObject *op_id, PyObject *data, PyObject *edge) {
 
 PyDoc_STRVAR(scan_doc,
              "scan(rows, edges, positions, out) -> (placed, rest)\n\n"
-             "For each (op_id, data) of the iterable rows whose op_id is in positions: decode it\n"
-             "when it is a canonical Data row matching edges[op_id] and store the Op at\n"
-             "out[positions[op_id]] (which must hold None); other rows of positions are returned\n"
-             "in rest as (op_id, data) pairs, in scan order. Rows not in positions are skipped.");
+             "For each (op_id, data) of the iterable rows whose op_id has a position below len(out):\n"
+             "decode it when it is a canonical Data row matching edges[op_id] and store the Op at\n"
+             "out[positions[op_id]] (which must hold None); other such rows are returned in rest\n"
+             "as (op_id, data) pairs, in scan order. All other rows are skipped.");
 
 static PyObject *scan(PyObject *self, PyObject *args) {
     PyObject *rows, *edges, *positions, *out;
@@ -353,8 +353,12 @@ static PyObject *scan(PyObject *self, PyObject *args) {
         Py_ssize_t i = PyLong_AsSsize_t(pos);
         if (i == -1 && PyErr_Occurred())
             goto fail_row;
-        if (i < 0 || i >= size || PyList_GET_ITEM(out, i) != Py_None) {
-            PyErr_SetString(PyExc_ValueError, "scan: position out of range or already filled");
+        if (i >= size) { /* a live positions map may hold ops added after out was sized */
+            Py_DECREF(row);
+            continue;
+        }
+        if (i < 0 || PyList_GET_ITEM(out, i) != Py_None) {
+            PyErr_SetString(PyExc_ValueError, "scan: negative position or position already filled");
             goto fail_row;
         }
         PyObject *edge = PyDict_GetItemWithError(edges, op_id);

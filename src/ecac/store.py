@@ -811,7 +811,7 @@ class Store(IndexedOpStore):
         placed, rest = (0, rows) if checked else _native.scan(rows, edges, at, out)
         for op_id, data in rest:
             i = at.get(op_id)
-            if i is not None and data is not None:
+            if i is not None and i < len(out) and data is not None:  # a live map: ops added since
                 edge = edges.get(op_id)
                 op = fast_decode_stored(data, op_id, edge) if edge is not None else None
                 out[i] = op or self._strict_stored(op_id, data)
