@@ -335,7 +335,7 @@ static PyObject *scan(PyObject *self, PyObject *args) {
         Py_DECREF(it);
         return NULL;
     }
-    Py_ssize_t placed = 0, size = PyList_GET_SIZE(out);
+    Py_ssize_t placed = 0;
     PyObject *row;
     while ((row = PyIter_Next(it)) != NULL) {
         if (!PyTuple_Check(row) || PyTuple_GET_SIZE(row) != 2) {
@@ -353,7 +353,7 @@ static PyObject *scan(PyObject *self, PyObject *args) {
         Py_ssize_t i = PyLong_AsSsize_t(pos);
         if (i == -1 && PyErr_Occurred())
             goto fail_row;
-        if (i >= size) { /* a live positions map may hold ops added after out was sized */
+        if (i >= PyList_GET_SIZE(out)) { /* a live positions map may hold ops added after out was sized */
             Py_DECREF(row);
             continue;
         }
@@ -364,7 +364,9 @@ static PyObject *scan(PyObject *self, PyObject *args) {
         PyObject *edge = PyDict_GetItemWithError(edges, op_id);
         PyObject *op = NULL;
         if (edge != NULL) {
+            Py_INCREF(edge); /* borrowed from the dict: keep it alive while objects are allocated */
             op = decode_row(op_id, data, edge);
+            Py_DECREF(edge);
             if (op == NULL)
                 goto fail_row;
         } else if (PyErr_Occurred()) {
@@ -429,14 +431,17 @@ static PyObject *skeletons(PyObject *self, PyObject *args) {
             Py_DECREF(out);
             return NULL;
         }
+        Py_INCREF(edge); /* borrowed from the dict: keep its fields alive while objects are allocated */
         PyObject *hlc = build(&hlc_cls, hv);
         if (hlc == NULL) {
+            Py_DECREF(edge);
             Py_DECREF(out);
             return NULL;
         }
         PyObject *ov[7] = {parents, hlc, author, payload, sig, op_id, cbor};
         PyObject *op = build(&op_cls, ov);
         Py_DECREF(hlc);
+        Py_DECREF(edge);
         if (op == NULL) {
             Py_DECREF(out);
             return NULL;
