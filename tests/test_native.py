@@ -19,7 +19,7 @@ from ecac.op import _DATA_KEYS, _SHARED_MAX, Data, Op, check_sigs, decode_op, ma
 from ecac.store import EdgeVal
 from ecac.workloads import OTHER_KINDS, gen_hb_chain, gen_random_dag
 
-SK = key_pair(3, b"test/opscan")
+SK = key_pair(3, b"test/native")
 
 
 def _ops() -> list[Op]:
@@ -135,7 +135,7 @@ def test_bad_calls_raise_clear_errors_and_change_nothing():
 
 
 def test_the_shared_key_table_stays_bounded():
-    ops = [make_op(SK, [], Hlc(i, 0, 0), Data(f"opscan:{i}", b"v")) for i in range(12)]
+    ops = [make_op(SK, [], Hlc(i, 0, 0), Data(f"native:{i}", b"v")) for i in range(12)]
     try:
         _native.configure(Op, Hlc, Data, EdgeVal, _DATA_KEYS, 5)
         _DATA_KEYS.clear()
