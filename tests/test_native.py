@@ -137,13 +137,13 @@ def test_bad_calls_raise_clear_errors_and_change_nothing():
 def test_the_shared_key_table_stays_bounded():
     ops = [make_op(SK, [], Hlc(i, 0, 0), Data(f"native:{i}", b"v")) for i in range(12)]
     try:
-        _native.configure(Op, Hlc, Data, EdgeVal, _DATA_KEYS, 5)
+        _native.configure_ops(Op, Hlc, Data, _DATA_KEYS, 5)
         _DATA_KEYS.clear()
         placed, _, out = _scan(ops)
         assert placed == 12 and len(_DATA_KEYS) <= 5
         assert [o.payload.key for o in out] == [op.payload.key for op in ops]
     finally:
-        _native.configure(Op, Hlc, Data, EdgeVal, _DATA_KEYS, _SHARED_MAX)
+        _native.configure_ops(Op, Hlc, Data, _DATA_KEYS, _SHARED_MAX)
 
 
 def test_skeletons_carry_the_edges_header_and_the_given_payload():
@@ -203,3 +203,72 @@ def test_verify_batch_agrees_with_pynacl_on_valid_forged_and_malformed_triples()
     assert _native.verify_batch([]) == []
     with pytest.raises(TypeError, match="item 1 is not a"):
         _native.verify_batch([(pk, sig, msg), (pk, sig)])
+
+
+# --------------------------------------------------------------------------- DAG chain extension
+
+
+def test_extend_chains_extends_tails_and_hands_back_everything_else():
+    from ecac.dag import _UNPLACED, Dag, _Node
+
+    sk = key_pair(4, b"test/native-dag")
+    root = make_op(sk, [], Hlc(1, 0, 0), Data("k", b"0"))
+    a1 = make_op(sk, [root.op_id], Hlc(2, 0, 0), Data("k", b"1"))
+    a2 = make_op(sk, [a1.op_id], Hlc(3, 0, 0), Data("k", b"2"))
+    fork = make_op(sk, [a1.op_id], Hlc(4, 0, 1), Data("k", b"f"))  # a1 is no longer its chain's tail
+    merge = make_op(sk, [a2.op_id, fork.op_id], Hlc(5, 0, 0), Data("k", b"m"))
+    orphan = make_op(sk, [b"\x05" * 32], Hlc(6, 0, 0), Data("k", b"o"))
+    dag = Dag()
+    dag.extend_ordered([root])
+    nodes, chains = dag._nodes, dag._chains
+    order = list(dag.topo_order())
+    ops = [a1, a2, fork, merge, orphan]
+    assert _native.extend_chains(ops, 0, nodes, chains, order, _UNPLACED) == 2  # stops at the fork
+    n_root, n1, n2 = nodes[root.op_id], nodes[a1.op_id], nodes[a2.op_id]
+    assert [type(n) for n in (n1, n2)] == [_Node, _Node] and order == [root, a1, a2]
+    assert (n1.chain, n1.idx, n1.gen, n1.pos, n1.deg, n1.op) == (0, 1, 1, 1, 0, a1)
+    assert (n2.chain, n2.idx, n2.gen, n2.pos, n2.children) == (0, 2, 2, 2, None)
+    assert n2.summary is n_root.summary and n2.filt == n_root.filt and n2.floor == n_root.floor
+    assert n_root.children is n1 and n1.children is n2 and chains[0] == [n_root, n1, n2]
+    for start, why in ((2, "fork"), (3, "two parents"), (4, "unknown parent")):
+        assert _native.extend_chains(ops, start, nodes, chains, order, _UNPLACED) == start, why
+    assert _native.extend_chains([a1], 0, nodes, chains, order, _UNPLACED) == 0  # already activated
+    assert _native.extend_chains([b"not an op"], 0, nodes, chains, order, _UNPLACED) == 0
+    b3 = make_op(sk, [a2.op_id], Hlc(7, 0, 2), Data("k", b"3"))
+    assert _native.extend_chains([b3], 0, nodes, chains, None, _UNPLACED) == 1  # unplaced: not ordered
+    assert nodes[b3.op_id].pos == _UNPLACED and len(order) == 3 and n2.children is nodes[b3.op_id]
+    b4 = make_op(sk, [a2.op_id], Hlc(8, 0, 3), Data("k", b"4"))  # a2 is no longer a tail: not extended
+    assert _native.extend_chains([b4], 0, nodes, chains, None, _UNPLACED) == 0
+    assert _native.extend_chains([], 0, nodes, chains, order, _UNPLACED) == 0
+    with pytest.raises(TypeError, match="order must be a list or None"):
+        _native.extend_chains([b4], 0, nodes, chains, (), _UNPLACED)
+
+
+def test_dags_built_by_insert_and_by_extend_ordered_have_equal_indexes():
+    """Both activation paths go through extend_chains for chain extensions and through
+    Python for the rest; the per-node index data must come out the same either way."""
+    from ecac.dag import Dag
+    from ecac.workloads import gen_random_dag
+
+    rng = random.Random(13)
+    for n_writers in (1, 3, 8):
+        ops = gen_random_dag(rng, 300, max_parents=3, n_authors=n_writers, random_hlc=True)
+        order = Dag.from_ops(ops).topo_order()
+        by_insert = Dag.from_ops(order)  # the same activation order, so the same chain ids
+        by_extend = Dag()
+        by_extend.extend_ordered(order)
+        assert by_extend.topo_order() == by_insert.topo_order()
+        for op in ops:
+            a, b = by_insert._nodes[op.op_id], by_extend._nodes[op.op_id]
+            assert (a.chain, a.idx, a.gen, a.floor, a.filt, a.summary) == (
+                b.chain,
+                b.idx,
+                b.gen,
+                b.floor,
+                b.filt,
+                b.summary,
+            )
+        sample = ops[::17]
+        assert all(
+            by_insert.hb(x.op_id, y.op_id) == by_extend.hb(x.op_id, y.op_id) for x in sample for y in sample
+        )

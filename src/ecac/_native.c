@@ -1,5 +1,5 @@
 /*
- * ecac._native: the project's one C module, for the two hot loops Python cannot make fast.
+ * ecac._native: the project's one C module, for the hot loops Python cannot make fast.
  *
  * 1. Bulk decoding of stored Data ops for a replay from the store (scan, skeletons).
  *    A full replay of a 100k-op store spent ~5 us per op decoding rows in Python (byte
@@ -24,6 +24,10 @@
  *    (decoding the next batch of a bulk import). verify_batch checks a whole batch with the
  *    GIL released, calling libsodium's crypto_sign_verify_detached -- the same strict check
  *    as PyNaCl's crypto_sign_open -- from the libsodium PyNaCl already loaded (use_sodium).
+ *
+ * 3. DAG chain extension (extend_chains): ecac.dag's common activation -- an op whose one
+ *    parent is the tail of its chain extends that chain -- for a run of ops or a single one.
+ *    The rule lives only here; ecac.dag keeps the general case in Python.
  *
  * Pure: no I/O, no clock, no randomness.
  */
@@ -76,16 +80,22 @@ static int configure_class(SlotClass *cls, PyObject *type, const char *const *fi
     return 0;
 }
 
-static PyObject *configure(PyObject *self, PyObject *args) {
-    PyObject *op_t, *hlc_t, *data_t, *edge_t, *cache;
+static PyObject *configure_ops(PyObject *self, PyObject *args) {
+    PyObject *op_t, *hlc_t, *data_t, *cache;
     Py_ssize_t cache_max;
-    if (!PyArg_ParseTuple(args, "OOOOO!n", &op_t, &hlc_t, &data_t, &edge_t, &PyDict_Type, &cache, &cache_max))
+    if (!PyArg_ParseTuple(args, "OOOO!n", &op_t, &hlc_t, &data_t, &PyDict_Type, &cache, &cache_max))
         return NULL;
     if (configure_class(&op_cls, op_t, OP_FIELDS) < 0 || configure_class(&hlc_cls, hlc_t, HLC_FIELDS) < 0 ||
-        configure_class(&data_cls, data_t, DATA_FIELDS) < 0 || configure_class(&edge_cls, edge_t, EDGE_FIELDS) < 0)
+        configure_class(&data_cls, data_t, DATA_FIELDS) < 0)
         return NULL;
     Py_XSETREF(key_cache, Py_NewRef(cache));
     key_cache_max = cache_max;
+    Py_RETURN_NONE;
+}
+
+static PyObject *configure_edges(PyObject *self, PyObject *edge_t) {
+    if (configure_class(&edge_cls, edge_t, EDGE_FIELDS) < 0)
+        return NULL;
     Py_RETURN_NONE;
 }
 
@@ -323,8 +333,8 @@ static PyObject *scan(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OO!O!O!", &rows, &PyDict_Type, &edges, &PyDict_Type, &positions, &PyList_Type,
                           &out))
         return NULL;
-    if (op_cls.type == NULL || key_cache == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "ecac._native.configure() was not called");
+    if (op_cls.type == NULL || key_cache == NULL || edge_cls.type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "ecac._native: configure_ops() and configure_edges() must be called first");
         return NULL;
     }
     PyObject *it = PyObject_GetIter(rows);
@@ -407,8 +417,8 @@ static PyObject *skeletons(PyObject *self, PyObject *args) {
     PyObject *ids, *edges, *payload, *sig, *cbor;
     if (!PyArg_ParseTuple(args, "O!O!OOO", &PyList_Type, &ids, &PyDict_Type, &edges, &payload, &sig, &cbor))
         return NULL;
-    if (op_cls.type == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "ecac._native.configure() was not called");
+    if (op_cls.type == NULL || edge_cls.type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "ecac._native: configure_ops() and configure_edges() must be called first");
         return NULL;
     }
     Py_ssize_t n = PyList_GET_SIZE(ids);
@@ -449,6 +459,151 @@ static PyObject *skeletons(PyObject *self, PyObject *args) {
         PyList_SET_ITEM(out, i, op);
     }
     return out;
+}
+
+/* ---------------------------------------------------------------- DAG chain extension */
+
+static Py_ssize_t node_off[10];
+static SlotClass node_cls = {NULL, node_off, 10};
+static const char *const NODE_FIELDS[] = {"chain", "children", "deg", "filt", "floor",
+                                          "gen", "idx", "op", "pos", "summary"};
+enum { N_CHAIN, N_CHILDREN, N_DEG, N_FILT, N_FLOOR, N_GEN, N_IDX, N_OP, N_POS, N_SUMMARY };
+
+static PyObject *configure_dag(PyObject *self, PyObject *node_t) {
+    if (configure_class(&node_cls, node_t, NODE_FIELDS) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* n + 1 for an int object n; NULL with an error set on failure. */
+static PyObject *plus_one(PyObject *n) {
+    Py_ssize_t v = PyLong_AsSsize_t(n);
+    if (v == -1 && PyErr_Occurred())
+        return NULL;
+    return PyLong_FromSsize_t(v + 1);
+}
+
+/* Link child under parent's children slot: None -> the node, a node -> [node, child], a list -> append. */
+static int link_child(PyObject *parent, PyObject *child) {
+    PyObject *ch = SLOT(parent, node_off[N_CHILDREN]);
+    if (ch == NULL || ch == Py_None) {
+        SLOT(parent, node_off[N_CHILDREN]) = Py_NewRef(child);
+        Py_XDECREF(ch);
+        return 0;
+    }
+    if (Py_TYPE(ch) == node_cls.type) {
+        PyObject *pair = PyList_New(2);
+        if (pair == NULL)
+            return -1;
+        PyList_SET_ITEM(pair, 0, ch); /* steals the slot's reference */
+        PyList_SET_ITEM(pair, 1, Py_NewRef(child));
+        SLOT(parent, node_off[N_CHILDREN]) = pair;
+        return 0;
+    }
+    if (PyList_Check(ch))
+        return PyList_Append(ch, child);
+    PyErr_SetString(PyExc_TypeError, "extend_chains: a node's children slot holds neither a node nor a list");
+    return -1;
+}
+
+PyDoc_STRVAR(extend_chains_doc,
+             "extend_chains(ops, start, nodes, chains, order, unplaced) -> int\n\n"
+             "ecac.dag's common activation, in bulk: from ops[start] on, while an op has exactly one\n"
+             "parent, is not in nodes, and that parent's node is the tail of its chain, append a new\n"
+             "node extending that chain (index and generation + 1, the parent's summary, floor and\n"
+             "filter shared), link it as the parent's child and register it in nodes. With order a\n"
+             "list, the op is appended to it and the node's pos is its position; with None, pos is\n"
+             "unplaced. Returns the index of the first op it left to the caller (len(ops) if none).");
+
+static PyObject *extend_chains(PyObject *self, PyObject *args) {
+    PyObject *ops, *nodes, *chains, *order, *unplaced;
+    Py_ssize_t start;
+    if (!PyArg_ParseTuple(args, "O!nO!O!OO", &PyList_Type, &ops, &start, &PyDict_Type, &nodes, &PyList_Type,
+                          &chains, &order, &unplaced))
+        return NULL;
+    if (node_cls.type == NULL || op_cls.type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "ecac._native: configure_ops() and configure_dag() must be called first");
+        return NULL;
+    }
+    if (order != Py_None && !PyList_Check(order)) {
+        PyErr_SetString(PyExc_TypeError, "extend_chains: order must be a list or None");
+        return NULL;
+    }
+    static PyObject *zero = NULL;
+    if (zero == NULL && (zero = PyLong_FromLong(0)) == NULL)
+        return NULL;
+    Py_ssize_t i = start < 0 ? 0 : start;
+    for (; i < PyList_GET_SIZE(ops); i++) {
+        PyObject *op = PyList_GET_ITEM(ops, i);
+        if (Py_TYPE(op) != op_cls.type)
+            break;
+        PyObject *op_id = SLOT(op, op_off[5]), *parents = SLOT(op, op_off[0]);
+        if (op_id == NULL || parents == NULL || !PyTuple_CheckExact(parents) || PyTuple_GET_SIZE(parents) != 1)
+            break;
+        int known = PyDict_Contains(nodes, op_id);
+        if (known < 0)
+            return NULL;
+        if (known)
+            break;
+        PyObject *first = PyDict_GetItemWithError(nodes, PyTuple_GET_ITEM(parents, 0));
+        if (first == NULL) {
+            if (PyErr_Occurred())
+                return NULL;
+            break;
+        }
+        if (Py_TYPE(first) != node_cls.type)
+            break;
+        PyObject *chain = SLOT(first, node_off[N_CHAIN]);
+        Py_ssize_t c = chain == NULL ? -1 : PyLong_AsSsize_t(chain);
+        if (c == -1 && PyErr_Occurred())
+            return NULL;
+        if (c < 0 || c >= PyList_GET_SIZE(chains))
+            break;
+        PyObject *line = PyList_GET_ITEM(chains, c);
+        if (!PyList_Check(line) || PyList_GET_SIZE(line) == 0 || PyList_GET_ITEM(line, PyList_GET_SIZE(line) - 1) != first)
+            break; /* the parent is not its chain's tail (a fork): the general path */
+        Py_INCREF(first);
+        PyObject *idx = plus_one(SLOT(first, node_off[N_IDX]));
+        PyObject *gen = idx == NULL ? NULL : plus_one(SLOT(first, node_off[N_GEN]));
+        PyObject *pos = gen == NULL ? NULL
+                        : order == Py_None ? Py_NewRef(unplaced)
+                                           : PyLong_FromSsize_t(PyList_GET_SIZE(order));
+        PyObject *node = NULL;
+        if (pos != NULL) {
+            PyObject *vals[10];
+            vals[N_CHAIN] = chain;
+            vals[N_CHILDREN] = Py_None;
+            vals[N_DEG] = zero;
+            vals[N_FILT] = SLOT(first, node_off[N_FILT]);
+            vals[N_FLOOR] = SLOT(first, node_off[N_FLOOR]);
+            vals[N_GEN] = gen;
+            vals[N_IDX] = idx;
+            vals[N_OP] = op;
+            vals[N_POS] = pos;
+            vals[N_SUMMARY] = SLOT(first, node_off[N_SUMMARY]);
+            int complete = 1;
+            for (int k = 0; k < 10; k++)
+                complete &= vals[k] != NULL;
+            node = complete ? build(&node_cls, vals) : NULL;
+            if (!complete)
+                PyErr_SetString(PyExc_RuntimeError, "extend_chains: a parent node has an unset slot");
+        }
+        Py_XDECREF(idx);
+        Py_XDECREF(gen);
+        Py_XDECREF(pos);
+        int rc = node == NULL ? -1 : PyList_Append(line, node);
+        if (rc == 0)
+            rc = link_child(first, node);
+        if (rc == 0)
+            rc = PyDict_SetItem(nodes, op_id, node);
+        if (rc == 0 && order != Py_None)
+            rc = PyList_Append(order, op);
+        Py_DECREF(first);
+        Py_XDECREF(node);
+        if (rc < 0)
+            return NULL;
+    }
+    return PyLong_FromSsize_t(i);
 }
 
 /* ---------------------------------------------------------------- batch Ed25519 */
@@ -533,10 +688,13 @@ done:
 }
 
 static PyMethodDef methods[] = {
-    {"configure", configure, METH_VARARGS,
-     "configure(Op, Hlc, Data, EdgeVal, key_cache, key_cache_max): the classes to build and read."},
+    {"configure_ops", configure_ops, METH_VARARGS,
+     "configure_ops(Op, Hlc, Data, key_cache, key_cache_max): the classes built, the Data-key table."},
+    {"configure_edges", configure_edges, METH_O, "configure_edges(EdgeVal): the edges-row class read."},
     {"scan", scan, METH_VARARGS, scan_doc},
     {"skeletons", skeletons, METH_VARARGS, skeletons_doc},
+    {"configure_dag", configure_dag, METH_O, "configure_dag(_Node): the DAG node class extend_chains builds."},
+    {"extend_chains", extend_chains, METH_VARARGS, extend_chains_doc},
     {"use_sodium", use_sodium, METH_VARARGS, "use_sodium(path): take libsodium from this loaded library."},
     {"verify_batch", verify_batch, METH_O, verify_batch_doc},
     {NULL, NULL, 0, NULL},

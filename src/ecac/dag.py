@@ -59,6 +59,7 @@ from bisect import bisect_right
 from collections.abc import Iterable, Iterator
 from heapq import heapify, heappop, heappush
 
+from ecac import _native
 from ecac.op import Op, Rejection, admit
 
 #: K: the most chains a summary lists exactly (see the module docstring)
@@ -96,6 +97,9 @@ class _Node:
         self.children: _Node | list[_Node] | None = None
         self.pos = _UNPLACED
         self.deg = 0
+
+
+_native.configure_dag(_Node)  # extend_chains builds _Node instances (docs/decisions.md D39)
 
 
 def _summary_size(n: _Node) -> int:
@@ -214,12 +218,18 @@ class Dag:
             raise ValueError("extend_ordered needs a DAG without pending ops")
         order = list(self.topo_order())  # returned orders are never mutated: work on a copy
         nodes = self._nodes
+        chains = self._chains
         activate = self._activate
-        append = order.append
-        pos = len(order)
-        start = pos
+        start = len(order)
+        todo = ops if type(ops) is list else list(ops)
+        i = 0
         try:
-            for op in ops:
+            while True:
+                # chain extensions in bulk (C), each placed at the end of the order; the rest here
+                i = _native.extend_chains(todo, i, nodes, chains, order, _UNPLACED)
+                if i >= len(todo):
+                    break
+                op = todo[i]
                 if op.op_id in nodes:
                     raise ValueError(f"op {op.op_id.hex()} is already in the DAG")
                 try:
@@ -229,12 +239,12 @@ class Dag:
                     if missing is None:
                         raise
                     raise ValueError(f"op {op.op_id.hex()} comes before its parent {missing.hex()}") from None
-                node.pos = pos
-                pos += 1
-                append(op)
+                node.pos = len(order)
+                order.append(op)
+                i += 1
         finally:
             self._order = order  # what was activated is placed, also when a check failed
-        return pos - start
+        return len(order) - start
 
     def _activate_from(self, first: Op) -> None:
         """Activate ``first`` and, with an explicit work list, every pending op it completes."""
@@ -259,24 +269,9 @@ class Dag:
         """Index ``op`` (all parents activated) and link it to its parents; the caller places it."""
         nodes = self._nodes
         ps = op.parents
-        if len(ps) == 1:
-            # the common case: extend the single parent's chain and share its index data
-            first = nodes[ps[0]]
-            line = self._chains[first.chain]
-            if line[-1] is first:
-                node = _Node(
-                    op, first.chain, first.idx + 1, first.gen + 1, first.summary, first.floor, first.filt
-                )
-                line.append(node)
-                ch = first.children
-                if ch is None:
-                    first.children = node
-                elif type(ch) is _Node:
-                    first.children = [ch, node]
-                else:
-                    ch.append(node)
-                nodes[op.op_id] = node
-                return node
+        if len(ps) == 1 and _native.extend_chains([op], 0, nodes, self._chains, None, _UNPLACED):
+            # the common case, in C: extend the single parent's chain and share its index data
+            return nodes[op.op_id]
         parents = [nodes[p] for p in ps]
         if not parents:
             chains = self._chains

@@ -675,6 +675,10 @@ def _intern_key(kb: bytes) -> str | None:
     return key
 
 
+#: the C decoders build these classes and share the Data-key table (docs/decisions.md D39)
+_native.configure_ops(Op, Hlc, Data, _DATA_KEYS, _SHARED_MAX)
+
+
 def payload_at(data: bytes, off: int) -> tuple[Payload, int] | None:
     """The canonical payload item at ``off`` of op bytes and where the ``sig`` key after it starts.
 

@@ -43,10 +43,8 @@ from ecac.codec import (
 )
 from ecac.dag import Dag
 from ecac.errors import DecodeError, EcacError, StoreError
-from ecac.hlc import Hlc
 from ecac.memstore import IndexedOpStore, OpStore
 from ecac.op import (
-    _DATA_KEYS,
     _ID_HEAD,
     _K_AUTHOR,
     _K_DATA,
@@ -57,7 +55,6 @@ from ecac.op import (
     _K_OP_ID,
     _K_PAYLOAD,
     _K_SIG,
-    _SHARED_MAX,
     OP_DOMAIN,
     SIG_LEN,
     Data,
@@ -395,8 +392,7 @@ def _uint(v: int) -> bytes:
 
 
 _build_edge = slot_constructor(EdgeVal)
-#: the bulk decoder builds these classes' instances and shares the Data-key interning table
-_native.configure(Op, Hlc, Data, EdgeVal, _DATA_KEYS, _SHARED_MAX)
+_native.configure_edges(EdgeVal)  # the bulk decoders read the header fields of these rows
 _K_EDGE_PARENTS = b"\xa5\x67parents"
 _K_EDGE_AUTHOR = b"\x69author_pk"
 _K_EDGE_MS = b"\x66hlc_ms"
