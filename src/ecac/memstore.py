@@ -152,12 +152,6 @@ def validate_ops(
     Decoding (Python, holds the GIL) of one chunk overlaps signature checks of the
     previous chunk (libsodium without the GIL, two threads via ``submit_sigs``).
     """
-    return _validate(items, stored_bytes)
-
-
-def _validate(
-    items: Sequence[bytes | Op], stored_bytes: Callable[[bytes], bytes | None]
-) -> tuple[list[tuple[int, Op, bool]], list[PutRejection]]:
     ok: list[tuple[int, Op, bool]] = []
     rejected: list[PutRejection] = []
     prev: _Decoded | None = None
