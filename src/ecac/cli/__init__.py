@@ -28,6 +28,9 @@ def _register_all() -> None:
     for mod in (core_cmds, optools_cmds, policy_cmds, store_cmds, net_cmds, bench_cmds, demo_cmds):
         mod.register(cli)
     register_audit(cli)
+    from ecac.cli import enc_cmds
+
+    enc_cmds.register(cli)
 
 
 _register_all()

@@ -1,0 +1,156 @@
+"""Encryption CLI commands (store §3.3, core §15): ``write``, ``keyrotate``, ``grant-key``, ``show``.
+
+The adapter half of M9: wall-clock HLCs ``{now_ms, 0, 1}``, random nonces, the store's keyring
+and the environment's keys; the envelope and the read verdict come from ``ecac.enc`` and
+``ecac.readpath``. Each command opens ``--db`` (env ``ECAC_DB``, default ``.ecac.db``), creating
+it if missing. Unlike the reference, ``keyrotate`` checks ``ECAC_KEYADMIN_SK_HEX`` before it
+stores a key, so a missing admin key leaves the keyring untouched.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+from nacl.signing import SigningKey
+
+from ecac.cli.core_cmds import read_file
+from ecac.cli.optools_cmds import now_ms
+from ecac.cli.policy_cmds import file_trust_verify, trust_option
+from ecac.cli.store_cmds import env_db_option, opened
+from ecac.enc import CONFIDENTIAL, NONCE_LEN, aad, derive_tag_key, encrypt
+from ecac.errors import EcacError
+from ecac.hlc import U32_MAX, Hlc
+from ecac.keys import parse_hex, signing_key_from_hex, to_hex
+from ecac.op import Data, KeyGrant, KeyRotate, make_op
+from ecac.readpath import REDACTED, project_field_for_subject
+from ecac.replay import replay_full
+from ecac.resources import tags_for
+from ecac.state import project_field_json
+from ecac.store import load_dag
+from ecac.vc import cred_hash
+
+SUBJECT_ENV = "ECAC_SUBJECT_SK_HEX"
+KEYADMIN_ENV = "ECAC_KEYADMIN_SK_HEX"
+
+
+def env_signing_key(name: str) -> SigningKey:
+    """The Ed25519 seed in env ``name`` (required; a clear error when unset or malformed)."""
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        raise EcacError(f"{name} is not set (64 hex chars of an Ed25519 seed)")
+    try:
+        return signing_key_from_hex(raw)
+    except EcacError as e:
+        raise EcacError(f"{name}: {e}") from None
+
+
+@click.command("write")
+@env_db_option
+@click.argument("kind")
+@click.argument("obj")
+@click.argument("field")
+@click.argument("value")
+def write_cmd(db: Path, kind: str, obj: str, field: str, value: str) -> None:
+    """Write VALUE to the MV field OBJ.FIELD, signed with ECAC_SUBJECT_SK_HEX (KIND must be 'data').
+
+    Confidential fields (only o.x) are encrypted under the newest 'confidential' key of the
+    keyring, with the AAD over the parents in header (sorted) order.
+    """
+    if kind != "data":
+        raise EcacError(f"unsupported write kind '{kind}'; only 'data' is implemented")
+    sk = env_signing_key(SUBJECT_ENV)
+    plaintext = value.encode("utf-8")
+    with opened(db) as st:
+        parents = sorted(st.heads(8))
+        hlc = Hlc(now_ms(), 0, 1)
+        stored = plaintext
+        if CONFIDENTIAL in tags_for(obj, field):
+            ver = st.max_key_version_for_tag(CONFIDENTIAL)
+            key = None if ver is None else st.get_tag_key(CONFIDENTIAL, ver)
+            if ver is None or key is None:
+                raise EcacError(
+                    f"no key_version for tag='{CONFIDENTIAL}'; run `keyrotate {CONFIDENTIAL}` first"
+                )
+            a = aad(bytes(sk.verify_key), hlc, parents, obj, field)
+            stored = encrypt(key, os.urandom(NONCE_LEN), plaintext, a, CONFIDENTIAL, ver).to_cbor()
+        op = make_op(sk, parents, hlc, Data(f"mv:{obj}:{field}", stored))
+        st.put(op)
+    click.echo(f"write_op_id={to_hex(op.op_id)}")
+    click.echo(f"obj={obj} field={field}")
+
+
+@click.command("keyrotate")
+@env_db_option
+@click.argument("tag")
+def keyrotate_cmd(db: Path, tag: str) -> None:
+    """Add the next key version of TAG to the keyring and log it as KeyRotate (signed with
+    ECAC_KEYADMIN_SK_HEX, checked first). The key is derived from public inputs and is in the
+    log in clear, as in the reference design."""
+    sk = env_signing_key(KEYADMIN_ENV)
+    with opened(db) as st:
+        cur = st.max_key_version_for_tag(tag)
+        if cur is not None and cur >= U32_MAX:
+            raise EcacError("key_version overflow")
+        nxt = 1 if cur is None else cur + 1
+        key = derive_tag_key(st.db_uuid(), tag, nxt)
+        op = make_op(sk, st.heads(8), Hlc(now_ms(), 0, 1), KeyRotate(tag, nxt, key))
+        st.put_tag_key(tag, nxt, key)
+        st.put(op)
+    click.echo(f"tag={tag} new_version={nxt}")
+    click.echo(f"keyrotate_op_id={to_hex(op.op_id)}")
+
+
+@click.command("grant-key")
+@env_db_option
+@trust_option
+@click.argument("subject_pk")
+@click.argument("tag")
+@click.argument("version", type=click.IntRange(0, U32_MAX))
+@click.argument("jwt_file", metavar="VC_JWT")
+def grant_key_cmd(db: Path, trust_dir: str, subject_pk: str, tag: str, version: int, jwt_file: str) -> None:
+    """Log a KeyGrant of (TAG, VERSION) to SUBJECT_PK, backed by a VC verified with file trust and
+    signed with ECAC_KEYADMIN_SK_HEX. The keyring must hold that key version."""
+    sk = env_signing_key(KEYADMIN_ENV)
+    subject = parse_hex(subject_pk, 32, "subject_pk")
+    with opened(db) as st:
+        if st.get_tag_key(tag, version) is None:
+            raise EcacError(f"no key for tag='{tag}', version={version} in keyring; run keyrotate first")
+        token = read_file(jwt_file)
+        claims = file_trust_verify(token, trust_dir)
+        if claims.subject_pk != subject:
+            raise EcacError(
+                f"subject_pk_hex does not match VC subject_pk (VC subject is {to_hex(claims.subject_pk)})"
+            )
+        ch = cred_hash(token)
+        op = make_op(sk, st.heads(8), Hlc(now_ms(), 0, 1), KeyGrant(subject, tag, version, ch))
+        st.put(op)
+    click.echo(f"keygrant_op_id={to_hex(op.op_id)}")
+    click.echo(f"subject_pk={subject_pk}")
+    click.echo(f"tag={tag} key_version={version}")
+    click.echo(f"cred_hash={to_hex(ch)}")
+
+
+@click.command("show")
+@env_db_option
+@click.argument("obj")
+@click.argument("field")
+@click.option("--subject-pk", "subject_pk", required=True, metavar="HEX", help="The reader's public key.")
+def show_cmd(db: Path, obj: str, field: str, subject_pk: str) -> None:
+    """Print OBJ.FIELD as SUBJECT_PK may read it: the plaintext, or "<redacted>" (with quotes)."""
+    subject = parse_hex(subject_pk, 32, "subject_pk")
+    with opened(db) as st:
+        dag = load_dag(st)
+        state, _ = replay_full(dag)
+        if state.get_field(obj, field) is None:  # the same error objects as `project`
+            click.echo(project_field_json(state, obj, field))
+            return
+        shown = project_field_for_subject(dag, state, subject, st.get_tag_key, obj, field)
+    click.echo(REDACTED if shown is None else shown)
+
+
+def register(group: click.Group) -> None:
+    """Add this area's commands to the top-level group."""
+    for cmd in (write_cmd, keyrotate_cmd, grant_key_cmd, show_cmd):
+        group.add_command(cmd)
