@@ -16,7 +16,7 @@ from conftest import cli_run as run
 from ecac.codec import dumps, loads
 from ecac.errors import EcacError
 from ecac.op import encode_ops
-from ecac.store import open_rdict
+from ecac.store import Store, open_rdict
 from ecac.workloads import gen_hb_chain
 
 FIXTURES = [
@@ -109,6 +109,10 @@ def test_checkpoint_commands(tmp_path):
     f1.write_bytes(encode_ops(ops[:20]))
     f2.write_bytes(encode_ops(ops[20:]))
     db = str(tmp_path / "db")
+    for cmd in ("checkpoint-list", "checkpoint-create", "replay-from-store", "verify-store", "status"):
+        fails(f"store {db} does not exist", cmd, "-d", db)  # a mistyped --db creates nothing
+    assert not (tmp_path / "db").exists()
+    Store.open(db).close()
     assert ok("checkpoint-list", "-d", db).stdout == "(no checkpoints)\n"
     ok("op-append", "-d", db, "-q", str(f1))
     assert ok("checkpoint-create", "-d", db).stdout == "1\n"

@@ -200,7 +200,7 @@ def audit_verify_full_cmd(db: Path) -> None:
     reader = AuditReader(_full_dir(db))
     res = reader.verify()
     recorded = decisions(rec.entry.event for _, _, rec in reader.iter_records(limit=res.count))
-    with opened(db) as st:
+    with opened(db, must_exist=True) as st:
         dag = load_dag(st)
     sink = MemorySink()
     replay_audited(dag, sink)
@@ -219,7 +219,7 @@ def audit_record_cmd(db: Path) -> None:
     """Replay the store and append its decisions (AppliedOp / SkippedOp per data op, then one
     Checkpoint) to the default audit sink ($ECAC_AUDIT_DIR or .audit)."""
     with open_sink() as sink:
-        with opened(db) as st:
+        with opened(db, must_exist=True) as st:
             dag = load_dag(st)
         events = MemorySink()
         replay_audited(dag, events)

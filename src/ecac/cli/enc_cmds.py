@@ -140,7 +140,7 @@ def grant_key_cmd(db: Path, trust_dir: str, subject_pk: str, tag: str, version: 
 def show_cmd(db: Path, obj: str, field: str, subject_pk: str) -> None:
     """Print OBJ.FIELD as SUBJECT_PK may read it: the plaintext, or "<redacted>" (with quotes)."""
     subject = parse_hex(subject_pk, 32, "subject_pk")
-    with opened(db) as st:
+    with opened(db, must_exist=True) as st:
         dag = load_dag(st)
         state, _ = replay_full(dag)
         if state.get_field(obj, field) is None:  # the same error objects as `project`

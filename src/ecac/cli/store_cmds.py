@@ -45,9 +45,14 @@ db_option = click.option(
 
 
 @contextmanager
-def opened(db: Path, *, read_only: bool = False) -> Iterator[Store]:
-    """Open the store for one command and always close it."""
-    st = Store.open(db, create_if_missing=not read_only, read_only=read_only)
+def opened(db: Path, *, read_only: bool = False, must_exist: bool = False) -> Iterator[Store]:
+    """Open the store for one command and always close it.
+
+    Commands that only read or derive from the ops (``must_exist``) refuse a missing store
+    (``store <path> does not exist``, exit 1) instead of creating an empty one, so a mistyped
+    ``--db`` cannot print the digest of an empty state.
+    """
+    st = Store.open(db, create_if_missing=not (read_only or must_exist), read_only=read_only)
     try:
         yield st
     finally:
@@ -153,7 +158,7 @@ def _append_with_feedback(st: Store, ops: list[Op], batch_size: int, quiet: bool
 @click.option("--verify-sigs", is_flag=True, help="Re-verify every op's signature (done at ingest already).")
 def replay_from_store_cmd(db: Path, from_checkpoint: bool, verify_sigs: bool) -> None:
     """Replay the store's ops: the state JSON, then digest=<hex>."""
-    with opened(db) as st:
+    with opened(db, must_exist=True) as st:
         res = replay_store(st, from_checkpoint=from_checkpoint, verify_sigs=verify_sigs)
     click.echo(res.state.to_json())
     click.echo(f"digest={res.digest.hex()}")
@@ -163,7 +168,7 @@ def replay_from_store_cmd(db: Path, from_checkpoint: bool, verify_sigs: bool) ->
 @db_option
 def checkpoint_create_cmd(db: Path) -> None:
     """Replay the store in full and save a checkpoint; prints its id."""
-    with opened(db) as st:
+    with opened(db, must_exist=True) as st:
         dag = load_dag(st)
         state, _ = replay_full(dag)
         order = dag.topo_order()
@@ -175,7 +180,7 @@ def checkpoint_create_cmd(db: Path) -> None:
 @db_option
 def checkpoint_list_cmd(db: Path) -> None:
     """The latest checkpoint: `latest: <id> @ topo_idx=<n>`, or `(no checkpoints)`."""
-    with opened(db) as st:
+    with opened(db, must_exist=True) as st:
         latest = st.checkpoint_latest()
     if latest is None:
         click.echo("(no checkpoints)")
@@ -188,7 +193,7 @@ def checkpoint_list_cmd(db: Path) -> None:
 @click.argument("checkpoint_id", type=click.IntRange(0, 2**64 - 1))
 def checkpoint_load_cmd(db: Path, checkpoint_id: int) -> None:
     """Print a checkpoint's state JSON (its topo_idx goes to stderr)."""
-    with opened(db) as st:
+    with opened(db, must_exist=True) as st:
         state, topo_idx = st.checkpoint_load(checkpoint_id)
     click.echo(state.to_json())
     click.echo(f"checkpoint_topo_idx={topo_idx}", err=True)
@@ -199,7 +204,7 @@ def checkpoint_load_cmd(db: Path, checkpoint_id: int) -> None:
 @click.option("--verify-sigs", is_flag=True, help="Also re-verify every op's signature.")
 def verify_store_cmd(db: Path, verify_sigs: bool) -> None:
     """Check the store's integrity (store §1.10); prints OK."""
-    with opened(db) as st:
+    with opened(db, must_exist=True) as st:
         st.verify_integrity(verify_sigs=verify_sigs)
     click.echo("OK")
 
@@ -254,7 +259,7 @@ def status_cmd(db: Path | None, node_url: str | None, as_json: bool) -> None:
         else:
             render_node_status(status)
         return
-    with opened(db) as st:
+    with opened(db, must_exist=True) as st:
         status = local_status(st)
     click.echo(render_status(status, as_json))
 
@@ -424,7 +429,7 @@ def trust_dump_cmd(db: Path) -> None:
     """Print the in-band TrustView of the store's ops as pretty JSON with sorted keys."""
     from ecac.policy import trust_view_for
 
-    with opened(db) as st:
+    with opened(db, must_exist=True) as st:
         tv = trust_view_for(list(st.iter_topo_ops()))
     click.echo(json.dumps(trust_dump_obj(tv), indent=2, sort_keys=True, ensure_ascii=False))
 
