@@ -108,13 +108,6 @@ class OpIndex:
             return []
         return self._complete_from(op_id)
 
-    def add_many(self, items: Iterable[tuple[bytes, tuple[bytes, ...], SortKey]]) -> list[bytes]:
-        """``add`` for many ops; the newly complete ids of all of them, each parent-first."""
-        out: list[bytes] = []
-        for op_id, parents, key in items:
-            out.extend(self.add(op_id, parents, key))
-        return out
-
     def load(self, parents: dict[bytes, tuple[bytes, ...]], keys: dict[bytes, SortKey]) -> None:
         """Bulk ``add``: the state of adding every op of ``parents`` (in its order) with its key.
 

@@ -69,6 +69,7 @@ from ecac.op import (
     slot_constructor,
     submit_sigs,
 )
+from ecac.opindex import OpIndex, SortKey
 from ecac.policy import has_policy
 from ecac.replay import Replayer, ResumePoint, replay_full, suffix_keeps_verdicts
 from ecac.replay import order_hash as replay_order_hash
@@ -1033,9 +1034,8 @@ class Store(IndexedOpStore):
                     pending = []
         if pending:
             _check_sig_chunk(pending)
-        from ecac.opindex import OpIndex
-
-        fresh = OpIndex()
+        parents: dict[bytes, tuple[bytes, ...]] = {}
+        keys: dict[bytes, SortKey] = {}
         n_edges = 0
         missing = 0
         for k, v in edges_cf.items():
@@ -1052,12 +1052,16 @@ class Store(IndexedOpStore):
             if e != stored[k][1]:  # not in the reference's list: author or HLC differ from the op
                 raise StoreError(f"edges value mismatch for {hx}")
             missing += sum(1 for p in e.parents if p not in stored)
-            fresh.add(bytes(k), e.parents, (e.hlc_ms, e.hlc_logical, e.hlc_node, bytes(k)))
+            op_id = bytes(k)
+            parents[op_id] = e.parents
+            keys[op_id] = (e.hlc_ms, e.hlc_logical, e.hlc_node, op_id)
         if missing:
             raise StoreError(f"{missing} missing parent references")
         if n_edges < n_ops:  # not in the reference's list; names the op instead of a bare count
-            without = next(x for x in stored if x not in fresh)
+            without = next(x for x in stored if x not in parents)
             raise StoreError(f"op without edges row {without.hex()}")
+        fresh = OpIndex()
+        fresh.load(parents, keys)
         if not (len(fresh.topo_ids()) == n_ops == n_edges):
             raise StoreError("topo/ops/edges mismatch")
         self._verify_vc_caches(Path(trust_dir))
