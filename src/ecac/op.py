@@ -691,14 +691,10 @@ def payload_at(data: bytes, off: int) -> tuple[Payload, int] | None:
         p = off + len(_K_DATA)
         if len(data) < p + 64:  # a Data op row goes on with at least key, value and signature
             return None
-        b = data[p] - 0x60
-        if 0 <= b < 24:
-            n, p = b, p + 1
-        else:
-            got = read_head(data, p, 3)
-            if got is None:
-                return None
-            n, p = got
+        got = read_head(data, p, 3)
+        if got is None:
+            return None
+        n, p = got
         kb = data[p : p + n]
         key = _DATA_KEYS.get(kb) or _intern_key(kb)
         if key is None:
@@ -706,14 +702,10 @@ def payload_at(data: bytes, off: int) -> tuple[Payload, int] | None:
         p += n + len(_K_VALUE)
         if not data.startswith(_K_VALUE, p - len(_K_VALUE)) or p >= len(data):
             return None
-        b = data[p] - 0x80
-        if 0 <= b < 24:
-            n, p = b, p + 1
-        else:
-            got = read_head(data, p, 4)
-            if got is None:
-                return None
-            n, p = got
+        got = read_head(data, p, 4)
+        if got is None:
+            return None
+        n, p = got
         end = data.find(_K_SIG, p)
         value = uint8_items(data[p:end]) if end > 0 else None
         if value is None or len(value) != n:
