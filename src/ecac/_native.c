@@ -109,6 +109,27 @@ static PyObject *build(SlotClass *cls, PyObject *const *vals) {
     return o;
 }
 
+/* The Op with the header fields of the edges row `edge` (whose slots are all set) and the given
+ * payload, sig, op_id and cbor: one Hlc and one Op instance. NULL with an error set on failure. */
+static PyObject *op_from_edge(PyObject *edge, PyObject *payload, PyObject *sig, PyObject *op_id, PyObject *cbor) {
+    PyObject *hv[3] = {SLOT(edge, edge_off[2]), SLOT(edge, edge_off[3]), SLOT(edge, edge_off[4])};
+    PyObject *hlc = build(&hlc_cls, hv);
+    if (hlc == NULL)
+        return NULL;
+    PyObject *ov[7] = {SLOT(edge, edge_off[0]), hlc, SLOT(edge, edge_off[1]), payload, sig, op_id, cbor};
+    PyObject *op = build(&op_cls, ov);
+    Py_DECREF(hlc);
+    return op;
+}
+
+/* Whether every slot of an edges row is set (rows built by EdgeVal always are). */
+static int edge_complete(PyObject *edge) {
+    for (int i = 0; i < 5; i++)
+        if (SLOT(edge, edge_off[i]) == NULL)
+            return 0;
+    return 1;
+}
+
 /* ---------------------------------------------------------------- canonical CBOR matching */
 
 typedef struct {
@@ -257,11 +278,10 @@ static PyObject *decode_row(PyObject *op_id, PyObject *data, PyObject *edge) {
     if (!PyBytes_CheckExact(op_id) || PyBytes_GET_SIZE(op_id) != 32 || !PyBytes_CheckExact(data) ||
         Py_TYPE(edge) != edge_cls.type)
         Py_RETURN_NONE;
+    if (!edge_complete(edge) || !PyTuple_CheckExact(SLOT(edge, edge_off[0])))
+        Py_RETURN_NONE;
     PyObject *parents = SLOT(edge, edge_off[0]), *author = SLOT(edge, edge_off[1]);
     PyObject *ms = SLOT(edge, edge_off[2]), *logical = SLOT(edge, edge_off[3]), *node = SLOT(edge, edge_off[4]);
-    if (parents == NULL || author == NULL || ms == NULL || logical == NULL || node == NULL ||
-        !PyTuple_CheckExact(parents))
-        Py_RETURN_NONE;
     Cur c = {(const unsigned char *)PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), 0};
     Py_ssize_t np = PyTuple_GET_SIZE(parents);
     if (!LIT(&c, "\xa3" "fheader" "\xa4" "gparents") || !head_is(&c, 4, (unsigned long long)np))
@@ -308,15 +328,8 @@ static PyObject *decode_row(PyObject *op_id, PyObject *data, PyObject *edge) {
     PyObject *payload = build(&data_cls, dv);
     Py_DECREF(key);
     Py_DECREF(value);
-    PyObject *hv[3] = {ms, logical, node};
-    PyObject *hlc = payload == NULL ? NULL : build(&hlc_cls, hv);
-    PyObject *op = NULL;
-    if (hlc != NULL) {
-        PyObject *ov[7] = {parents, hlc, author, payload, sig, op_id, data};
-        op = build(&op_cls, ov);
-    }
+    PyObject *op = payload == NULL ? NULL : op_from_edge(edge, payload, sig, op_id, data);
     Py_XDECREF(payload);
-    Py_XDECREF(hlc);
     Py_DECREF(sig);
     return op;
 }
@@ -428,29 +441,14 @@ static PyObject *skeletons(PyObject *self, PyObject *args) {
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *op_id = PyList_GET_ITEM(ids, i);
         PyObject *edge = PyDict_GetItemWithError(edges, op_id);
-        if (edge == NULL || Py_TYPE(edge) != edge_cls.type) {
+        if (edge == NULL || Py_TYPE(edge) != edge_cls.type || !edge_complete(edge)) {
             if (!PyErr_Occurred())
                 PyErr_SetObject(PyExc_KeyError, op_id);
             Py_DECREF(out);
             return NULL;
         }
-        PyObject *hv[3] = {SLOT(edge, edge_off[2]), SLOT(edge, edge_off[3]), SLOT(edge, edge_off[4])};
-        PyObject *parents = SLOT(edge, edge_off[0]), *author = SLOT(edge, edge_off[1]);
-        if (hv[0] == NULL || hv[1] == NULL || hv[2] == NULL || parents == NULL || author == NULL) {
-            PyErr_SetObject(PyExc_KeyError, op_id);
-            Py_DECREF(out);
-            return NULL;
-        }
         Py_INCREF(edge); /* borrowed from the dict: keep its fields alive while objects are allocated */
-        PyObject *hlc = build(&hlc_cls, hv);
-        if (hlc == NULL) {
-            Py_DECREF(edge);
-            Py_DECREF(out);
-            return NULL;
-        }
-        PyObject *ov[7] = {parents, hlc, author, payload, sig, op_id, cbor};
-        PyObject *op = build(&op_cls, ov);
-        Py_DECREF(hlc);
+        PyObject *op = op_from_edge(edge, payload, sig, op_id, cbor);
         Py_DECREF(edge);
         if (op == NULL) {
             Py_DECREF(out);
