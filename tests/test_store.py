@@ -30,7 +30,6 @@ from ecac.store import (
     Store,
     by_author_key,
     checkpoint_key,
-    fast_decode_stored,
     keyring_key,
     open_rdict,
     resume_key,
@@ -427,24 +426,39 @@ def test_topo_watermark(db):
         assert st.topo_watermark() == 42
 
 
-def test_fast_decode_equals_strict_and_rejects_garbage():
+def test_checked_decoding_equals_strict_and_rejects_garbage(db):
+    """The ``--verify-sigs`` read path (C scan + id recomputed, strict decoder for the rest):
+    a row decodes exactly as the strict decoder, every single-bit corruption is refused with a
+    StoreError except a changed signature byte (left to the signature check), and a row whose
+    ``edges`` row disagrees is refused."""
     ops = read_log((VECTORS / "fixtures/ops.cbor").read_bytes()) + hb_chain(12, 3)
-    for op in ops:
-        e = EdgeVal.of(op)
-        assert fast_decode_stored(op.cbor, op.op_id, e) == decode_op(op.cbor)
-        assert fast_decode_stored(op.cbor, op.op_id, e).sig == op.sig
-        accepted = 0
-        for i in range(len(op.cbor)):  # every single-bit corruption
-            bad = op.cbor[:i] + bytes([op.cbor[i] ^ 1]) + op.cbor[i + 1 :]
-            got = fast_decode_stored(bad, op.op_id, e)
-            if got is not None:  # only a changed signature byte passes: same as the strict decoder
-                accepted += 1
+    with Store.open(db) as st:
+        st.put_many(ops)
+        for op in ops:
+            at = {op.op_id: 0}
+            (got,) = st._decoded([op.op_id], [(op.op_id, op.cbor)], at, checked=True)
+            assert got == decode_op(op.cbor) and got.sig == op.sig
+            accepted = 0
+            for i in range(len(op.cbor)):  # every single-bit corruption
+                bad = op.cbor[:i] + bytes([op.cbor[i] ^ 1]) + op.cbor[i + 1 :]
+                try:
+                    (got,) = st._decoded([op.op_id], [(op.op_id, bad)], at, checked=True)
+                except StoreError:
+                    continue
+                accepted += 1  # only a changed signature byte passes: same as the strict decoder
                 strict = decode_op(bad)
                 assert got == strict and got.sig == strict.sig and strict.computed_id() == op.op_id
                 assert got.sig != op.sig
-        assert accepted <= 64
-        other = EdgeVal(e.parents, e.author_pk, e.hlc_ms + 1000000, e.hlc_logical, e.hlc_node)
-        assert fast_decode_stored(op.cbor, op.op_id, other) is None
+            assert accepted <= 64
+            e = st._edges[op.op_id]
+            st._edges[op.op_id] = EdgeVal(
+                e.parents, e.author_pk, e.hlc_ms + 1000000, e.hlc_logical, e.hlc_node
+            )
+            try:
+                with pytest.raises(StoreError, match=f"edges parents mismatch for {op.op_id.hex()}"):
+                    st._decoded([op.op_id], [(op.op_id, op.cbor)], at, checked=True)
+            finally:
+                st._edges[op.op_id] = e
 
 
 def test_vc_cache_parity(db, tmp_path, monkeypatch):

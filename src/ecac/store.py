@@ -31,8 +31,6 @@ from ecac.auditlog import AuditWriter, store_writer
 from ecac.codec import (
     b2l,
     dumps,
-    encode_byte_array,
-    encode_head,
     encode_uint,
     loads,
     struct_fields,
@@ -47,25 +45,16 @@ from ecac.memstore import IndexedOpStore, OpStore
 from ecac.op import (
     _ID_HEAD,
     _K_AUTHOR,
-    _K_DATA,
     _K_HEADER,
     _K_HLC,
-    _K_LOGICAL,
-    _K_NODE,
-    _K_OP_ID,
     _K_PAYLOAD,
-    _K_SIG,
-    OP_DOMAIN,
-    SIG_LEN,
     Data,
     Op,
-    Payload,
     SigCheck,
-    build_hlc,
-    build_op,
     check_sigs,
     decode_op,
-    payload_at,
+    header_cbor_of,
+    op_id_of,
     slot_constructor,
     submit_sigs,
 )
@@ -360,32 +349,10 @@ def verified_vc_persist(claims: Any) -> bytes:
     )
 
 
-# --------------------------------------------------------------------------- fast decode
-
-# the canonical op layout's fixed byte runs come from ecac.op (defined once, by the decoder)
-_K_PAYLOAD_DATA = _K_PAYLOAD + _K_DATA
-
-#: id or key -> its canonical uint items (no head); parents are usually ops decoded just before
-_ITEMS: dict[bytes, bytes] = {}
-_ITEMS_MAX = 8192
-
-
-def _items_of(b: bytes) -> bytes:
-    got = _ITEMS.get(b)
-    if got is None:
-        if len(_ITEMS) >= _ITEMS_MAX:
-            _ITEMS.clear()
-        got = _ITEMS[b] = encode_byte_array(b)[2:]  # ids and keys are 32 bytes: a 2-byte head
-    return got
-
+# --------------------------------------------------------------------------- edges rows from op bytes
 
 #: canonical uints below 2**16 (HLC logical/node values and small physical times)
 _UINT16 = [encode_uint(v) for v in range(1 << 16)]
-#: canonical array heads for 0..23 parents
-_ARRAY_HEAD = [encode_head(4, n) for n in range(24)]
-_SIG_AT = len(_K_SIG)
-_OP_HASH = blake3.blake3(OP_DOMAIN)  # copied per op: the domain prefix is hashed once
-_ID_AT = len(_K_OP_ID)
 
 
 def _uint(v: int) -> bytes:
@@ -429,73 +396,6 @@ def edge_bytes(op: Op) -> bytes:
             _uint(h.node_id),
         )
     )
-
-
-def _expected_head(edge: EdgeVal) -> bytes:
-    """The canonical op bytes from the start through the ``payload`` key, for ``edge``'s fields."""
-    ps = edge.parents
-    n = len(ps)
-    parts = [_K_HEADER, _ARRAY_HEAD[n] if n < 24 else encode_head(4, n)]
-    items = _ITEMS
-    for p in ps:
-        parts.append(_ID_HEAD)
-        parts.append(items.get(p) or _items_of(p))
-    parts += (
-        _K_HLC,
-        _uint(edge.hlc_ms),
-        _K_LOGICAL,
-        _uint(edge.hlc_logical),
-        _K_NODE,
-        _uint(edge.hlc_node),
-        _K_AUTHOR,
-        items.get(edge.author_pk) or _items_of(edge.author_pk),
-        _K_PAYLOAD,
-    )
-    return b"".join(parts)
-
-
-def fast_decode_stored(data: bytes, op_id: bytes, edge: EdgeVal) -> Op | None:
-    """Decode a stored op using its ``edges`` row for the header fields; None if anything is off.
-
-    The header bytes before the payload must be exactly the canonical encoding of the
-    ``edges`` row (built from cached encodings of recent ids: a parent is usually an op
-    decoded just before), then ``_payload_sig`` parses the rest. So the result always
-    equals the strict decoder's or is None (callers then fall back to ``decode_op``,
-    which names the problem). The signature is not verified here: it was, at ingest.
-    """
-    head = _expected_head(edge)
-    if not data.startswith(head):
-        return None
-    got = _payload_sig(data, len(head), op_id)
-    if got is None:
-        return None
-    hlc = build_hlc(edge.hlc_ms, edge.hlc_logical, edge.hlc_node)
-    return build_op(edge.parents, hlc, edge.author_pk, got[0], got[1], op_id, data)
-
-
-def _payload_sig(data: bytes, off: int, op_id: bytes) -> tuple[Payload, bytes] | None:
-    """``(payload, sig)`` of op bytes whose payload item starts at ``off``, checked against ``op_id``.
-
-    The header bytes must hash to ``op_id``, and the signature and the trailing ``op_id``
-    must be canonical items ending the row; None otherwise.
-    """
-    got = payload_at(data, off)
-    if got is None:
-        return None
-    payload, end = got
-    if _OP_HASH.copy().update(memoryview(data)[8:end]).digest() != op_id:
-        return None
-    at = data.find(_K_OP_ID, end + _SIG_AT)
-    sig = uint8_items(data[end + _SIG_AT : at]) if at > 0 else None
-    if sig is None or len(sig) != SIG_LEN:
-        return None
-    tail = data[at + _ID_AT :]
-    if uint8_items(tail) != op_id:
-        return None
-    if len(_ITEMS) >= _ITEMS_MAX:
-        _ITEMS.clear()
-    _ITEMS[op_id] = tail  # its children name it as a parent next
-    return payload, sig
 
 
 # --------------------------------------------------------------------------- opening
@@ -768,8 +668,8 @@ class Store(IndexedOpStore):
     def replay_ops(self, checked: bool = False) -> Iterator[Op]:
         """Every complete op in topo order, for a full replay (see ``_decoded``).
 
-        With ``checked`` every row goes through ``fast_decode_stored``, which also hashes
-        the header bytes against the id (``--verify-sigs``).
+        With ``checked`` every op id is also recomputed from its header bytes
+        (``--verify-sigs``, whose signature checks ``load_dag`` runs).
         """
         with self._lock:
             ids = self._index.topo_slice(0)
@@ -793,8 +693,8 @@ class Store(IndexedOpStore):
         """The ops of ``ids`` (in that order) from ``rows``, which may hold other rows too.
 
         Canonical Data rows are decoded in bulk by ``ecac._native``: their header bytes must
-        equal the ``edges`` row and are not re-hashed (docs/decisions.md D35, D39). Other
-        rows, and every row when ``checked``, go to ``fast_decode_stored`` and then to the
+        equal the ``edges`` row and are not re-hashed (docs/decisions.md D35, D39); with
+        ``checked`` their ids are recomputed from the header bytes too. Other rows go to the
         strict decoder, which names a bad row. ``positions`` maps each id to its index in
         ``ids`` (built when not given).
         """
@@ -805,13 +705,15 @@ class Store(IndexedOpStore):
             return [by_id[x] for x in ids]
         edges = self._edges
         out: list[Op | None] = [None] * len(ids)
-        placed, rest = (0, rows) if checked else _native.scan(rows, edges, at, out)
+        placed, rest = _native.scan(rows, edges, at, out)
+        if checked:
+            for op in out:
+                if op is not None and op_id_of(header_cbor_of(op)) != op.op_id:
+                    raise StoreError(f"op_id mismatch for {op.op_id.hex()}")
         for op_id, data in rest:
             i = at.get(op_id)
             if i is not None and i < len(out) and data is not None:  # a live map: ops added since
-                edge = edges.get(op_id)
-                op = fast_decode_stored(data, op_id, edge) if edge is not None else None
-                out[i] = op or self._strict_stored(op_id, data)
+                out[i] = self._strict_stored(op_id, data)
                 placed += 1
         if placed != len(ids):
             gone = next(op_id for op_id, op in zip(ids, out, strict=True) if op is None)
@@ -827,7 +729,7 @@ class Store(IndexedOpStore):
             op = decode_op(data)
         except DecodeError as e:
             raise StoreError(f"undecodable op {op_id.hex()}: {e}") from None
-        if op.op_id != op_id or op.computed_id() != op_id:
+        if op.op_id != op_id or op_id_of(header_cbor_of(op)) != op_id:  # canonical: cut, not re-encoded
             raise StoreError(f"op_id mismatch for {op_id.hex()}")
         if EdgeVal.of(op) != self._edges.get(op_id):
             raise StoreError(f"edges parents mismatch for {op_id.hex()}")
@@ -1111,8 +1013,8 @@ def load_dag(store: OpStore, verify_sigs: bool = False) -> Dag:
     with ``Dag.extend_ordered`` (no second topological sort). Signatures were verified at
     ingest and are not checked again unless ``verify_sigs``; then each chunk's signatures
     are checked on the verify threads while the next chunk is decoded, and a failure is a
-    StoreError. Op ids need no recomputation here: the stored-op decoder already requires
-    the header bytes to hash to the id.
+    StoreError. With ``verify_sigs`` the store's decoder also recomputes every op id
+    (``Store.replay_ops(checked=True)``), so a signature is only ever checked over a true id.
     """
     dag = Dag()
     pending: list[tuple[list[Op], SigCheck]] = []
