@@ -16,9 +16,8 @@ import click
 from nacl.signing import SigningKey
 
 from ecac.cli.core_cmds import read_file
-from ecac.cli.optools_cmds import now_ms
 from ecac.cli.policy_cmds import file_trust_verify, trust_option
-from ecac.cli.store_cmds import env_db_option, opened
+from ecac.cli.store_cmds import env_db_option, mint, opened, wall_clock_ms
 from ecac.enc import CONFIDENTIAL, NONCE_LEN, aad, derive_tag_key, encrypt
 from ecac.errors import EcacError
 from ecac.hlc import U32_MAX, Hlc
@@ -64,7 +63,7 @@ def write_cmd(db: Path, kind: str, obj: str, field: str, value: str) -> None:
     plaintext = value.encode("utf-8")
     with opened(db) as st:
         parents = sorted(st.heads(8))
-        hlc = Hlc(now_ms(), 0, 1)
+        hlc = Hlc(wall_clock_ms(), 0, 1)
         stored = plaintext
         if CONFIDENTIAL in tags_for(obj, field):
             ver = st.max_key_version_for_tag(CONFIDENTIAL)
@@ -95,9 +94,8 @@ def keyrotate_cmd(db: Path, tag: str) -> None:
             raise EcacError("key_version overflow")
         nxt = 1 if cur is None else cur + 1
         key = derive_tag_key(st.db_uuid(), tag, nxt)
-        op = make_op(sk, st.heads(8), Hlc(now_ms(), 0, 1), KeyRotate(tag, nxt, key))
         st.put_tag_key(tag, nxt, key)
-        st.put(op)
+        op = mint(st, sk, wall_clock_ms(), KeyRotate(tag, nxt, key))
     click.echo(f"tag={tag} new_version={nxt}")
     click.echo(f"keyrotate_op_id={to_hex(op.op_id)}")
 
@@ -124,8 +122,7 @@ def grant_key_cmd(db: Path, trust_dir: str, subject_pk: str, tag: str, version: 
                 f"subject_pk_hex does not match VC subject_pk (VC subject is {to_hex(claims.subject_pk)})"
             )
         ch = cred_hash(token)
-        op = make_op(sk, st.heads(8), Hlc(now_ms(), 0, 1), KeyGrant(subject, tag, version, ch))
-        st.put(op)
+        op = mint(st, sk, wall_clock_ms(), KeyGrant(subject, tag, version, ch))
     click.echo(f"keygrant_op_id={to_hex(op.op_id)}")
     click.echo(f"subject_pk={subject_pk}")
     click.echo(f"tag={tag} key_version={version}")

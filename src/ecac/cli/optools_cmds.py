@@ -8,7 +8,6 @@ filter invalid ops (``op-corrupt-sig`` exists precisely to produce them).
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import click
 
 from ecac.cli.core_cmds import load_ops, read_file
 from ecac.cli.policy_cmds import echo_attach_result, write_bytes
+from ecac.cli.store_cmds import wall_clock_ms
 from ecac.codec import b2l, dumps
 from ecac.errors import EcacError
 from ecac.hlc import Hlc
@@ -34,10 +34,6 @@ def corrupt_sig(op: Op) -> Op:
     """``sig[0] ^= 1``, or ``sig = [0]`` when the signature is empty (reference behaviour)."""
     sig = bytes([op.sig[0] ^ 1]) + op.sig[1:] if op.sig else b"\x00"
     return _with_sig(op, sig)
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @click.command("op-make-min")
@@ -61,7 +57,7 @@ def op_make_grant_cmd(author_sk_hex: str, admin_sk_hex: str, out_dir: str) -> No
     author = signing_key_from_hex(author_sk_hex)
     admin = signing_key_from_hex(admin_sk_hex)
     body = b"m8-test-credential"
-    t = now_ms()
+    t = wall_clock_ms()
     cred = make_op(author, (), Hlc(t, 0, 1), Credential("m8:test:cred", body))
     grant = make_op(
         admin, (cred.op_id,), Hlc(t, 0, 2), Grant(bytes(author.verify_key), blake3.blake3(body).digest())
@@ -96,7 +92,7 @@ def op_make_orphan_cmd(base: str, author_sk_hex: str, output: str) -> None:
     if not ops:
         raise EcacError(f"{base}: no ops to clone a payload from")
     last = ops[-1]
-    hlc = Hlc(max(now_ms(), last.hlc.physical_ms + 1), 0, last.hlc.logical)
+    hlc = Hlc(max(wall_clock_ms(), last.hlc.physical_ms + 1), 0, last.hlc.logical)
     orphan = make_op(signing_key_from_hex(author_sk_hex), (bytes(32),), hlc, last.payload)
     write_bytes(output, encode_ops([*ops, orphan]))
     click.echo(f"appended orphan op → {output}", err=True)

@@ -280,6 +280,11 @@ env_db_option = click.option(
 )
 
 
+def wall_clock_ms() -> int:
+    """The wall clock in ms: HLCs of ops minted by CLI commands (store §3.1); never in the core."""
+    return time.time_ns() // 1_000_000
+
+
 def deterministic_now_ms() -> int:
     """``ECAC_TIME_MS``, else ``SOURCE_DATE_EPOCH`` × 1000, else the wall clock (store §3.1)."""
     for name, scale in (("ECAC_TIME_MS", 1), ("SOURCE_DATE_EPOCH", 1000)):
@@ -291,15 +296,20 @@ def deterministic_now_ms() -> int:
                 continue
             if 0 <= v < 2**64:
                 return v
-    return time.time_ns() // 1_000_000
+    return wall_clock_ms()
+
+
+def mint(st: Store, sk: SigningKey, now_ms: int, payload: Payload) -> Op:
+    """Sign ``payload`` with parents ``heads(8)`` and HLC ``{now, 0, 1}`` (store §3.1), then put it."""
+    op = make_op(sk, st.heads(8), Hlc(now_ms, 0, 1), payload)
+    st.put(op)
+    return op
 
 
 def mint_and_store(db: Path, sk: SigningKey, now_ms: int, payload: Payload) -> Op:
-    """Sign ``payload`` with parents ``heads(8)`` and HLC ``{now, 0, 1}``, then put it."""
+    """``mint`` into the store at ``db``."""
     with opened(db) as st:
-        op = make_op(sk, st.heads(8), Hlc(now_ms, 0, 1), payload)
-        st.put(op)
-    return op
+        return mint(st, sk, now_ms, payload)
 
 
 @click.command("trust-issuer-publish")
