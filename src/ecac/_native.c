@@ -5,7 +5,7 @@
  *    A full replay of a 100k-op store spent ~5 us per op decoding rows in Python (byte
  *    searches, item decoding, three frozen dataclass instances), half of the replay. This
  *    does exactly that work for the one row shape that makes up the bulk of a log -- a
- *    canonical Data op -- and leaves every other row to the Python decoders.
+ *    canonical Data op -- and leaves every other row to the strict Python decoder.
  *
  *    A row is accepted only when it is byte for byte the canonical encoding (core §3) of
  *      header = {parents, hlc, author_pk} taken from the op's `edges` row,
@@ -15,7 +15,7 @@
  *    against the op id: put verified that hash (and the signature) before writing both rows
  *    in one batch, and verify_integrity / --verify-sigs recompute it (docs/decisions.md, D35).
  *    Anything else (other payload kinds, a mismatch, a malformed row) is handed back to the
- *    caller untouched, whose Python decoders parse it or name the op. The objects built are
+ *    caller untouched, whose strict decoder parses it or names the op. The objects built are
  *    the same as ecac.op.slot_constructor builds: instances of the configured slots classes
  *    (Op, Hlc, Data) whose slots are set directly.
  *
