@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from ecac.op import Op, read_log
+from ecac.core.op import Op, read_log
 
 REPO = Path(__file__).resolve().parents[1]
 

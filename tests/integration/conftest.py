@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from ecac.hlc import Hlc
-from ecac.keys import key_pair
+from ecac.core.hlc import Hlc
+from ecac.core.keys import key_pair
+from ecac.core.op import Data, Op, make_op
 from ecac.net.procs import NodeProc, start_node
-from ecac.op import Data, Op, make_op
 
 #: anti-entropy period of test nodes (store §2.3.7: tests use 100-200 ms)
 AE_MS = 200

@@ -10,12 +10,12 @@ from typing import Any
 import trio
 from nacl.signing import SigningKey
 
-from ecac.codec import b2l, dumps
-from ecac.memstore import MemoryOpStore
+from ecac.core.codec import b2l, dumps
+from ecac.core.op import Data, Op, header_obj
 from ecac.net.host import HostConfig, P2PHost, P2PStream
-from ecac.op import Data, Op, header_obj
-from ecac.syncserve import plan_response, response_blobs
-from ecac.wire import (
+from ecac.store.memory import MemoryOpStore
+from ecac.sync.syncserve import plan_response, response_blobs
+from ecac.sync.wire import (
     MAX_REQUEST_FRAME,
     SYNC_PROTOCOL_ID,
     Announce,

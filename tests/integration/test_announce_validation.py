@@ -10,7 +10,7 @@ import trio
 from nacl.signing import SigningKey
 
 from ecac.net.procs import wait_for
-from ecac.wire import Announce, SignedAnnounce, announce_topic, node_id_of
+from ecac.sync.wire import Announce, SignedAnnounce, announce_topic, node_id_of
 
 from .conftest import PROJECT, Nodes
 from .handpeer import HandPeer, announce

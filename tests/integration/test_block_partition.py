@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from ecac.errors import EcacError
+from ecac.core.errors import EcacError
 from ecac.net.procs import wait_converged
 
 from .conftest import Nodes

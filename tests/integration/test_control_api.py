@@ -9,12 +9,12 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from ecac.errors import EcacError
-from ecac.hlc import Hlc
-from ecac.keys import key_pair
+from ecac.core.errors import EcacError
+from ecac.core.hlc import Hlc
+from ecac.core.keys import key_pair
+from ecac.core.op import Data, encode_ops, make_op
+from ecac.core.replay import replay_full
 from ecac.net.procs import NODE_COMMAND, node_args, wait_for
-from ecac.op import Data, encode_ops, make_op
-from ecac.replay import replay_full
 
 from .conftest import Nodes, spec_dag
 from .handpeer import forged

@@ -8,9 +8,16 @@ import functools
 import pytest
 import trio
 
+from ecac.core.op import encode_ops
 from ecac.net.procs import wait_converged, wait_for
-from ecac.op import encode_ops
-from ecac.wire import SYNC_PROTOCOL_ID, FrameReader, OpBytes, SyncRequest, announce_topic, decode_rpc_frame
+from ecac.sync.wire import (
+    SYNC_PROTOCOL_ID,
+    FrameReader,
+    OpBytes,
+    SyncRequest,
+    announce_topic,
+    decode_rpc_frame,
+)
 
 from .conftest import PROJECT, Nodes, spec_dag
 from .handpeer import HandPeer, announce

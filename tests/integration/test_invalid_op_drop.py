@@ -9,11 +9,11 @@ import functools
 import pytest
 import trio
 
-from ecac.memstore import MemoryOpStore
+from ecac.core.op import encode_ops
 from ecac.net.procs import wait_converged, wait_for
-from ecac.op import encode_ops
-from ecac.store import Store
-from ecac.wire import announce_topic
+from ecac.store.memory import MemoryOpStore
+from ecac.store.rocks import Store
+from ecac.sync.wire import announce_topic
 
 from .conftest import PROJECT, Nodes, spec_dag
 from .handpeer import HandPeer, forged

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from ecac.net.procs import wait_converged
-from ecac.store import Store
+from ecac.store.rocks import Store
 
 from .conftest import Nodes
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from ecac.hlc import Hlc
-from ecac.memstore import MemoryOpStore
-from ecac.net.demo_ops import demo_ops_for
+from ecac.core.hlc import Hlc
+from ecac.core.op import encode_ops
+from ecac.core.replay import replay_full
 from ecac.net.procs import wait_converged, wait_for
-from ecac.op import encode_ops
-from ecac.replay import replay_full
-from ecac.scenarios import add, grant_pair, issuer_key_op, revoke_op
+from ecac.store.memory import MemoryOpStore
+from ecac.testing.demo_ops import demo_ops_for
+from ecac.testing.scenarios import add, grant_pair, issuer_key_op, revoke_op
 
 from .conftest import Nodes
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from ecac.net.demo_ops import demo_ops
+from ecac.core.op import encode_ops
+from ecac.core.replay import replay_full
 from ecac.net.procs import wait_converged
-from ecac.op import encode_ops
-from ecac.replay import replay_full
-from ecac.wire import op_frame_size
+from ecac.sync.wire import op_frame_size
+from ecac.testing.demo_ops import demo_ops
 
 from .conftest import Nodes, spec_dag
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import random
 
-from ecac.hlc import Hlc
-from ecac.keys import key_pair
-from ecac.op import Data, Op, make_op
+from ecac.core.hlc import Hlc
+from ecac.core.keys import key_pair
+from ecac.core.op import Data, Op, make_op
 
 SK = key_pair(3, b"sync-tests")
 

@@ -1,13 +1,13 @@
 """A simulated network for the sans-I/O sync core: no sockets, a simulated monotonic clock.
 
 Each ``SimNode`` holds a ``MemoryOpStore`` and a ``SyncCoordinator``. The simulator plays
-the I/O layer of the node exactly as ``ecac.peersync`` documents it:
+the I/O layer of the node exactly as ``ecac.sync.peersync`` documents it:
 
 * gossip: ``PublishAnnounce`` goes to every neighbour; receivers validate, deliver and
   forward (multi-hop, with a per-node seen cache like gossipsub). Announces may be
   dropped, duplicated and reordered (random latency);
 * requests: ``SendRequest`` reaches the peer after a latency (or is lost), the peer serves
-  it with ``ecac.syncserve`` and the blobs travel back as a stream, split at random points
+  it with ``ecac.sync.syncserve`` and the blobs travel back as a stream, split at random points
   so the ``FrameReader`` sees partial frames. A batch may arrive twice, a stream may be
   cut (EOF without trailer) or stall (the requester's idle timeout fires); the next blob
   is read only when the requester is ``accepting`` (back-pressure);
@@ -28,13 +28,13 @@ import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from ecac.codec import b2l, dumps
-from ecac.errors import ProtocolError
-from ecac.hlc import Hlc
-from ecac.keys import key_pair
-from ecac.memstore import MemoryOpStore
-from ecac.op import Data, Op, decode_op, header_obj, make_op
-from ecac.peersync import (
+from ecac.core.codec import b2l, dumps
+from ecac.core.errors import ProtocolError
+from ecac.core.hlc import Hlc
+from ecac.core.keys import key_pair
+from ecac.core.op import Data, Op, decode_op, header_obj, make_op
+from ecac.store.memory import MemoryOpStore
+from ecac.sync.peersync import (
     CancelRequest,
     CommitOps,
     Disconnect,
@@ -46,8 +46,15 @@ from ecac.peersync import (
     SyncCoordinator,
     apply_commit,
 )
-from ecac.syncserve import plan_response, response_blobs
-from ecac.wire import FrameReader, OpBytes, SyncRequest, decode_rpc_frame, encode_frame, gossip_message_id
+from ecac.sync.syncserve import plan_response, response_blobs
+from ecac.sync.wire import (
+    FrameReader,
+    OpBytes,
+    SyncRequest,
+    decode_rpc_frame,
+    encode_frame,
+    gossip_message_id,
+)
 
 #: fast timers so that simulated runs cover many rounds
 SIM_CONFIG = SyncConfig(

@@ -36,13 +36,13 @@ from typing import Any
 
 from nacl.signing import SigningKey
 
-from ecac import policy
 from ecac.bench import BenchParams, scenario
 from ecac.bench.replay import run_replay_bench
-from ecac.dag import Dag
-from ecac.hlc import U64_MAX, Hlc
-from ecac.keys import key_pair, public_key
-from ecac.op import (
+from ecac.core import policy
+from ecac.core.dag import Dag
+from ecac.core.hlc import U64_MAX, Hlc
+from ecac.core.keys import key_pair, public_key
+from ecac.core.op import (
     Credential,
     Data,
     Grant,
@@ -54,8 +54,8 @@ from ecac.op import (
     StatusListChunk,
     make_op,
 )
-from ecac.trust import TrustView
-from ecac.vc import cred_hash, mint_vc
+from ecac.core.trust import TrustView
+from ecac.core.vc import cred_hash, mint_vc
 
 DEFAULT_EDITORS = 64
 ISSUERS = 4

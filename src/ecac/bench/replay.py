@@ -17,11 +17,11 @@ from typing import Any
 from nacl.bindings import crypto_sign_open
 
 from ecac.bench import BenchParams, scenario
-from ecac.dag import Dag
-from ecac.errors import EcacError
-from ecac.op import Op, decode_op
-from ecac.replay import Replayer, decode_and_admit, replay_full
-from ecac.workloads import (
+from ecac.core.dag import Dag
+from ecac.core.errors import EcacError
+from ecac.core.op import Op, decode_op
+from ecac.core.replay import Replayer, decode_and_admit, replay_full
+from ecac.testing.workloads import (
     concurrent_authors,
     iter_concurrent,
     iter_hb_chain,

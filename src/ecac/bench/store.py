@@ -20,10 +20,10 @@ from typing import Any
 
 from ecac.bench import BenchParams, scenario
 from ecac.bench.replay import raw_verify_rate, verify_sample
-from ecac.errors import EcacError
-from ecac.replay import replay_full
-from ecac.store import Store, load_dag, replay_store
-from ecac.workloads import iter_hb_chain
+from ecac.core.errors import EcacError
+from ecac.core.replay import replay_full
+from ecac.store.rocks import Store, load_dag, replay_store
+from ecac.testing.workloads import iter_hb_chain
 
 BATCH = 1024
 #: full store replays timed; ``replay_full_ms`` / ``ops_per_s`` come from their median

@@ -43,12 +43,12 @@ from pathlib import Path
 from typing import Any
 
 from ecac.bench import BenchParams, scenario
-from ecac.errors import EcacError
-from ecac.op import Op, encode_ops, read_log
-from ecac.replay import replay_full
-from ecac.store import Store
-from ecac.syncserve import BATCH_OPS
-from ecac.workloads import gen_concurrent, gen_hb_chain
+from ecac.core.errors import EcacError
+from ecac.core.op import Op, encode_ops, read_log
+from ecac.core.replay import replay_full
+from ecac.store.rocks import Store
+from ecac.sync.syncserve import BATCH_OPS
+from ecac.testing.workloads import gen_concurrent, gen_hb_chain
 
 MAX_NODES = 8
 POLL_S = 0.01

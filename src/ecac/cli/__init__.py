@@ -12,7 +12,7 @@ import sys
 import click
 
 from ecac import __version__
-from ecac.errors import EcacError
+from ecac.core.errors import EcacError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -2,7 +2,7 @@
 audit-verify-full, audit-cat, audit-record.
 
 Auditing is built in, so these do the real work (the reference prints "audit feature is not
-enabled" without its build feature). Logs are read and written by ``ecac.auditlog``; the
+enabled" without its build feature). Logs are read and written by ``ecac.store.auditlog``; the
 default sink is ``$ECAC_AUDIT_DIR`` or ``.audit`` (``open_default``). Verification
 failures are ``EcacError``s: ``Error: <message>`` on stderr, exit 1.
 
@@ -20,7 +20,8 @@ from pathlib import Path
 
 import click
 
-from ecac.audit import (
+from ecac.cli.store_cmds import DEFAULT_BATCH, db_option, opened, read_op_files
+from ecac.core.audit import (
     INVALID_SIG,
     AuditError,
     MemorySink,
@@ -31,7 +32,10 @@ from ecac.audit import (
     export_line,
     replay_audited,
 )
-from ecac.auditlog import (
+from ecac.core.errors import EcacError
+from ecac.core.keys import parse_hex
+from ecac.core.op import Op
+from ecac.store.auditlog import (
     DEFAULT_DIR,
     ENV_DIR,
     INDEX,
@@ -41,11 +45,7 @@ from ecac.auditlog import (
     AuditWriter,
     open_default,
 )
-from ecac.cli.store_cmds import DEFAULT_BATCH, db_option, opened, read_op_files
-from ecac.errors import EcacError
-from ecac.keys import parse_hex
-from ecac.op import Op
-from ecac.store import Store, load_dag
+from ecac.store.rocks import Store, load_dag
 
 dir_option = click.option(
     "--dir",

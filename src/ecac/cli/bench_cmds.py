@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ecac.bench import BenchParams, load_all
-from ecac.errors import EcacError
+from ecac.core.errors import EcacError
 
 NET_UNSUPPORTED = (
     "--net is not supported in this drop. Run local scenarios (hb-chain | concurrent) without --net."

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import click
 
-from ecac.dag import Dag
-from ecac.errors import EcacError
-from ecac.op import Op, read_log
-from ecac.replay import replay_full
-from ecac.state import State, project_field_json
+from ecac.core.dag import Dag
+from ecac.core.errors import EcacError
+from ecac.core.op import Op, read_log
+from ecac.core.replay import replay_full
+from ecac.core.state import State, project_field_json
 
 
 def read_file(path: str) -> bytes:

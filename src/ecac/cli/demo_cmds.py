@@ -1,4 +1,4 @@
-"""``ecac demo``: the user-facing tour of the network (what ``make demo`` runs); see ``ecac.demo``."""
+"""``ecac demo``: the user-facing tour of the network (what ``make demo`` runs); see ``ecac.net.demo``."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def demo_cmd(nodes: int, ops: int, workdir: Path | None, keep: bool, timeout: fl
     """
     from rich.console import Console
 
-    from ecac.demo import DemoOptions, run_demo
+    from ecac.net.demo import DemoOptions, run_demo
 
     console = Console(emoji=False)
     if not console.is_terminal:

@@ -1,8 +1,8 @@
 """Encryption CLI commands (store §3.3, core §15): ``write``, ``keyrotate``, ``grant-key``, ``show``.
 
 The adapter half of M9: wall-clock HLCs ``{now_ms, 0, 1}``, random nonces, the store's keyring
-and the environment's keys; the envelope and the read verdict come from ``ecac.enc`` and
-``ecac.readpath``. Each command opens ``--db`` (env ``ECAC_DB``, default ``.ecac.db``), creating
+and the environment's keys; the envelope and the read verdict come from ``ecac.core.enc`` and
+``ecac.core.readpath``. Each command opens ``--db`` (env ``ECAC_DB``, default ``.ecac.db``), creating
 it if missing. Unlike the reference, ``keyrotate`` checks ``ECAC_KEYADMIN_SK_HEX`` before it
 stores a key, so a missing admin key leaves the keyring untouched.
 """
@@ -18,17 +18,17 @@ from nacl.signing import SigningKey
 from ecac.cli.core_cmds import read_file
 from ecac.cli.policy_cmds import file_trust_verify, trust_option
 from ecac.cli.store_cmds import env_db_option, mint, opened, wall_clock_ms
-from ecac.enc import CONFIDENTIAL, NONCE_LEN, aad, derive_tag_key, encrypt
-from ecac.errors import EcacError
-from ecac.hlc import U32_MAX, Hlc
-from ecac.keys import parse_hex, signing_key_from_hex, to_hex
-from ecac.op import Data, KeyGrant, KeyRotate, make_op
-from ecac.readpath import REDACTED, project_field_for_subject
-from ecac.replay import replay_full
-from ecac.resources import tags_for
-from ecac.state import project_field_json
-from ecac.store import load_dag
-from ecac.vc import cred_hash
+from ecac.core.enc import CONFIDENTIAL, NONCE_LEN, aad, derive_tag_key, encrypt
+from ecac.core.errors import EcacError
+from ecac.core.hlc import U32_MAX, Hlc
+from ecac.core.keys import parse_hex, signing_key_from_hex, to_hex
+from ecac.core.op import Data, KeyGrant, KeyRotate, make_op
+from ecac.core.readpath import REDACTED, project_field_for_subject
+from ecac.core.replay import replay_full
+from ecac.core.resources import tags_for
+from ecac.core.state import project_field_json
+from ecac.core.vc import cred_hash
+from ecac.store.rocks import load_dag
 
 SUBJECT_ENV = "ECAC_SUBJECT_SK_HEX"
 KEYADMIN_ENV = "ECAC_KEYADMIN_SK_HEX"

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from ecac.errors import EcacError
+from ecac.core.errors import EcacError
 
 LEVELS = click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False)
 
@@ -91,7 +91,7 @@ def node_cmd(
     line `control http://HOST:PORT` follows. Logs go to stderr.
     """
     from ecac.net.control import parse_control_addr
-    from ecac.wire import announce_topic
+    from ecac.sync.wire import announce_topic
 
     try:
         announce_topic(project)
@@ -167,7 +167,7 @@ def one_target(db: Path | None, node_url: str | None) -> None:
 @click.option("--count", required=True, type=click.IntRange(1, 1_000_000), help="Number of ops.")
 @click.option("--seed", required=True, type=click.IntRange(0, 2**64 - 1), help="Author key and payload seed.")
 def inject_demo_ops_cmd(db: Path | None, node_url: str | None, count: int, seed: int) -> None:
-    """Write COUNT chained, signed demo Data ops (see ecac.net.demo_ops), offline or live."""
+    """Write COUNT chained, signed demo Data ops (see ecac.testing.demo_ops), offline or live."""
     one_target(db, node_url)
     if node_url is not None:
         from ecac.net.control import ControlClient
@@ -176,8 +176,8 @@ def inject_demo_ops_cmd(db: Path | None, node_url: str | None, count: int, seed:
         return
     assert db is not None
     from ecac.cli.store_cmds import opened
-    from ecac.net.demo_ops import demo_ops_for
-    from ecac.store import replay_store
+    from ecac.store.rocks import replay_store
+    from ecac.testing.demo_ops import demo_ops_for
 
     with opened(db) as st:
         ops = demo_ops_for(st, count, seed)

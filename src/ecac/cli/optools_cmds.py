@@ -17,11 +17,11 @@ import click
 from ecac.cli.core_cmds import load_ops, read_file
 from ecac.cli.policy_cmds import echo_attach_result, write_bytes
 from ecac.cli.store_cmds import wall_clock_ms
-from ecac.codec import b2l, dumps
-from ecac.errors import EcacError
-from ecac.hlc import Hlc
-from ecac.keys import signing_key_from_hex
-from ecac.op import Credential, Grant, Op, encode_ops, make_op
+from ecac.core.codec import b2l, dumps
+from ecac.core.errors import EcacError
+from ecac.core.hlc import Hlc
+from ecac.core.keys import signing_key_from_hex
+from ecac.core.op import Credential, Grant, Op, encode_ops, make_op
 
 
 def _with_sig(op: Op, sig: bytes) -> Op:

@@ -10,7 +10,7 @@ implementation (documented in each command's help):
   and the result is cached in the store's ``vc_raw``/``vc_verified``. (The reference
   always opens ``ECAC_DB``, default ``.ecac.db``, creating an empty store just to find
   no trust in it; the stdout is the same.)
-* ``simulate`` replays the named policy scenarios of ``ecac.scenarios`` (the
+* ``simulate`` replays the named policy scenarios of ``ecac.testing.scenarios`` (the
   reference's command is a stub).
 * Decision lines are ``<op_id hex> <key> ALLOWED`` or ``<op_id hex> <key> DENIED
   <reason>``; a key that contains whitespace or control characters is printed as a JSON
@@ -29,17 +29,17 @@ from typing import Any
 import click
 from nacl.signing import SigningKey
 
-from ecac import policy
 from ecac.cli.core_cmds import read_file
-from ecac.errors import EcacError, VcError
-from ecac.hlc import U32_MAX, Hlc
-from ecac.keys import public_key, signing_key_from_hex, to_hex
-from ecac.op import Credential, Grant, Op, make_op
-from ecac.replay import dag_of_verified, replay_full
-from ecac.scenarios import DESCRIPTIONS, SCENARIOS
-from ecac.trust import TrustStoreError, is_safe_list_id
-from ecac.trustfiles import load_file_trust
-from ecac.vc import MISSING_FIELD, UNKNOWN_ISSUER, VerifiedClaims, cred_hash, mint_vc, verify_vc_file
+from ecac.core import policy
+from ecac.core.errors import EcacError, VcError
+from ecac.core.hlc import U32_MAX, Hlc
+from ecac.core.keys import public_key, signing_key_from_hex, to_hex
+from ecac.core.op import Credential, Grant, Op, make_op
+from ecac.core.replay import dag_of_verified, replay_full
+from ecac.core.trust import TrustStoreError, is_safe_list_id
+from ecac.core.vc import MISSING_FIELD, UNKNOWN_ISSUER, VerifiedClaims, cred_hash, mint_vc, verify_vc_file
+from ecac.store.trustfiles import load_file_trust
+from ecac.testing.scenarios import DESCRIPTIONS, SCENARIOS
 
 #: the reference's relative trust directory (``./trust/issuers.toml``, ``./trust/status/``)
 DEFAULT_TRUST = "./trust"
@@ -154,8 +154,8 @@ def store_verify(token: bytes, db: Path, trust_dir: str) -> VerifiedClaims:
     """The reference's ``vc-verify``: in-band trust from the store's ops, else file trust; then
     cache the VC in ``vc_raw`` and its claims in ``vc_verified`` (store §1.2, §1.11)."""
     from ecac.cli.store_cmds import opened
-    from ecac.store import verified_vc_persist
-    from ecac.vc import verify_vc_inband
+    from ecac.core.vc import verify_vc_inband
+    from ecac.store.rocks import verified_vc_persist
 
     with opened(db) as st:
         tv = policy.trust_view_for(list(st.iter_topo_ops()))

@@ -22,15 +22,15 @@ from nacl.signing import SigningKey
 
 from ecac.cli.core_cmds import load_ops
 from ecac.cli.net_cmds import db_or_node, one_target
-from ecac.codec import dumps
-from ecac.errors import EcacError
-from ecac.hlc import U32_MAX, U64_MAX, Hlc
-from ecac.keys import parse_hex, public_key, signing_key_from_hex
-from ecac.memstore import PutRejectedError
-from ecac.op import IssuerKey, IssuerKeyRevoke, Op, Payload, StatusListChunk, make_op
-from ecac.replay import replay_full
-from ecac.store import Store, load_dag, replay_store
-from ecac.trust import TrustView
+from ecac.core.codec import dumps
+from ecac.core.errors import EcacError
+from ecac.core.hlc import U32_MAX, U64_MAX, Hlc
+from ecac.core.keys import parse_hex, public_key, signing_key_from_hex
+from ecac.core.op import IssuerKey, IssuerKeyRevoke, Op, Payload, StatusListChunk, make_op
+from ecac.core.replay import replay_full
+from ecac.core.trust import TrustView
+from ecac.store.memory import PutRejectedError
+from ecac.store.rocks import Store, load_dag, replay_store
 
 DEFAULT_BATCH = 1024
 
@@ -437,7 +437,7 @@ def trust_dump_obj(tv: TrustView) -> dict[str, Any]:
 @env_db_option
 def trust_dump_cmd(db: Path) -> None:
     """Print the in-band TrustView of the store's ops as pretty JSON with sorted keys."""
-    from ecac.policy import trust_view_for
+    from ecac.core.policy import trust_view_for
 
     with opened(db, must_exist=True) as st:
         tv = trust_view_for(list(st.iter_topo_ops()))

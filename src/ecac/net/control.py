@@ -13,7 +13,7 @@ Endpoints (all JSON unless noted):
 ``GET /api/health``         ``{"ok": true, "version": …}``
 ``GET /api/state/digest``   ``{"digest": <first 8 bytes, hex>, "ops": <complete ops>}`` (spec §6 tooling)
 ``GET /api/node/peers``     ``{"peers": [{"peer_id", "connected"}], "networking_enabled": true}``
-``POST /inject-demo-ops``   body ``{"count": N, "seed": S}``: N chained demo ops (``ecac.net.demo_ops``)
+``POST /inject-demo-ops``   body ``{"count": N, "seed": S}``: N chained demo ops (``ecac.testing.demo_ops``)
 ``POST /append-ops``        body: a CBOR op log (``application/cbor``); ops are validated by the
                             store's ``put_many``: invalid ones are reported, never stored
 ``POST /peers``             body ``{"multiaddr": "…/p2p/<id>"}``: dial now, keep re-dialling
@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from ecac import __version__
-from ecac.errors import EcacError
+from ecac.core.errors import EcacError
 
 if TYPE_CHECKING:
     from ecac.net.node import Node
@@ -278,7 +278,7 @@ def _int_field(obj: dict[str, Any], name: str) -> int:
 
 
 async def _inject(node: Node, req: Request) -> tuple[int, Any]:
-    from ecac.net.demo_ops import check_demo_args, demo_ops_for
+    from ecac.testing.demo_ops import check_demo_args, demo_ops_for
 
     obj = req.json()
     count, seed = _int_field(obj, "count"), _int_field(obj, "seed")
@@ -294,8 +294,8 @@ async def _inject(node: Node, req: Request) -> tuple[int, Any]:
 
 
 async def _append(node: Node, req: Request) -> tuple[int, Any]:
-    from ecac.net.demo_ops import check_frame
-    from ecac.op import read_log
+    from ecac.core.op import read_log
+    from ecac.testing.demo_ops import check_frame
 
     if not req.body:
         raise HttpError(400, "empty body: send a CBOR op log")

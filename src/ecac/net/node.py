@@ -1,7 +1,7 @@
 """The long-lived network node: RocksDB store + libp2p host + the sans-I/O sync coordinator.
 
 ``Node.run()`` is one trio task tree. It carries out the ``SyncCoordinator``'s effects in
-order, feeds it host events, and follows ``ecac.peersync``'s integration guide:
+order, feeds it host events, and follows ``ecac.sync.peersync``'s integration guide:
 
 * gossip: topic ``ecac/v1/<project>/announce``; the topic validator is
   ``coord.validate_announce(data, expected_vk=<originator's public key>)`` (rejected ones
@@ -39,10 +39,11 @@ from typing import Any
 import trio
 from nacl.signing import SigningKey
 
-from ecac.errors import EcacError, ProtocolError
-from ecac.memstore import PutResult
-from ecac.op import Op
-from ecac.peersync import (
+from ecac.core.errors import EcacError, ProtocolError
+from ecac.core.op import Op
+from ecac.store.memory import PutResult
+from ecac.store.rocks import Store
+from ecac.sync.peersync import (
     CancelRequest,
     CommitOps,
     CommitOutcome,
@@ -56,9 +57,8 @@ from ecac.peersync import (
     apply_commit,
     decode_frames,
 )
-from ecac.store import Store
-from ecac.syncserve import plan_response, response_blobs
-from ecac.wire import (
+from ecac.sync.syncserve import plan_response, response_blobs
+from ecac.sync.wire import (
     MAX_REQUEST_FRAME,
     SYNC_PROTOCOL_ID,
     FrameReader,
@@ -217,8 +217,8 @@ class DigestTracker:
     """
 
     def __init__(self, store: Store) -> None:
-        from ecac.dag import Dag
-        from ecac.replay import Replayer
+        from ecac.core.dag import Dag
+        from ecac.core.replay import Replayer
 
         self._store = store
         self._dag = Dag()
@@ -237,7 +237,7 @@ class DigestTracker:
             self._wake.set()
 
     def _load(self) -> None:
-        from ecac.store import load_dag
+        from ecac.store.rocks import load_dag
 
         dag = load_dag(self._store)
         pending = self._store.index.pending_ids()

@@ -1,0 +1,132 @@
+"""The M9 encryption envelope (core §15): EncV1, its AAD, XChaCha20-Poly1305, keyrotate's key derivation.
+
+Pure: the nonce is a parameter, so the same inputs always give the same bytes; only the CLI
+adapter draws random nonces. The formats are the reference's, weaknesses included (an AAD
+without separators or ``node_id``; keys derived from public inputs and published by KeyRotate).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import blake3
+from nacl.bindings import (
+    crypto_aead_xchacha20poly1305_ietf_decrypt,
+    crypto_aead_xchacha20poly1305_ietf_encrypt,
+)
+from nacl.exceptions import CryptoError
+
+from ecac.core.codec import b2l, dumps, loads, struct_fields, to_bytes, to_text, to_u32
+from ecac.core.errors import DecodeError, EcacError
+from ecac.core.hlc import U32_MAX, Hlc
+
+KEY_LEN = 32
+NONCE_LEN = 24
+TAG_LEN = 16
+AAD_DOMAIN = b"ECAC_AAD"
+ENC_FIELDS = ("tag", "key_version", "nonce", "aead_tag", "ct")
+#: the only tag the CLI encrypts under (tags_for gives it to ``(o, x)`` only)
+CONFIDENTIAL = "confidential"
+
+
+@dataclass(frozen=True, slots=True)
+class EncV1:
+    """An encrypted MV value: which key (tag, version), the nonce, the detached tag, the ciphertext."""
+
+    tag: str
+    key_version: int
+    nonce: bytes
+    aead_tag: bytes
+    ct: bytes
+
+    def to_obj(self) -> dict[str, Any]:
+        """The CBOR object in the field order of core §15; byte fields as arrays of ints."""
+        return {
+            "tag": self.tag,
+            "key_version": self.key_version,
+            "nonce": b2l(self.nonce),
+            "aead_tag": b2l(self.aead_tag),
+            "ct": b2l(self.ct),
+        }
+
+    def to_cbor(self) -> bytes:
+        return dumps(self.to_obj())
+
+
+def enc_from_obj(obj: Any) -> EncV1:
+    """An EncV1 from a decoded CBOR item, in any form serde accepts: a map keyed by field name
+    (extra keys ignored), an integer-keyed map or a 5-element array. DecodeError otherwise."""
+    tag, ver, nonce, aead_tag, ct = struct_fields(obj, ENC_FIELDS, "EncV1")
+    return EncV1(
+        to_text(tag, "EncV1.tag"),
+        to_u32(ver, "EncV1.key_version"),
+        to_bytes(nonce, "EncV1.nonce", NONCE_LEN),
+        to_bytes(aead_tag, "EncV1.aead_tag", TAG_LEN),
+        to_bytes(ct, "EncV1.ct"),
+    )
+
+
+def decode_enc(value: bytes) -> EncV1:
+    """Decode an MV value as EncV1 (DecodeError when it is not one)."""
+    return enc_from_obj(loads(value, "EncV1"))
+
+
+def try_decode_enc(value: bytes) -> EncV1 | None:
+    """The detection rule of core §15: a value is encrypted iff it decodes as EncV1."""
+    try:
+        return decode_enc(value)
+    except DecodeError:
+        return None
+
+
+def aad(author_pk: bytes, hlc: Hlc, parents: Sequence[bytes], obj: str, field: str) -> bytes:
+    """``blake3("ECAC_AAD" ‖ author ‖ u64be(phys) ‖ u64be(logical) ‖ parents… ‖ obj ‖ field)``.
+
+    No separators (``("ab","c")`` and ``("a","bc")`` collide) and no node_id, as the reference;
+    ``parents`` must be in header order (sorted), which is what a reader sees.
+    """
+    h = blake3.blake3(AAD_DOMAIN)
+    h.update(bytes(author_pk))
+    h.update(hlc.physical_ms.to_bytes(8, "big"))
+    h.update(hlc.logical.to_bytes(8, "big"))
+    for p in parents:
+        h.update(bytes(p))
+    h.update(obj.encode("utf-8"))
+    h.update(field.encode("utf-8"))
+    return h.digest()
+
+
+def _check_len(data: bytes, n: int, what: str) -> None:
+    if len(data) != n:
+        raise EcacError(f"{what} must be {n} bytes, got {len(data)}")
+
+
+def encrypt(
+    key: bytes, nonce: bytes, plaintext: bytes, aad_bytes: bytes, tag: str, key_version: int
+) -> EncV1:
+    """XChaCha20-Poly1305 with a detached tag (libsodium returns ``ct ‖ tag``)."""
+    _check_len(key, KEY_LEN, "key")
+    _check_len(nonce, NONCE_LEN, "nonce")
+    out = crypto_aead_xchacha20poly1305_ietf_encrypt(bytes(plaintext), bytes(aad_bytes), nonce, key)
+    return EncV1(tag, key_version, bytes(nonce), out[-TAG_LEN:], out[:-TAG_LEN])
+
+
+def decrypt(key: bytes, enc: EncV1, aad_bytes: bytes) -> bytes:
+    """The plaintext, or EcacError when the key, AAD, nonce, tag or ciphertext do not match."""
+    _check_len(key, KEY_LEN, "key")
+    try:
+        return crypto_aead_xchacha20poly1305_ietf_decrypt(
+            enc.ct + enc.aead_tag, bytes(aad_bytes), enc.nonce, key
+        )
+    except CryptoError:
+        raise EcacError(f"decryption failed for tag={enc.tag!r} key_version={enc.key_version}") from None
+
+
+def derive_tag_key(db_uuid: bytes, tag: str, version: int) -> bytes:
+    """keyrotate's key: ``blake3(db_uuid(16) ‖ tag ‖ u32be(version))`` (public inputs; kept as is)."""
+    _check_len(db_uuid, 16, "db_uuid")
+    if not 0 <= version <= U32_MAX:
+        raise EcacError(f"key_version {version} out of range")
+    return blake3.blake3(bytes(db_uuid) + tag.encode("utf-8") + version.to_bytes(4, "big")).digest()

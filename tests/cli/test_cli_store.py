@@ -1,0 +1,289 @@
+"""Store CLI commands: exact outputs and exit codes (store §3.3)."""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import cli_ok as ok
+from conftest import cli_run as run
+from ecac.core.codec import dumps, loads
+from ecac.core.errors import EcacError
+from ecac.core.op import encode_ops
+from ecac.store.rocks import Store, open_rdict
+from ecac.testing.workloads import gen_hb_chain
+
+FIXTURES = [
+    "fixtures/ops.cbor",
+    "fixtures/hb_chain.cbor",
+    "fixtures/mv_concurrent.cbor",
+    "fixtures/orset_races.cbor",
+]
+ECAC = [sys.executable, "-c", "from ecac.cli import main; main()"]
+
+
+def fails(msg: str, *args: str, prefix: bool = False):
+    r = run(*args)
+    assert isinstance(r.exception, EcacError), r.exception
+    assert str(r.exception).startswith(msg) if prefix else str(r.exception) == msg
+    return r
+
+
+@pytest.mark.parametrize("fixture", FIXTURES)
+def test_append_then_replay_equals_file_replay(tmp_path, vectors, fixture):
+    db = str(tmp_path / "db")
+    path = str(vectors.path(fixture))
+    r = ok("op-append", "--db", db, path)
+    ids = [o["op_id_hex"] for o in vectors.op_logs[fixture]["ops_in_file_order"]]
+    assert r.stderr.splitlines() == [f"appended {h}" for h in ids]
+    assert r.stdout == ""
+    want = ok("replay", path).stdout
+    log = vectors.op_logs[fixture]
+    assert want == f"{log['state_json']}\ndigest={log['state_digest_hex']}\n"
+    assert ok("replay-from-store", "-d", db).stdout == want
+    assert ok("replay-from-store", "-d", db, "--verify-sigs").stdout == want
+    assert ok("replay-from-store", "-d", db, "--from-checkpoint").stdout == want
+    assert ok("verify-store", "-d", db).stdout == "OK\n"
+    assert ok("verify-store", "-d", db, "--verify-sigs").stdout == "OK\n"
+
+
+def test_append_directory_sorted_non_recursive(tmp_path):
+    ops = gen_hb_chain(21, 4)
+    d = tmp_path / "in"
+    (d / "sub").mkdir(parents=True)
+    (d / "b.op.cbor").write_bytes(encode_ops(ops[2:4]))
+    (d / "a.cbor").write_bytes(ops[1].cbor)  # a single op, not a list
+    (d / "0.cbor").write_bytes(ops[0].cbor)
+    (d / "notes.txt").write_bytes(b"ignored")
+    (d / "sub" / "x.cbor").write_bytes(b"ignored too")
+    r = ok("op-append", "-d", str(tmp_path / "db"), str(d))
+    assert r.stderr.splitlines() == [f"appended {op.op_id.hex()}" for op in ops]
+    r = ok("op-append", "-d", str(tmp_path / "db2"), "--quiet", "--batch-size", "1", str(d))
+    assert r.stderr == ""
+    assert ok("status", "-d", str(tmp_path / "db2"), "--json").stdout.count('"op_count":4') == 1
+
+
+def test_append_first_failure_aborts_earlier_ops_stay(tmp_path):
+    ops = gen_hb_chain(22, 5)
+    bad = loads(ops[2].cbor)
+    bad["sig"][0] ^= 1
+    payload = b"\x85" + ops[0].cbor + ops[1].cbor + dumps(bad) + ops[3].cbor + ops[4].cbor
+    f = tmp_path / "log.cbor"
+    f.write_bytes(payload)
+    for batch in ("1", "2", "1024"):
+        db = str(tmp_path / f"db{batch}")
+        r = fails(
+            f"invalid signature for op {ops[2].op_id.hex()}",
+            "op-append",
+            "-d",
+            db,
+            "--batch-size",
+            batch,
+            str(f),
+        )
+        assert r.stderr.splitlines() == [f"appended {op.op_id.hex()}" for op in ops[:2]]
+        st = json.loads(ok("status", "-d", db, "--json").stdout)
+        assert st["op_count"] == 2 and st["stored_ops"] == 2
+
+
+def test_append_unreadable_file_after_good_ones(tmp_path):
+    ops = gen_hb_chain(23, 2)
+    (tmp_path / "a.cbor").write_bytes(encode_ops(ops))
+    (tmp_path / "b.cbor").write_bytes(b"\xff\x00garbage")
+    db = str(tmp_path / "db")
+    msg = f"{tmp_path / 'b.cbor'}: not a CBOR Vec<Op> or Op"
+    r = fails(msg, "op-append", "-d", db, str(tmp_path), prefix=True)
+    assert len(r.stderr.splitlines()) == 2
+    assert json.loads(ok("status", "-d", db, "--json").stdout)["op_count"] == 2
+
+
+def test_checkpoint_commands(tmp_path):
+    ops = gen_hb_chain(24, 30)
+    f1, f2 = tmp_path / "p1.cbor", tmp_path / "p2.cbor"
+    f1.write_bytes(encode_ops(ops[:20]))
+    f2.write_bytes(encode_ops(ops[20:]))
+    db = str(tmp_path / "db")
+    for cmd in ("checkpoint-list", "checkpoint-create", "replay-from-store", "verify-store", "status"):
+        fails(f"store {db} does not exist", cmd, "-d", db)  # a mistyped --db creates nothing
+    assert not (tmp_path / "db").exists()
+    Store.open(db).close()
+    assert ok("checkpoint-list", "-d", db).stdout == "(no checkpoints)\n"
+    ok("op-append", "-d", db, "-q", str(f1))
+    assert ok("checkpoint-create", "-d", db).stdout == "1\n"
+    assert ok("checkpoint-list", "-d", db).stdout == "latest: 1 @ topo_idx=20\n"
+    r = ok("checkpoint-load", "-d", db, "1")
+    prefix = ok("replay-from-store", "-d", db).stdout.splitlines()[0]
+    assert r.stdout == prefix + "\n" and r.stderr == "checkpoint_topo_idx=20\n"
+    ok("op-append", "-d", db, "-q", str(f2))
+    full = ok("replay-from-store", "-d", db).stdout
+    assert ok("replay-from-store", "-d", db, "--from-checkpoint").stdout == full
+    assert ok("checkpoint-create", "-d", db).stdout == "2\n"
+    assert ok("checkpoint-list", "-d", db).stdout == "latest: 2 @ topo_idx=30\n"
+    fails("checkpoint 3 not found", "checkpoint-load", "-d", db, "3")
+    status = json.loads(ok("status", "-d", db, "--json").stdout)
+    assert status["latest_checkpoint"] == {"id": 2, "topo_idx": 30}
+    assert status["state_digest"] == full.splitlines()[1].removeprefix("digest=")
+
+
+def test_status_keys_and_orphans(tmp_path):
+    ops = gen_hb_chain(25, 4)
+    f = tmp_path / "x.cbor"
+    f.write_bytes(encode_ops([ops[0], ops[2], ops[3]]))  # ops 2 and 3 wait for op 1
+    db = str(tmp_path / "db")
+    ok("op-append", "-d", db, "-q", str(f))
+    s = json.loads(ok("status", "-d", db, "--json").stdout)
+    for key in (
+        "op_count",
+        "head_count",
+        "topo_watermark",
+        "state_digest",
+        "latest_checkpoint",
+        "pending_ops",
+    ):
+        assert key in s
+    assert (s["op_count"], s["pending_ops"], s["stored_ops"], s["head_count"]) == (1, 2, 3, 1)
+    assert s["heads"] == [ops[0].op_id.hex()] and s["topo_watermark"] is None
+    text = ok("status", "-d", db).stdout
+    assert "op_count: 1\n" in text and "pending_ops: 2\n" in text
+    fails("1 missing parent references", "verify-store", "-d", db)
+
+
+def test_usage_error_exits_2(tmp_path):
+    r = run("replay-from-store")
+    assert r.exit_code == 2 and "--db" in r.stderr
+
+
+def _corrupt(db: Path, op_id: bytes) -> None:
+    h = open_rdict(db)
+    cf = h.get_column_family("ops")
+    v = bytes(cf[op_id])
+    cf[op_id] = v[:-1] + bytes([v[-1] ^ 1])
+    del cf
+    gc.collect()
+    h.close()
+    del h
+    gc.collect()
+
+
+def test_verify_store_corruption_process_exit_code(tmp_path):
+    ops = gen_hb_chain(26, 3)
+    f = tmp_path / "x.cbor"
+    f.write_bytes(encode_ops(ops))
+    db = tmp_path / "db"
+    ok("op-append", "-d", str(db), "-q", str(f))
+    _corrupt(db, ops[1].op_id)
+    p = subprocess.run([*ECAC, "verify-store", "--db", str(db)], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1 and p.stdout == ""
+    assert p.stderr.startswith("Error: ") and ops[1].op_id.hex() in p.stderr
+    p = subprocess.run(
+        [*ECAC, "replay-from-store", "--db", str(db)], capture_output=True, text=True, timeout=60
+    )
+    assert p.returncode == 1 and p.stderr == f"Error: op_id mismatch for {ops[1].op_id.hex()}\n"
+
+
+def test_crash_hook_aborts_after_first_batch(tmp_path):
+    ops = gen_hb_chain(27, 6)
+    f = tmp_path / "x.cbor"
+    f.write_bytes(encode_ops(ops))
+    db = tmp_path / "db"
+    env = dict(os.environ, ECAC_CRASH_AFTER_WRITE="1")
+    p = subprocess.run([*ECAC, "op-append", "-d", str(db), "--batch-size", "2", str(f)], env=env, timeout=60)
+    assert p.returncode == -6  # SIGABRT (a shell reports 134)
+    assert ok("verify-store", "-d", str(db)).stdout == "OK\n"
+    s = json.loads(ok("status", "-d", str(db), "--json").stdout)
+    assert s["op_count"] == 2  # exactly the first committed batch
+    ok("op-append", "-d", str(db), "-q", str(f))
+    assert ok("replay-from-store", "-d", str(db)).stdout == ok("replay", str(f)).stdout
+
+
+# --------------------------------------------------------------------------- trust ops
+
+
+def test_trust_commands_outputs_and_dump(tmp_path, monkeypatch):
+    import hashlib
+
+    import blake3
+    import cbor2
+
+    from ecac.core.keys import public_key, signing_key_from_hex
+    from ecac.store.rocks import Store
+
+    monkeypatch.setenv("ECAC_TIME_MS", "5000")
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "99")  # ECAC_TIME_MS wins
+    db = tmp_path / "db"
+    monkeypatch.setenv("ECAC_DB", str(db))
+    sk_hex = "11" * 32
+    pk_hex = public_key(signing_key_from_hex(sk_hex)).hex()
+    r = ok("trust-issuer-publish", "issuer-1", "k1", "EdDSA", sk_hex)
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("issuer_key_op_id=") and lines[0].endswith(" issuer_id=issuer-1 key_id=k1")
+    assert lines[1] == f"valid_from_ms=5000 valid_until_ms={5000 + 365 * 86_400_000}"
+    key_op = bytes.fromhex(lines[0].split()[0].split("=")[1])
+    fails(
+        "valid_until_ms (5) must be > valid_from_ms (10)",
+        *("trust-issuer-publish", "issuer-1", "k2", "EdDSA", sk_hex, "--valid-from-ms", "10"),
+        *("--valid-until-ms", "5"),
+    )
+    chunk = tmp_path / "chunk.bin"
+    chunk.write_bytes(b"\x05")
+    args = ("trust-status-chunk", "issuer-1", "list-0", "1", "0", str(chunk), sk_hex)
+    fails("bitset_sha256_hex not provided; pass --bitset-sha256-hex <64-hex>", *args)
+    fails("expected 64 hex chars for SHA-256 value", *args, "--bitset-sha256-hex", "abc")
+    sha = hashlib.sha256(b"\x05").hexdigest()
+    r = ok(*args, "--bitset-sha256-hex", sha.upper())
+    assert r.stdout.endswith(" issuer_id=issuer-1 list_id=list-0 version=1 chunk_index=0\n")
+    chunk_op = bytes.fromhex(r.stdout.split()[0].split("=")[1])
+    monkeypatch.setenv("ECAC_TIME_MS", "7000")
+    r = ok("trust-issuer-revoke", "issuer-1", "k1", "compromised", sk_hex)
+    assert r.stdout.startswith("issuer_revoke_op_id=")
+    assert r.stdout.endswith(" issuer_id=issuer-1 key_id=k1 reason=compromised\n")
+    revoke_op = bytes.fromhex(r.stdout.split()[0].split("=")[1])
+    with Store.open(db) as st:
+        op = st.get_op(revoke_op)
+        assert op.hlc.physical_ms == 7000 and op.hlc.logical == 0 and op.hlc.node_id == 1
+        assert op.parents == (chunk_op,)  # parents are heads(8) at minting time
+        assert st.get_op(chunk_op).parents == (key_op,)
+        assert st.op_count() == 3
+    dump = json.loads(ok("trust-dump").stdout)
+    issuers = {
+        "issuer-1": {
+            "k1": {
+                "algo": "EdDSA",
+                "valid_from_ms": 5000,
+                "valid_until_ms": 5000 + 365 * 86_400_000,
+                "activated_at_ms": 5000,
+                "revoked_at_ms": 7000,
+                "pubkey_hex": pk_hex,
+            }
+        }
+    }
+    lists = {
+        "list-0": {
+            "issuer_id": "issuer-1",
+            "list_id": "list-0",
+            "version": 1,
+            "num_chunks": 1,
+            "bitset_sha256_hex": sha,
+            "digest_matches": True,
+        }
+    }
+    assert dump["issuers"] == issuers and dump["status_lists"] == lists
+    assert dump["issuers_digest_hex"] == blake3.blake3(cbor2.dumps(issuers)).hexdigest()
+    assert dump["status_lists_digest_hex"] == blake3.blake3(cbor2.dumps(lists)).hexdigest()
+    text = ok("trust-dump").stdout
+    assert text.startswith(
+        '{\n  "issuers": {\n    "issuer-1": {\n      "k1": {\n        "activated_at_ms": 5000,'
+    )
+
+
+def test_trust_time_falls_back_to_source_date_epoch(tmp_path, monkeypatch):
+    monkeypatch.delenv("ECAC_TIME_MS", raising=False)
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "3")
+    r = ok("trust-issuer-publish", "-d", str(tmp_path / "db"), "iss", "k", "EdDSA", "22" * 32)
+    assert r.stdout.splitlines()[1] == f"valid_from_ms=3000 valid_until_ms={3000 + 365 * 86_400_000}"
