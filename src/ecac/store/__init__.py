@@ -1,1 +1,1 @@
-"""Storage adapters: the RocksDB store, the in-memory store, row layouts, audit log files and trust files."""
+"""Storage adapters: the RocksDB store, the in-memory store, audit log files, trust files."""

@@ -1,1 +1,1 @@
-"""Deterministic generators for tests, benchmarks and the demo: workloads, policy scenarios, demo ops."""
+"""Deterministic generators for tests, benchmarks and the demo: workloads, scenarios, demo ops."""
