@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from ecac.core.op import Op, read_log
+from ecac.core.op import Op
+from ecac.core.opcodec import read_log
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -12,7 +12,7 @@ from ecac.bench.policy import DEFAULT_EDITORS, editors_for, gen_policy_heavy
 from ecac.cli import cli
 from ecac.core import policy
 from ecac.core.dag import Dag
-from ecac.core.op import admit
+from ecac.core.sig import admit
 
 REQUIRED_KEYS = {
     "scenario",

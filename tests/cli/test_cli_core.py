@@ -15,7 +15,8 @@ from ecac.cli import main
 from ecac.core.codec import dumps
 from ecac.core.hlc import Hlc
 from ecac.core.keys import key_pair
-from ecac.core.op import Data, Op, encode_ops, make_op
+from ecac.core.op import Data, Op, make_op
+from ecac.core.opcodec import encode_ops
 from ecac.core.replay import replay_full
 from ecac.testing.workloads import gen_hb_chain
 

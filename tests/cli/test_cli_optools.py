@@ -8,8 +8,10 @@ import blake3
 from click.testing import CliRunner
 
 from ecac.cli import cli
-from ecac.core.op import Credential, Grant, admit, check_op, decode_op, read_log
+from ecac.core.op import Credential, Grant
+from ecac.core.opcodec import decode_op, read_log
 from ecac.core.replay import replay_full
+from ecac.core.sig import admit, check_op
 
 SEED_11 = "11" * 32
 SEED_22 = "22" * 32

@@ -16,7 +16,8 @@ from ecac.core.codec import loads
 from ecac.core.errors import EcacError
 from ecac.core.hlc import U64_MAX, Hlc
 from ecac.core.keys import key_pair, public_key
-from ecac.core.op import Credential, Data, Grant, IssuerKey, decode_op, encode_ops, make_op
+from ecac.core.op import Credential, Data, Grant, IssuerKey, make_op
+from ecac.core.opcodec import decode_op, encode_ops
 from ecac.core.policy import explain
 from ecac.core.replay import dag_of_verified, replay_full
 from ecac.core.vc import cred_hash, editor_claims, mint_vc, verify_vc_file

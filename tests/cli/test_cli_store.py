@@ -15,7 +15,7 @@ from conftest import cli_ok as ok
 from conftest import cli_run as run
 from ecac.core.codec import dumps, loads
 from ecac.core.errors import EcacError
-from ecac.core.op import encode_ops
+from ecac.core.opcodec import encode_ops
 from ecac.store.rocks import Store, open_rdict
 from ecac.testing.workloads import gen_hb_chain
 

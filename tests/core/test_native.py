@@ -15,7 +15,9 @@ from conftest import vectors_dir
 from ecac import _native
 from ecac.core.hlc import Hlc
 from ecac.core.keys import key_pair
-from ecac.core.op import _DATA_KEYS, _SHARED_MAX, Data, Op, check_sigs, decode_op, make_op, read_log
+from ecac.core.op import Data, Op, make_op
+from ecac.core.opcodec import _DATA_KEYS, _SHARED_MAX, decode_op, read_log
+from ecac.core.sig import check_sigs
 from ecac.store.rocks import EdgeVal
 from ecac.testing.workloads import OTHER_KINDS, gen_hb_chain, gen_random_dag
 

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ecac.core.op as op_mod
+import ecac.core.opcodec as opcodec_mod
 from ecac.core.codec import dumps
 from ecac.core.errors import DecodeError, InvalidOpError
 from ecac.core.hlc import Hlc
@@ -31,18 +32,11 @@ from ecac.core.op import (
     Revoke,
     StatusListChunk,
     StatusPointer,
-    admit,
-    check_op,
-    check_ops,
-    check_sigs,
-    decode_op,
-    decode_op_with_header,
-    encode_ops,
     make_op,
     op_id_of,
-    read_log,
-    verify_op,
 )
+from ecac.core.opcodec import decode_op, decode_op_with_header, encode_ops, read_log
+from ecac.core.sig import admit, check_op, check_ops, check_sigs, verify_op
 from ecac.testing.workloads import gen_hb_chain
 
 SK = key_pair(11, b"test/op")
@@ -362,9 +356,9 @@ _DATA_OP = make_op(SK, [b"\x05" * 32, b"\x19" * 32], Hlc(300, 2, 7), Data("set+:
 
 def _agree(data: bytes) -> None:
     """The fast path accepts exactly what the general strict decoder accepts, with the same result."""
-    fast = op_mod._fast_canonical_op(data)
+    fast = opcodec_mod._fast_canonical_op(data)
     try:
-        general = op_mod.op_from_obj(cbor2.loads(data))
+        general = opcodec_mod.op_from_obj(cbor2.loads(data))
     except Exception:
         general = None
     general_ok = general is not None and general.cbor == data
@@ -405,7 +399,7 @@ def _structural_mutations(op: Op) -> list[bytes]:
 
 
 def test_fast_path_agrees_on_structural_mutations():
-    assert op_mod._fast_canonical_op(_DATA_OP.cbor) is not None
+    assert opcodec_mod._fast_canonical_op(_DATA_OP.cbor) is not None
     accepted = 0
     for data in _structural_mutations(_DATA_OP):
         _agree(data)
@@ -452,7 +446,7 @@ _EDGE_OPS = _edge_ops()
 
 def test_fast_path_decodes_every_payload_and_head_width_like_the_general_path():
     for op in _EDGE_OPS:
-        fast = op_mod._fast_canonical_op(op.cbor)
+        fast = opcodec_mod._fast_canonical_op(op.cbor)
         assert fast is not None, op.payload
         assert fast[0] == op and fast[0].cbor is op.cbor and fast[1] == op.header_bytes()
         _agree(op.cbor)
@@ -462,7 +456,7 @@ def test_fast_path_leaves_other_signature_lengths_to_the_general_path():
     op = make_op(SK, [], Hlc(1, 0, 0), Data("k", b"v"))
     short = replace(op, sig=op.sig[:63])
     data = op_mod._op_cbor(op.header_bytes(), short.sig, op.op_id)
-    assert op_mod._fast_canonical_op(data) is None
+    assert opcodec_mod._fast_canonical_op(data) is None
     back = decode_op(data)
     assert back.sig == op.sig[:63] and check_op(back) == REASON_BAD_SIG
 

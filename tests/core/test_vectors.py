@@ -21,9 +21,11 @@ from ecac.core.codec import dumps
 from ecac.core.dag import Dag
 from ecac.core.hlc import Hlc
 from ecac.core.keys import key_pair, key_seed, public_key
-from ecac.core.op import Data, Revoke, check_op, decode_op, encode_ops, header_obj, make_op, read_log
+from ecac.core.op import Data, Revoke, header_obj, make_op
+from ecac.core.opcodec import decode_op, encode_ops, read_log
 from ecac.core.replay import replay_full
 from ecac.core.resources import derive_action_and_tags
+from ecac.core.sig import check_op
 from ecac.core.state import STATE_DOMAIN, State, checkpoint_blob, load_checkpoint_blob
 from ecac.testing.workloads import gen_hb_chain
 

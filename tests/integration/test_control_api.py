@@ -12,7 +12,8 @@ import pytest
 from ecac.core.errors import EcacError
 from ecac.core.hlc import Hlc
 from ecac.core.keys import key_pair
-from ecac.core.op import Data, encode_ops, make_op
+from ecac.core.op import Data, make_op
+from ecac.core.opcodec import encode_ops
 from ecac.core.replay import replay_full
 from ecac.net.procs import NODE_COMMAND, node_args, wait_for
 

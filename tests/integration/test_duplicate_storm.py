@@ -8,7 +8,7 @@ import functools
 import pytest
 import trio
 
-from ecac.core.op import encode_ops
+from ecac.core.opcodec import encode_ops
 from ecac.net.procs import wait_converged, wait_for
 from ecac.sync.wire import (
     SYNC_PROTOCOL_ID,

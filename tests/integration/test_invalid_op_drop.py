@@ -9,7 +9,7 @@ import functools
 import pytest
 import trio
 
-from ecac.core.op import encode_ops
+from ecac.core.opcodec import encode_ops
 from ecac.net.procs import wait_converged, wait_for
 from ecac.store.memory import MemoryOpStore
 from ecac.store.rocks import Store

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ecac.core.hlc import Hlc
-from ecac.core.op import encode_ops
+from ecac.core.opcodec import encode_ops
 from ecac.core.replay import replay_full
 from ecac.net.procs import wait_converged, wait_for
 from ecac.store.memory import MemoryOpStore

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ecac.core.op import encode_ops
+from ecac.core.opcodec import encode_ops
 from ecac.core.replay import replay_full
 from ecac.net.procs import wait_converged
 from ecac.sync.wire import op_frame_size

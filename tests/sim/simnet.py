@@ -32,7 +32,8 @@ from ecac.core.codec import b2l, dumps
 from ecac.core.errors import ProtocolError
 from ecac.core.hlc import Hlc
 from ecac.core.keys import key_pair
-from ecac.core.op import Data, Op, decode_op, header_obj, make_op
+from ecac.core.op import Data, Op, header_obj, make_op
+from ecac.core.opcodec import decode_op
 from ecac.store.memory import MemoryOpStore
 from ecac.sync.peersync import (
     CancelRequest,

@@ -39,7 +39,7 @@ from ecac.core.audit import (
 from ecac.core.codec import dumps, loads
 from ecac.core.errors import EcacError
 from ecac.core.keys import public_key
-from ecac.core.op import encode_ops
+from ecac.core.opcodec import encode_ops
 from ecac.core.replay import dag_of_verified
 from ecac.store.auditlog import (
     INDEX,

@@ -8,7 +8,8 @@ from conftest import vectors_dir
 from ecac.core.codec import dumps, loads
 from ecac.core.hlc import Hlc
 from ecac.core.keys import key_pair
-from ecac.core.op import Data, make_op, read_log
+from ecac.core.op import Data, make_op
+from ecac.core.opcodec import read_log
 from ecac.store.memory import MemoryOpStore, OpStore, PutRejectedError, validate_ops
 
 VECTORS = vectors_dir()

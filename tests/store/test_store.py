@@ -20,7 +20,8 @@ from ecac.core.codec import dumps, loads
 from ecac.core.errors import StoreError
 from ecac.core.hlc import Hlc
 from ecac.core.keys import key_pair
-from ecac.core.op import Data, decode_op, make_op, read_log
+from ecac.core.op import Data, make_op
+from ecac.core.opcodec import decode_op, read_log
 from ecac.store.memory import OpStore, PutRejectedError
 from ecac.store.rocks import (
     CF_NAMES,

@@ -21,8 +21,9 @@ from pathlib import Path
 import pytest
 
 from ecac.core.dag import Dag
-from ecac.core.op import check_sigs, decode_op, encode_ops
+from ecac.core.opcodec import decode_op, encode_ops
 from ecac.core.replay import replay_full
+from ecac.core.sig import check_sigs
 from ecac.store.rocks import CF_NAMES, EdgeVal, Store, by_author_key, open_rdict, replay_from_store
 from ecac.testing.workloads import gen_concurrent
 
@@ -34,7 +35,7 @@ SEED = 20240611
 CHILD = r"""
 import sys
 from pathlib import Path
-from ecac.core.op import read_log
+from ecac.core.opcodec import read_log
 from ecac.store.rocks import Store
 
 db, log, batch = sys.argv[1], sys.argv[2], int(sys.argv[3])

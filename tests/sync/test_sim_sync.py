@@ -7,8 +7,8 @@ import dataclasses
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ecac.core.op import check_ops
 from ecac.core.replay import replay_full
+from ecac.core.sig import check_ops
 from ecac.sync.peersync import SendRequest, local_announce
 from sim.dags import chain, spec_dag_60
 from sim.simnet import SIM_CONFIG, Faults, SimNet

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from ecac.core.errors import DecodeError
 from ecac.core.hlc import Hlc
 from ecac.core.keys import key_pair
-from ecac.core.op import Data, decode_op, make_op
+from ecac.core.op import Data, make_op
+from ecac.core.opcodec import decode_op
 from ecac.store.memory import MemoryOpStore
 from ecac.sync.syncserve import (
     BATCH_OPS,

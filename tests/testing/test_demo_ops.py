@@ -9,7 +9,8 @@ import pytest
 from ecac.core.errors import EcacError
 from ecac.core.hlc import Hlc
 from ecac.core.keys import key_pair
-from ecac.core.op import Data, admit, make_op
+from ecac.core.op import Data, make_op
+from ecac.core.sig import admit
 from ecac.store.memory import MemoryOpStore
 from ecac.testing.demo_ops import MAX_DEMO_OPS, check_frame, demo_ops, demo_ops_for, max_physical_ms
 

@@ -7,8 +7,9 @@ import random
 from ecac.core.dag import Dag
 from ecac.core.hlc import Hlc
 from ecac.core.keys import key_pair, public_key
-from ecac.core.op import Data, check_op
+from ecac.core.op import Data
 from ecac.core.replay import replay_full
+from ecac.core.sig import check_op
 from ecac.testing.workloads import (
     OTHER_KINDS,
     concurrent_authors,

@@ -19,7 +19,8 @@ from nacl.bindings import crypto_sign_open
 from ecac.bench import BenchParams, scenario
 from ecac.core.dag import Dag
 from ecac.core.errors import EcacError
-from ecac.core.op import Op, decode_op
+from ecac.core.op import Op
+from ecac.core.opcodec import decode_op
 from ecac.core.replay import Replayer, decode_and_admit, replay_full
 from ecac.testing.workloads import (
     concurrent_authors,

@@ -44,7 +44,8 @@ from typing import Any
 
 from ecac.bench import BenchParams, scenario
 from ecac.core.errors import EcacError
-from ecac.core.op import Op, encode_ops, read_log
+from ecac.core.op import Op
+from ecac.core.opcodec import encode_ops, read_log
 from ecac.core.replay import replay_full
 from ecac.store.rocks import Store
 from ecac.sync.syncserve import BATCH_OPS

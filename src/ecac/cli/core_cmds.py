@@ -14,7 +14,8 @@ import click
 
 from ecac.core.dag import Dag
 from ecac.core.errors import EcacError
-from ecac.core.op import Op, read_log
+from ecac.core.op import Op
+from ecac.core.opcodec import read_log
 from ecac.core.replay import replay_full
 from ecac.core.state import State, project_field_json
 

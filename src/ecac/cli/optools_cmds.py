@@ -21,7 +21,8 @@ from ecac.core.codec import b2l, dumps
 from ecac.core.errors import EcacError
 from ecac.core.hlc import Hlc
 from ecac.core.keys import signing_key_from_hex
-from ecac.core.op import Credential, Grant, Op, encode_ops, make_op
+from ecac.core.op import Credential, Grant, Op, make_op
+from ecac.core.opcodec import encode_ops
 
 
 def _with_sig(op: Op, sig: bytes) -> Op:

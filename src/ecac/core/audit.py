@@ -40,9 +40,10 @@ from ecac.core.codec import (
 )
 from ecac.core.dag import Dag
 from ecac.core.errors import DecodeError, EcacError
-from ecac.core.op import Op, check_sigs
+from ecac.core.op import Op
 from ecac.core.replay import apply_over_order
 from ecac.core.resources import DataAction
+from ecac.core.sig import check_sigs
 from ecac.core.state import State
 
 AUDIT_DOMAIN = b"ECAC_AUDIT_V1"

@@ -60,7 +60,8 @@ from collections.abc import Iterable, Iterator
 from heapq import heapify, heappop, heappush
 
 from ecac import _native
-from ecac.core.op import Op, Rejection, admit
+from ecac.core.op import Op
+from ecac.core.sig import Rejection, admit
 
 #: K: the most chains a summary lists exactly (see the module docstring)
 SUMMARY_MAX = 32

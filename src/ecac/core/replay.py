@@ -38,13 +38,11 @@ from ecac.core.op import (
     RETROACTIVE_KINDS,
     Data,
     Op,
-    Rejection,
-    SigCheck,
-    decode_op_with_header,
     op_id_of,
-    submit_sigs,
 )
+from ecac.core.opcodec import decode_op_with_header
 from ecac.core.resources import SET_ADD, SET_FIELD, DataAction, derive_action_and_tags
+from ecac.core.sig import Rejection, SigCheck, submit_sigs
 from ecac.core.state import State
 
 #: called for every Data op with a data key: (pos, op, action, applied)

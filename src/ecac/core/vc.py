@@ -32,7 +32,7 @@ import blake3
 from nacl.signing import SigningKey
 
 from ecac.core.errors import VcError
-from ecac.core.op import sig_ok
+from ecac.core.sig import sig_ok
 
 # --------------------------------------------------------------------------- error kinds
 

@@ -294,7 +294,7 @@ async def _inject(node: Node, req: Request) -> tuple[int, Any]:
 
 
 async def _append(node: Node, req: Request) -> tuple[int, Any]:
-    from ecac.core.op import read_log
+    from ecac.core.opcodec import read_log
     from ecac.testing.demo_ops import check_frame
 
     if not req.body:

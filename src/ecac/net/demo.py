@@ -50,7 +50,8 @@ from ecac.core.dag import Dag
 from ecac.core.errors import EcacError
 from ecac.core.hlc import Hlc
 from ecac.core.keys import key_pair
-from ecac.core.op import Op, encode_ops
+from ecac.core.op import Op
+from ecac.core.opcodec import encode_ops
 from ecac.core.replay import replay_full
 from ecac.store.memory import MemoryOpStore
 from ecac.testing.demo_ops import DEMO_LABEL, demo_ops_for

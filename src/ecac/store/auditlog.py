@@ -54,7 +54,7 @@ from ecac.core.audit import (
 )
 from ecac.core.errors import DecodeError, EcacError
 from ecac.core.keys import public_key, signing_key_from_hex
-from ecac.core.op import sig_ok
+from ecac.core.sig import sig_ok
 
 try:
     import fcntl

@@ -20,18 +20,10 @@ from typing import Literal, Protocol, runtime_checkable
 from ecac.core.audit import AuditSink, IngestedOp
 from ecac.core.codec import loads
 from ecac.core.errors import DecodeError, StoreError
-from ecac.core.op import (
-    REASON_ID_MISMATCH,
-    Op,
-    SigCheck,
-    decode_op,
-    decode_op_with_header,
-    header_cbor_of,
-    op_from_obj,
-    op_id_of,
-    submit_sigs,
-)
+from ecac.core.op import REASON_ID_MISMATCH, Op, header_cbor_of, op_id_of
+from ecac.core.opcodec import decode_op, decode_op_with_header, op_from_obj
 from ecac.core.opindex import OpIndex
+from ecac.core.sig import SigCheck, submit_sigs
 
 OnInvalid = Literal["raise", "skip"]
 

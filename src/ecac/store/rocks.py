@@ -40,26 +40,13 @@ from ecac.core.codec import (
 )
 from ecac.core.dag import Dag
 from ecac.core.errors import DecodeError, EcacError, StoreError
-from ecac.core.op import (
-    _ID_HEAD,
-    _K_AUTHOR,
-    _K_HEADER,
-    _K_HLC,
-    _K_PAYLOAD,
-    Data,
-    Op,
-    SigCheck,
-    check_sigs,
-    decode_op,
-    header_cbor_of,
-    op_id_of,
-    slot_constructor,
-    submit_sigs,
-)
+from ecac.core.op import Data, Op, header_cbor_of, op_id_of, slot_constructor
+from ecac.core.opcodec import _ID_HEAD, _K_AUTHOR, _K_HEADER, _K_HLC, _K_PAYLOAD, decode_op
 from ecac.core.opindex import OpIndex, SortKey
 from ecac.core.policy import has_policy
 from ecac.core.replay import Replayer, ResumePoint, replay_full, suffix_keeps_verdicts
 from ecac.core.replay import order_hash as replay_order_hash
+from ecac.core.sig import SigCheck, check_sigs, submit_sigs
 from ecac.core.state import State
 from ecac.store.auditlog import AuditWriter, store_writer
 from ecac.store.memory import IndexedOpStore, OpStore

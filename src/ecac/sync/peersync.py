@@ -80,7 +80,8 @@ from dataclasses import dataclass, field, fields
 from nacl.signing import SigningKey
 
 from ecac.core.errors import EcacError, ProtocolError, StoreError
-from ecac.core.op import Op, decode_op
+from ecac.core.op import Op
+from ecac.core.opcodec import decode_op
 from ecac.store.memory import OpStore, PutRejectedError
 from ecac.sync.planner import PeerId, PeerView, SyncPlanner
 from ecac.sync.syncserve import BATCH_OPS, SERVER_MAX_OPS, build_boundary

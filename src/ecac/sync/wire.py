@@ -36,7 +36,7 @@ from ecac.core.codec import (
     uint8_items,
 )
 from ecac.core.errors import DecodeError, EcacError, ProtocolError
-from ecac.core.op import sig_ok
+from ecac.core.sig import sig_ok
 
 # --------------------------------------------------------------------------- constants
 
