@@ -21,7 +21,8 @@ from ecac.core.opcodec import decode_op, encode_ops
 from ecac.core.policy import explain
 from ecac.core.replay import dag_of_verified, replay_full
 from ecac.core.vc import cred_hash, editor_claims, mint_vc, verify_vc_file
-from ecac.store.rocks import Store, verified_vc_persist
+from ecac.store.rocks import Store
+from ecac.store.rows import verified_vc_persist
 from ecac.store.trustfiles import FileStatusCache, load_file_trust
 from ecac.testing.scenarios import DESCRIPTIONS, SCENARIOS
 

@@ -18,7 +18,7 @@ from ecac.core.keys import key_pair
 from ecac.core.op import Data, Op, make_op
 from ecac.core.opcodec import _DATA_KEYS, _SHARED_MAX, decode_op, read_log
 from ecac.core.sig import check_sigs
-from ecac.store.rocks import EdgeVal
+from ecac.store.rows import EdgeVal
 from ecac.testing.workloads import OTHER_KINDS, gen_hb_chain, gen_random_dag
 
 SK = key_pair(3, b"test/native")

@@ -23,16 +23,15 @@ from ecac.core.keys import key_pair
 from ecac.core.op import Data, make_op
 from ecac.core.opcodec import decode_op, read_log
 from ecac.store.memory import OpStore, PutRejectedError
-from ecac.store.rocks import (
+from ecac.store.rocks import Store, open_rdict
+from ecac.store.rows import (
     CF_NAMES,
     CheckpointBlob,
     EdgeVal,
     ResumeRecord,
-    Store,
     by_author_key,
     checkpoint_key,
     keyring_key,
-    open_rdict,
     resume_key,
 )
 
@@ -464,7 +463,7 @@ def test_checked_decoding_equals_strict_and_rejects_garbage(db):
 
 def test_vc_cache_parity(db, tmp_path, monkeypatch):
     from ecac.core.vc import cred_hash, editor_claims, mint_vc, verify_vc_file
-    from ecac.store.rocks import verified_vc_persist
+    from ecac.store.rows import verified_vc_persist
     from ecac.store.trustfiles import load_file_trust
 
     issuer = key_pair(1, b"issuer")
@@ -508,7 +507,7 @@ def _full(ops):
 
 @pytest.mark.parametrize("fixture", FIXTURES)
 def test_replay_from_store_matches_vectors(db, fixture):
-    from ecac.store.rocks import replay_from_store
+    from ecac.store.resume import replay_from_store
 
     ops = read_log((VECTORS / fixture).read_bytes())
     log = EXPECTED["op_logs"][fixture]
@@ -522,7 +521,7 @@ def test_replay_from_store_matches_vectors(db, fixture):
 
 
 def test_replay_verify_sigs_detects_flipped_signature(db):
-    from ecac.store.rocks import replay_from_store
+    from ecac.store.resume import replay_from_store
 
     ops = hb_chain(13, 4)
     with Store.open(db) as st:
@@ -540,7 +539,7 @@ def test_replay_trusts_verified_rows_and_checked_replay_names_a_tampered_one(db)
     """A row rewritten behind the store's back with a well-formed but different payload: the
     default replay trusts rows that put verified (decisions.md, D35), while ``verify-store``
     and the ``--verify-sigs`` replay recompute the op id and name the op; nothing is lost."""
-    from ecac.store.rocks import replay_from_store
+    from ecac.store.resume import replay_from_store
 
     ops = hb_chain(14, 4)
     with Store.open(db) as st:
@@ -561,7 +560,7 @@ def test_replay_trusts_verified_rows_and_checked_replay_names_a_tampered_one(db)
 
 
 def test_replay_names_a_row_that_does_not_parse(db):
-    from ecac.store.rocks import replay_from_store
+    from ecac.store.resume import replay_from_store
 
     ops = hb_chain(16, 4)
     with Store.open(db) as st:
@@ -574,7 +573,7 @@ def test_replay_names_a_row_that_does_not_parse(db):
 def test_checkpoint_resume_used_only_when_valid(db):
     from ecac.core.dag import Dag
     from ecac.core.replay import replay_full
-    from ecac.store.rocks import replay_store
+    from ecac.store.resume import replay_store
 
     ops = hb_chain(15, 60)
     with Store.open(db) as st:
@@ -629,7 +628,7 @@ def test_checkpoint_parity_random_splits_and_orders(
 
     from ecac.core.dag import Dag
     from ecac.core.replay import replay_full
-    from ecac.store.rocks import replay_store
+    from ecac.store.resume import replay_store
     from ecac.testing.workloads import OTHER_KINDS, gen_random_dag
 
     rng = random.Random(seed)
@@ -659,7 +658,7 @@ def test_checkpoint_resume_happens_for_in_order_arrival(db):
     import random
 
     from ecac.core.dag import Dag
-    from ecac.store.rocks import replay_store
+    from ecac.store.resume import replay_store
     from ecac.testing.workloads import gen_random_dag
 
     ops = gen_random_dag(random.Random(3), 40)
@@ -680,7 +679,7 @@ def test_resume_with_policy_ops_in_the_prefix(db):
     revoked user and by nobody else: the resumed replay reads the prefix's policy ops in full
     and equals the full replay (the later writes stay denied)."""
     from ecac.core.dag import Dag
-    from ecac.store.rocks import replay_store
+    from ecac.store.resume import replay_store
     from ecac.testing.scenarios import add, s1_revoke_closes_epochs
 
     ops = s1_revoke_closes_epochs()
@@ -733,7 +732,7 @@ def test_load_dag_scans_the_store_and_equals_an_in_memory_dag(db, monkeypatch):
     import ecac.store.rocks as store_mod
     from ecac.core.dag import Dag
     from ecac.core.replay import replay_full
-    from ecac.store.rocks import load_dag
+    from ecac.store.resume import load_dag
 
     ops = _random_ops(5, 300)
     orphan = make_op(key_pair(1, b"o"), [b"\x07" * 32], Hlc(5, 0, 0), Data("mv:o:x", b"o"))
@@ -762,7 +761,7 @@ def test_load_dag_scans_the_store_and_equals_an_in_memory_dag(db, monkeypatch):
 def test_edge_bytes_equal_the_encoded_edges_row():
     from dataclasses import replace
 
-    from ecac.store.rocks import edge_bytes
+    from ecac.store.rows import edge_bytes
 
     ops = read_log((VECTORS / "fixtures/ops.cbor").read_bytes()) + hb_chain(15, 3) + _random_ops(4, 60)
     sk = key_pair(2, b"e")
@@ -804,7 +803,7 @@ def _or_none(decode, row):
 
 
 def test_edge_decoder_reads_stored_rows_directly():
-    from ecac.store.rocks import _edge_canonical, decode_edge_fast, edge_bytes
+    from ecac.store.rows import _edge_canonical, decode_edge_fast, edge_bytes
 
     ops = read_log((VECTORS / "fixtures/ops.cbor").read_bytes()) + hb_chain(15, 3) + _random_ops(4, 60)
     for op in ops:
@@ -820,7 +819,7 @@ def test_edge_decoder_reads_stored_rows_directly():
 @given(_edge_vals())
 @st_settings(max_examples=300, deadline=None)
 def test_edge_decoder_equals_the_strict_decoder(e):
-    from ecac.store.rocks import _edge_canonical, decode_edge_fast
+    from ecac.store.rows import _edge_canonical, decode_edge_fast
 
     row = e.encode()
     assert decode_edge_fast(row) == e == EdgeVal.decode(row)
@@ -830,7 +829,7 @@ def test_edge_decoder_equals_the_strict_decoder(e):
 @given(_edge_vals(), st_.data())
 @st_settings(max_examples=500, deadline=None)
 def test_edge_decoder_rejects_what_the_strict_decoder_rejects(e, data):
-    from ecac.store.rocks import _EDGE_KEYS, decode_edge_fast
+    from ecac.store.rows import _EDGE_KEYS, decode_edge_fast
 
     row = bytearray(e.encode())
     # anywhere, or on the structure: array heads, the ids' 0x98 0x20 heads, the keys
@@ -857,7 +856,7 @@ def test_edge_decoder_rejects_what_the_strict_decoder_rejects(e, data):
 
 
 def _check_mutant(row: bytes) -> None:
-    from ecac.store.rocks import _EDGE_KEYS, decode_edge_fast
+    from ecac.store.rows import _EDGE_KEYS, decode_edge_fast
 
     got = _or_none(decode_edge_fast, row)
     if got is not None:  # only what the strict decoder reads the same, in the reference's field order
@@ -887,7 +886,7 @@ def test_edge_decoder_on_every_single_byte_mutation():
 @given(st_.binary(max_size=120))
 @st_settings(max_examples=300, deadline=None)
 def test_edge_decoder_raises_only_decode_errors(raw):
-    from ecac.store.rocks import _K_EDGE_PARENTS, decode_edge_fast
+    from ecac.store.rows import _K_EDGE_PARENTS, decode_edge_fast
 
     for row in (raw, _K_EDGE_PARENTS + raw):
         got = _or_none(decode_edge_fast, row)

@@ -24,7 +24,9 @@ from ecac.core.dag import Dag
 from ecac.core.opcodec import decode_op, encode_ops
 from ecac.core.replay import replay_full
 from ecac.core.sig import check_sigs
-from ecac.store.rocks import CF_NAMES, EdgeVal, Store, by_author_key, open_rdict, replay_from_store
+from ecac.store.resume import replay_from_store
+from ecac.store.rocks import Store, open_rdict
+from ecac.store.rows import CF_NAMES, EdgeVal, by_author_key
 from ecac.testing.workloads import gen_concurrent
 
 N_OPS = 3000

@@ -22,7 +22,8 @@ from ecac.bench import BenchParams, scenario
 from ecac.bench.replay import raw_verify_rate, verify_sample
 from ecac.core.errors import EcacError
 from ecac.core.replay import replay_full
-from ecac.store.rocks import Store, load_dag, replay_store
+from ecac.store.resume import load_dag, replay_store
+from ecac.store.rocks import Store
 from ecac.testing.workloads import iter_hb_chain
 
 BATCH = 1024

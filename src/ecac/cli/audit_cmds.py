@@ -45,7 +45,8 @@ from ecac.store.auditlog import (
     AuditWriter,
     open_default,
 )
-from ecac.store.rocks import Store, load_dag
+from ecac.store.resume import load_dag
+from ecac.store.rocks import Store
 
 dir_option = click.option(
     "--dir",

@@ -28,7 +28,7 @@ from ecac.core.replay import replay_full
 from ecac.core.resources import tags_for
 from ecac.core.state import project_field_json
 from ecac.core.vc import cred_hash
-from ecac.store.rocks import load_dag
+from ecac.store.resume import load_dag
 
 SUBJECT_ENV = "ECAC_SUBJECT_SK_HEX"
 KEYADMIN_ENV = "ECAC_KEYADMIN_SK_HEX"

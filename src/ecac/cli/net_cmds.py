@@ -176,7 +176,7 @@ def inject_demo_ops_cmd(db: Path | None, node_url: str | None, count: int, seed:
         return
     assert db is not None
     from ecac.cli.store_cmds import opened
-    from ecac.store.rocks import replay_store
+    from ecac.store.resume import replay_store
     from ecac.testing.demo_ops import demo_ops_for
 
     with opened(db) as st:

@@ -155,7 +155,7 @@ def store_verify(token: bytes, db: Path, trust_dir: str) -> VerifiedClaims:
     cache the VC in ``vc_raw`` and its claims in ``vc_verified`` (store §1.2, §1.11)."""
     from ecac.cli.store_cmds import opened
     from ecac.core.vc import verify_vc_inband
-    from ecac.store.rocks import verified_vc_persist
+    from ecac.store.rows import verified_vc_persist
 
     with opened(db) as st:
         tv = policy.trust_view_for(list(st.iter_topo_ops()))

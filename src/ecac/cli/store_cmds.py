@@ -30,7 +30,8 @@ from ecac.core.op import IssuerKey, IssuerKeyRevoke, Op, Payload, StatusListChun
 from ecac.core.replay import replay_full
 from ecac.core.trust import TrustView
 from ecac.store.memory import PutRejectedError
-from ecac.store.rocks import Store, load_dag, replay_store
+from ecac.store.resume import load_dag, replay_store
+from ecac.store.rocks import Store
 
 DEFAULT_BATCH = 1024
 

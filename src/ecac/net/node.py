@@ -237,7 +237,7 @@ class DigestTracker:
             self._wake.set()
 
     def _load(self) -> None:
-        from ecac.store.rocks import load_dag
+        from ecac.store.resume import load_dag
 
         dag = load_dag(self._store)
         pending = self._store.index.pending_ids()
