@@ -3,16 +3,39 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
+import inspect
+import logging
 import os
+import re
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import blake3
 import pytest
 import trio
+from libp2p import new_host
+from libp2p.exceptions import ValidationError
+from libp2p.network.exceptions import SwarmException
+from libp2p.network.stream.exceptions import StreamEOF
+from libp2p.network.stream.net_stream import NetStream
+from libp2p.peer.id import ID
+from libp2p.pubsub import pubsub as pubsub_module
+from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, GossipSub
+from libp2p.pubsub.pb import rpc_pb2
+from libp2p.pubsub.pubsub import Pubsub, ValidationCache, ValidationResult
+from libp2p.pubsub.rpc_queue import RpcQueue
+from libp2p.pubsub.subscription import TrioSubscriptionAPI
+from libp2p.stream_muxer.yamux.yamux import YamuxStream
+from libp2p.tools.anyio_service import background_trio_service
+from libp2p.transport.tcp import tcp as tcp_module
 
+from ecac.net.gossip import EcacPubsub, Gossip, SizedQueues, build_pubsub, build_router, gossip_message_id
 from ecac.net.host import (
     DialError,
     GossipMessage,
@@ -27,7 +50,9 @@ from ecac.net.host import (
     peer_id_from_seed,
     public_key_from_peer_id,
     public_key_from_seed,
+    quiet_libp2p_logging,
 )
+from ecac.net.p2pkeys import key_pair
 
 pytestmark = pytest.mark.anyio
 
@@ -229,7 +254,12 @@ async def test_spec_vector_announce_gets_the_spec_message_id_and_originator_key(
     got: list[GossipMessage] = []
     keys: list[bytes] = []
     await a.subscribe(TOPIC, lambda m: None)
-    await b.subscribe(TOPIC, got.append, validator=lambda d, key: keys.append(key) is None)
+
+    def record_key(data: bytes, key: bytes) -> bool:
+        keys.append(key)
+        return True
+
+    await b.subscribe(TOPIC, got.append, validator=record_key)
     async with a.run(LOCAL), b.run(LOCAL):
         await a.dial(b.listen_addrs()[0])
         await wait_until(lambda: a.mesh_peers(TOPIC) == [b.peer_id])
@@ -380,3 +410,278 @@ async def test_reader_may_pause_longer_than_yamux_five_seconds() -> None:
     error, reader = await _stalled_transfer(6.0, HostConfig(heartbeat_interval=0.2, write_stall_timeout=15.0))
     assert error is None
     assert reader == STALL_BYTES
+
+
+# ---- py-libp2p contracts -----------------------------------------------------------------
+#
+# Each patch of py-libp2p behaviour (ecac.net.gossip, ecac.net.streams, ecac.net.host; table in
+# docs/libp2p-notes.md) relies on internals of py-libp2p 0.8.1 and works around a behaviour
+# of it. These tests pin both: they fail when py-libp2p renames what a patch touches (the
+# patch would silently do nothing) or changes the behaviour it works around (the patch may
+# be removable). On failure, re-read the patch's docstring and the notes before changing it.
+
+LIBP2P_VERSION = "0.8.1"
+
+
+def changed(what: str) -> str:
+    return f"py-libp2p changed: {what}; re-check the patch (docs/libp2p-notes.md)"
+
+
+def offline_pubsub(ours: bool, events: list[tuple[ID, str, bool]] | None = None) -> Pubsub:
+    """A Pubsub (libp2p's own, or ours) on a host that is built but never started."""
+    host = new_host(key_pair=key_pair(seed(1)))
+    router = build_router(CFG)
+    if ours:
+        sink = events if events is not None else []
+        return build_pubsub(host, router, CFG, lambda p, t, s: sink.append((p, t, s)))
+    return Pubsub(host, router, strict_signing=True, msg_id_constructor=gossip_message_id)
+
+
+def peer(n: int) -> ID:
+    return ID.from_base58(peer_id_from_seed(seed(n)))
+
+
+class FakeStream:
+    """Just enough of an INetStream for Pubsub's handlers: a peer, a connection, reset()."""
+
+    def __init__(self, peer_id: ID) -> None:
+        self.muxed_conn = SimpleNamespace(peer_id=peer_id, is_closed=False)
+        self.resets = 0
+
+    async def reset(self) -> None:
+        self.resets += 1
+
+
+def test_contract_libp2p_version_is_the_one_the_patches_were_written_for() -> None:
+    assert importlib.metadata.version("libp2p") == LIBP2P_VERSION, changed(
+        "the installed version; re-run every contract below and update LIBP2P_VERSION"
+    )
+
+
+def test_contract_gossipsub_defaults_we_turn_off() -> None:
+    params = inspect.signature(GossipSub.__init__).parameters
+    for name in ("spam_protection_enabled", "adaptive_gossip_enabled", "eclipse_protection_enabled"):
+        assert params[name].default is True, changed(f"GossipSub {name} default (drop our override?)")
+        assert getattr(build_router(CFG), name) is False, changed(f"GossipSub.{name} attribute")
+    assert params["heartbeat_interval"].annotation in (int, "int"), changed("heartbeat_interval type")
+
+
+def test_contract_outbound_rpc_queue_holds_32_and_is_registered_by_item() -> None:
+    queue = RpcQueue()
+    assert queue._queue.max_size == 32, changed("RpcQueue default size")
+    assert all(queue.push(rpc_pb2.RPC()) for _ in range(32))
+    assert not queue.push(rpc_pb2.RPC()), changed("a full RpcQueue no longer rejects")
+    # SizedQueues only sees queues stored with `peer_queues[peer_id] = queue`
+    assert "self.peer_queues[peer_id] = queue" in inspect.getsource(Pubsub._handle_new_peer), changed(
+        "how Pubsub registers a peer's RpcQueue"
+    )
+    assert type(offline_pubsub(ours=False).peer_queues) is dict
+    queues = offline_pubsub(ours=True).peer_queues
+    assert isinstance(queues, SizedQueues)
+    queues[peer(2)] = RpcQueue()
+    assert queues[peer(2)]._queue.max_size == CFG.rpc_queue_size
+
+
+async def test_contract_subscription_channel_size_is_read_at_subscribe_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    source = inspect.getsource(pubsub_module)
+    assert re.search(r"^SUBSCRIPTION_CHANNEL_SIZE = 32$", source, re.M), changed("subscription channel size")
+    monkeypatch.setattr(pubsub_module, "SUBSCRIPTION_CHANNEL_SIZE", 3)
+    theirs = offline_pubsub(ours=False)
+    sub = await theirs.subscribe(TOPIC)
+    assert isinstance(sub, TrioSubscriptionAPI), changed("the subscription type")
+    assert sub.receive_channel.statistics().max_buffer_size == 3, changed("size no longer read at subscribe")
+    for i in range(5):
+        theirs.notify_subscriptions(rpc_pb2.Message(data=b"%d" % i, topicIDs=[TOPIC]))
+    assert sub.receive_channel.statistics().current_buffer_used == 3, changed(
+        "a full channel no longer drops"
+    )
+    ours = await offline_pubsub(ours=True).subscribe(TOPIC)
+    assert isinstance(ours, TrioSubscriptionAPI)
+    assert ours.receive_channel.statistics().max_buffer_size == CFG.subscription_buffer
+
+
+async def test_contract_validation_cache_is_keyed_by_message_id() -> None:
+    """A cached accept for BLAKE3(data) skips libp2p's validators, whoever the originator is."""
+    msg = rpc_pb2.Message(data=b"announce", topicIDs=[TOPIC])
+    accepted = ValidationResult(is_valid=True, timestamp=time.time())
+    theirs = offline_pubsub(ours=False)
+    assert type(theirs.validation_cache) is ValidationCache, changed("Pubsub.validation_cache")
+    theirs.set_topic_validator(TOPIC, lambda fwd, m: False, False)
+    theirs.validation_cache.put(gossip_message_id(msg), accepted)
+    await theirs.validate_msg(peer(2), msg)  # the rejecting validator never ran
+    ours = offline_pubsub(ours=True)
+    ours.set_topic_validator(TOPIC, lambda fwd, m: False, False)
+    ours.validation_cache.put(gossip_message_id(msg), accepted)
+    with pytest.raises(ValidationError):
+        await ours.validate_msg(peer(2), msg)
+
+
+async def test_contract_validator_exceptions_escape_pubsub() -> None:
+    """libp2p lets a sync validator's exception out (it kills the service); ours rejects."""
+    msg = rpc_pb2.Message(data=b"x", topicIDs=[TOPIC], from_id=peer(3).to_bytes())
+    theirs = offline_pubsub(ours=False)
+
+    def broken(data: bytes, key: bytes) -> bool:
+        raise RuntimeError("validator bug")
+
+    theirs.set_topic_validator(TOPIC, lambda fwd, m: broken(m.data, b""), False)
+    with pytest.raises(RuntimeError):
+        await theirs.validate_msg(peer(2), msg)
+    gossip = Gossip(peer(1))
+    await gossip.subscribe(TOPIC, lambda m: None, validator=broken)  # not running: just registered
+    assert gossip._make_validator(TOPIC)(peer(2), msg) is False
+    await gossip.subscribe(
+        "other", lambda m: None, validator=lambda d, key: key == public_key_from_seed(seed(3))
+    )
+    assert gossip._make_validator("other")(peer(2), msg) is True
+
+
+def test_contract_seqno_counter_starts_at_whole_seconds() -> None:
+    theirs = offline_pubsub(ours=False)
+    assert abs(theirs.counter - time.time()) < 3600, changed("the seqno counter start")
+    start = theirs.counter
+    assert theirs._next_seqno() == (start + 1).to_bytes(8, "big"), changed("seqno = counter + 1")
+    assert offline_pubsub(ours=True).counter > 10**18  # nanoseconds
+
+
+async def test_contract_new_peer_with_a_known_stream_is_skipped() -> None:
+    """libp2p keeps a dead connection's gossip stream and skips the new connection; ours replaces it."""
+    for fn in (Pubsub._handle_new_peer_safe, Pubsub._handle_new_peer_with_retry):
+        assert "self._handle_new_peer(peer_id)" in inspect.getsource(fn), changed(
+            "who calls _handle_new_peer"
+        )
+    theirs = offline_pubsub(ours=False)
+    stale: Any = FakeStream(peer(2))
+    theirs.peers[peer(2)] = stale
+    await theirs._handle_new_peer(peer(2))
+    assert stale.resets == 0
+    assert theirs.peers[peer(2)] is stale, changed("a known stream is no longer kept")
+
+    ours = offline_pubsub(ours=True)
+    stale = FakeStream(peer(2))
+    ours.peers[peer(2)] = stale
+    ours.peer_queues[peer(2)] = queue = RpcQueue()
+    with pytest.raises(SwarmException):  # then it opens a new stream: no address known here
+        await ours._handle_new_peer(peer(2))
+    assert peer(2) not in ours.peers and peer(2) not in ours.peer_queues
+    assert queue.closed and stale.resets == 1
+
+
+async def test_contract_pubsub_stream_handler_lets_other_errors_escape() -> None:
+    async def closing_nursery(stream: Any) -> None:
+        raise RuntimeError("Nursery is closed to new arrivals")
+
+    theirs = offline_pubsub(ours=False)
+    theirs.continuously_read_stream = closing_nursery  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError):
+        await theirs.stream_handler(FakeStream(peer(2)))  # type: ignore[arg-type]
+
+    ours = offline_pubsub(ours=True)
+    registered = ours.host.get_mux().handlers[PROTOCOL_ID_V11]
+    assert getattr(registered, "__func__", None) is EcacPubsub.stream_handler, changed("handler registration")
+    ours.continuously_read_stream = closing_nursery  # type: ignore[method-assign]
+    stream = FakeStream(peer(2))
+    async with background_trio_service(ours):
+        await ours.stream_handler(stream)  # type: ignore[arg-type]
+    assert stream.resets == 1
+
+
+async def test_contract_handle_subscription_updates_peer_topics() -> None:
+    assert "self.handle_subscription(peer_id, message)" in inspect.getsource(Pubsub.continuously_read_stream)
+    events: list[tuple[ID, str, bool]] = []
+    ours = offline_pubsub(ours=True, events=events)
+    sub, unsub = (rpc_pb2.RPC.SubOpts(subscribe=s, topicid=TOPIC) for s in (True, False))
+    async with background_trio_service(ours):
+        for opts in (sub, sub, unsub, unsub):
+            ours.handle_subscription(peer(2), opts)
+            assert (peer(2) in ours.peer_topics.get(TOPIC, ())) is opts.subscribe, changed("peer_topics")
+    assert events == [(peer(2), TOPIC, True), (peer(2), TOPIC, False)]
+
+
+async def test_contract_negative_dial_cache() -> None:
+    swarm: Any = new_host(key_pair=key_pair(seed(1))).get_network()
+    cache = swarm._negative_peer_cache
+    cache.mark_failed(str(peer(2)))
+    with pytest.raises(SwarmException, match="negative cache"):
+        await swarm.dial_peer(peer(2))
+    cache.evict(str(peer(2)))
+    with pytest.raises(SwarmException, match="No known addresses"):
+        await swarm.dial_peer(peer(2))
+
+
+def test_contract_swarm_retry_config_and_auto_connector() -> None:
+    assert "retry_config" not in inspect.signature(new_host).parameters, changed(
+        "new_host takes retry_config"
+    )
+    swarm: Any = new_host(key_pair=key_pair(seed(1))).get_network()
+    assert swarm.retry_config.max_retries == 3, changed("default dial retries")
+    assert "self.retry_config.max_retries" in inspect.getsource(type(swarm)), changed("retry config lookup")
+    assert "await self.auto_connector.start()" in inspect.getsource(type(swarm).run), changed(
+        "auto-connector"
+    )
+
+
+def test_contract_yamux_write_waits_five_seconds_for_the_window() -> None:
+    source = inspect.getsource(YamuxStream.write)
+    assert "trio.move_on_after(5.0)" in source, changed("yamux's window wait")
+    assert "Timed out waiting for window update" in source, changed("yamux's window timeout error")
+
+
+def test_contract_tcp_listener_sets_so_reuseport() -> None:
+    assert "SO_REUSEPORT, 1" in inspect.getsource(tcp_module), changed("TCP listen socket options")
+
+
+def test_contract_libp2p_pins_its_loggers_at_import() -> None:
+    code = (
+        "import logging, libp2p, libp2p.network.auto_connector\n"
+        "print(logging.getLogger('libp2p').propagate,"
+        " logging.getLogger('libp2p.network.auto_connector').level)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", str(logging.INFO)], changed("libp2p's logger setup at import")
+    quiet_libp2p_logging()
+    if not os.environ.get("LIBP2P_DEBUG"):
+        assert logging.getLogger("libp2p").propagate
+        assert logging.getLogger("libp2p.network.auto_connector").level == logging.WARNING
+
+
+@pytest.mark.timeout(60)
+async def test_contract_running_host_internals() -> None:
+    """What the patches read on a live host: swarm, services, yamux streams, queues."""
+
+    async def reset_after_one_byte(stream: P2PStream) -> None:
+        await stream.read(1)
+        await stream.reset()
+
+    a, b = P2PHost(seed(1), config=CFG), P2PHost(seed(2), config=CFG)
+    await a.subscribe(TOPIC, lambda m: None)
+    await b.subscribe(TOPIC, lambda m: None)
+    b.set_stream_handler("/reset", reset_after_one_byte)
+    async with a.run(LOCAL), b.run(LOCAL):
+        host: Any = a._host
+        swarm = host.get_network()
+        assert swarm.auto_connector._started is False and swarm.retry_config.max_retries == 0
+        assert isinstance(host._identify_tasks, set), changed("BasicHost._identify_tasks")
+        services: tuple[Any, ...] = (a._gossip._pubsub, a._gossip._router)
+        assert all(s._manager.is_running for s in services)
+        sockets = [x.socket for lst in swarm.listeners.values() for x in lst.listeners]
+        assert sockets and all(s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) for s in sockets)
+
+        await a.dial(b.listen_addrs()[0])
+        assert list(swarm.connections) == [ID.from_base58(b.peer_id)], changed("Swarm.connections")
+        await wait_until(lambda: a.mesh_peers(TOPIC) == [b.peer_id])
+        queues = a._gossip._pubsub.peer_queues  # type: ignore[union-attr]
+        assert queues[ID.from_base58(b.peer_id)]._queue.max_size == CFG.rpc_queue_size
+
+        stream = await a.open_stream(b.peer_id, "/reset")
+        raw: Any = stream._raw
+        assert isinstance(raw, NetStream) and callable(raw.close_write), changed("new_stream's stream type")
+        muxed = raw.muxed_stream
+        assert isinstance(muxed, YamuxStream)
+        assert isinstance(muxed.send_window, int) and muxed.closed is False and muxed.reset_received is False
+        await stream.write(b"x")
+        with pytest.raises(StreamEOF), trio.fail_after(10):
+            await raw.read(10)  # libp2p reports the peer's reset as EOF ...
+        assert muxed.reset_received, changed("yamux no longer flags a received RST")  # ... but remembers it
