@@ -27,10 +27,21 @@ FULL = [
     ("store-replay", 100_000, []),
     ("sync", 10_000, ["--nodes", "2"]),
     ("sync", 10_000, ["--nodes", "3"]),
+    ("digest-update", 100_000, []),
+    ("digest-update-hb", 100_000, []),
+    ("status-latency", 100_000, []),
 ]
-QUICK = [(s, min(n, 10_000), extra) for s, n, extra in FULL if n <= 10_000 or s in ("hb-chain",)]
+QUICK = [
+    (s, min(n, 10_000), extra)
+    for s, n, extra in FULL
+    if n <= 10_000 or s in ("hb-chain", "digest-update", "digest-update-hb")
+]
 
 COLUMNS = ("replay_full_ms", "ops_per_s", "raw_verify_per_s", "verify_fraction", "peak_rss_mb")
+#: the digest-update rows: one write's time to an up-to-date digest (target < 20 ms at 100k)
+UPDATE_COLUMNS = ("median_ms", "p99_ms", "max_ms", "revoke_median_ms", "regrant_median_ms", "peak_rss_mb")
+#: the status-latency row: GET /status while the node ingests a sync (target p99 < 50 ms at 100k)
+STATUS_COLUMNS = ("status_p50_ms", "status_p99_ms", "status_max_ms", "status_requests", "ops_synced_ms")
 
 
 def run(scenario: str, ops: int, extra: list[str], seed: int) -> dict:
@@ -71,9 +82,11 @@ def main() -> int:
     for scenario, ops, extra in QUICK if args.quick else FULL:
         row = run(scenario, ops, extra, args.seed)
         rows.append(row)
-        cells = [f"{row.get(c, '')}" for c in COLUMNS]
+        columns = UPDATE_COLUMNS if scenario.startswith("digest-update") else COLUMNS
+        columns = STATUS_COLUMNS if scenario == "status-latency" else columns
+        cells = [f"{row.get(c, '')}" for c in columns]
         label = f"{scenario} {' '.join(extra)}".strip()
-        print(f"{label:28} {ops:>7}  " + "  ".join(f"{c}={v}" for c, v in zip(COLUMNS, cells, strict=True)))
+        print(f"{label:28} {ops:>7}  " + "  ".join(f"{c}={v}" for c, v in zip(columns, cells, strict=True)))
         if "error" in row:
             print(f"    error: {row['error']}")
         sys.stdout.flush()

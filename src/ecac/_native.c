@@ -17,19 +17,22 @@
  *    Anything else (other payload kinds, a mismatch, a malformed row) is handed back to the
  *    caller untouched, whose strict decoder parses it or names the op. The objects built are
  *    the same as ecac.op.slot_constructor builds: instances of the configured slots classes
- *    (Op, Hlc, Data) whose slots are set directly.
+ *    (Op, Hlc, Data) whose slots are set directly. Data keys are interned, through a table
+ *    local to each scan call (no module-level cache).
  *
  * 2. Batch Ed25519 verification (verify_batch). PyNaCl verifies one signature per call and
  *    needs the GIL between calls, so verify threads stall while another thread runs Python
  *    (decoding the next batch of a bulk import). verify_batch checks a whole batch with the
  *    GIL released, calling libsodium's crypto_sign_verify_detached -- the same strict check
- *    as PyNaCl's crypto_sign_open -- from the libsodium PyNaCl already loaded (use_sodium).
+ *    as PyNaCl's crypto_sign_open -- from the libsodium PyNaCl already loaded, found on the
+ *    first call (importing nacl._sodium for its path, dlopen RTLD_NOLOAD), never at import.
  *
  * 3. DAG chain extension (extend_chains): ecac.dag's common activation -- an op whose one
  *    parent is the tail of its chain extends that chain -- for a run of ops or a single one.
  *    The rule lives only here; ecac.dag keeps the general case in Python.
  *
- * Pure: no I/O, no clock, no randomness.
+ * Pure: no I/O, no clock, no randomness. Module state: the classes configured at import and the
+ * libsodium function found on the first verify_batch call; nothing else is kept between calls.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -46,8 +49,9 @@ typedef struct {
 static Py_ssize_t op_off[7], hlc_off[3], data_off[2], edge_off[5];
 static SlotClass op_cls = {NULL, op_off, 7}, hlc_cls = {NULL, hlc_off, 3}, data_cls = {NULL, data_off, 2},
                  edge_cls = {NULL, edge_off, 5};
-static PyObject *key_cache = NULL; /* bytes -> interned str, shared with ecac.op */
-static Py_ssize_t key_cache_max = 4096;
+/* The Data-key table of one scan call: UTF-8 bytes -> interned str, at most this many entries.
+ * Per call, so the module holds no mutable state beyond the classes configured at import. */
+#define KEY_TABLE_MAX 4096
 
 static const char *const OP_FIELDS[] = {"parents", "hlc", "author_pk", "payload", "sig", "op_id", "cbor"};
 static const char *const HLC_FIELDS[] = {"physical_ms", "logical", "node_id"};
@@ -81,15 +85,12 @@ static int configure_class(SlotClass *cls, PyObject *type, const char *const *fi
 }
 
 static PyObject *configure_ops(PyObject *self, PyObject *args) {
-    PyObject *op_t, *hlc_t, *data_t, *cache;
-    Py_ssize_t cache_max;
-    if (!PyArg_ParseTuple(args, "OOOO!n", &op_t, &hlc_t, &data_t, &PyDict_Type, &cache, &cache_max))
+    PyObject *op_t, *hlc_t, *data_t;
+    if (!PyArg_ParseTuple(args, "OOO", &op_t, &hlc_t, &data_t))
         return NULL;
     if (configure_class(&op_cls, op_t, OP_FIELDS) < 0 || configure_class(&hlc_cls, hlc_t, HLC_FIELDS) < 0 ||
         configure_class(&data_cls, data_t, DATA_FIELDS) < 0)
         return NULL;
-    Py_XSETREF(key_cache, Py_NewRef(cache));
-    key_cache_max = cache_max;
     Py_RETURN_NONE;
 }
 
@@ -238,13 +239,13 @@ static int uint_is(Cur *c, PyObject *v) {
     return head_is(c, 0, x);
 }
 
-/* The interned key for UTF-8 bytes [s, s+n), through the shared cache; NULL with no error
+/* The interned key for UTF-8 bytes [s, s+n), through the call's key table; NULL with no error
  * set when the bytes are not UTF-8, NULL with an error set on failure. */
-static PyObject *data_key(const char *s, Py_ssize_t n) {
+static PyObject *data_key(PyObject *keys, const char *s, Py_ssize_t n) {
     PyObject *kb = PyBytes_FromStringAndSize(s, n);
     if (kb == NULL)
         return NULL;
-    PyObject *key = PyDict_GetItemWithError(key_cache, kb);
+    PyObject *key = PyDict_GetItemWithError(keys, kb);
     if (key != NULL) {
         Py_DECREF(kb);
         return Py_NewRef(key);
@@ -262,9 +263,9 @@ static PyObject *data_key(const char *s, Py_ssize_t n) {
         return NULL;
     }
     PyUnicode_InternInPlace(&key);
-    if (PyDict_GET_SIZE(key_cache) >= key_cache_max)
-        PyDict_Clear(key_cache);
-    int rc = PyDict_SetItem(key_cache, kb, key);
+    if (PyDict_GET_SIZE(keys) >= KEY_TABLE_MAX)
+        PyDict_Clear(keys);
+    int rc = PyDict_SetItem(keys, kb, key);
     Py_DECREF(kb);
     if (rc < 0) {
         Py_DECREF(key);
@@ -274,7 +275,7 @@ static PyObject *data_key(const char *s, Py_ssize_t n) {
 }
 
 /* The Op of a canonical Data row, Py_None (new ref) when the row is not one, NULL on error. */
-static PyObject *decode_row(PyObject *op_id, PyObject *data, PyObject *edge) {
+static PyObject *decode_row(PyObject *op_id, PyObject *data, PyObject *edge, PyObject *keys) {
     if (!PyBytes_CheckExact(op_id) || PyBytes_GET_SIZE(op_id) != 32 || !PyBytes_CheckExact(data) ||
         Py_TYPE(edge) != edge_cls.type)
         Py_RETURN_NONE;
@@ -316,7 +317,7 @@ static PyObject *decode_row(PyObject *op_id, PyObject *data, PyObject *edge) {
         Py_DECREF(sig);
         Py_RETURN_NONE;
     }
-    PyObject *key = data_key(kp, (Py_ssize_t)klen);
+    PyObject *key = data_key(keys, kp, (Py_ssize_t)klen);
     if (key == NULL) {
         Py_DECREF(value);
         Py_DECREF(sig);
@@ -346,7 +347,7 @@ static PyObject *scan(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OO!O!O!", &rows, &PyDict_Type, &edges, &PyDict_Type, &positions, &PyList_Type,
                           &out))
         return NULL;
-    if (op_cls.type == NULL || key_cache == NULL || edge_cls.type == NULL) {
+    if (op_cls.type == NULL || edge_cls.type == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "ecac._native: configure_ops() and configure_edges() must be called first");
         return NULL;
     }
@@ -354,7 +355,9 @@ static PyObject *scan(PyObject *self, PyObject *args) {
     if (it == NULL)
         return NULL;
     PyObject *rest = PyList_New(0);
-    if (rest == NULL) {
+    PyObject *keys = rest == NULL ? NULL : PyDict_New(); /* this call's Data-key table */
+    if (keys == NULL) {
+        Py_XDECREF(rest);
         Py_DECREF(it);
         return NULL;
     }
@@ -388,7 +391,7 @@ static PyObject *scan(PyObject *self, PyObject *args) {
         PyObject *op = NULL;
         if (edge != NULL) {
             Py_INCREF(edge); /* borrowed from the dict: keep it alive while objects are allocated */
-            op = decode_row(op_id, data, edge);
+            op = decode_row(op_id, data, edge, keys);
             Py_DECREF(edge);
             if (op == NULL)
                 goto fail_row;
@@ -408,6 +411,7 @@ static PyObject *scan(PyObject *self, PyObject *args) {
         Py_DECREF(row);
     }
     Py_DECREF(it);
+    Py_DECREF(keys);
     if (PyErr_Occurred()) {
         Py_DECREF(rest);
         return NULL;
@@ -416,6 +420,7 @@ static PyObject *scan(PyObject *self, PyObject *args) {
 fail_row:
     Py_DECREF(row);
     Py_DECREF(it);
+    Py_DECREF(keys);
     Py_DECREF(rest);
     return NULL;
 }
@@ -608,24 +613,48 @@ static PyObject *extend_chains(PyObject *self, PyObject *args) {
 
 typedef int (*verify_fn)(const unsigned char *sig, const unsigned char *m, unsigned long long mlen,
                          const unsigned char *pk);
+/* libsodium's crypto_sign_verify_detached, from the copy PyNaCl loaded. Resolved on the first
+ * verify_batch call, never at import. Written and read only with the GIL held: two threads that
+ * both find it unset (the imports below may let another thread run) both store the same pointer. */
 static verify_fn sodium_verify = NULL;
 
-static PyObject *use_sodium(PyObject *self, PyObject *args) {
-    const char *path;
-    if (!PyArg_ParseTuple(args, "s", &path))
+/* The verify function, resolving it on first use; NULL with an error set on failure. */
+static verify_fn resolve_sodium(void) {
+    if (sodium_verify != NULL)
+        return sodium_verify;
+    PyObject *bindings = PyImport_ImportModule("nacl.bindings"); /* runs sodium_init() */
+    if (bindings == NULL)
         return NULL;
-    void *h = dlopen(path, RTLD_NOW | RTLD_NOLOAD); /* already loaded by PyNaCl */
+    Py_DECREF(bindings);
+    PyObject *mod = PyImport_ImportModule("nacl._sodium");
+    if (mod == NULL)
+        return NULL;
+    PyObject *file = PyObject_GetAttrString(mod, "__file__");
+    Py_DECREF(mod);
+    if (file == NULL)
+        return NULL;
+    PyObject *path = NULL;
+    if (!PyUnicode_FSConverter(file, &path)) {
+        Py_DECREF(file);
+        return NULL;
+    }
+    Py_DECREF(file);
+    const char *p = PyBytes_AS_STRING(path);
+    void *h = dlopen(p, RTLD_NOW | RTLD_NOLOAD); /* already loaded by PyNaCl; the handle is kept */
     if (h == NULL) {
-        PyErr_Format(PyExc_RuntimeError, "use_sodium: %s is not loaded (%s)", path, dlerror());
+        PyErr_Format(PyExc_RuntimeError, "ecac._native: %s is not loaded (%s)", p, dlerror());
+        Py_DECREF(path);
         return NULL;
     }
     void *f = dlsym(h, "crypto_sign_verify_detached");
     if (f == NULL) {
-        PyErr_Format(PyExc_RuntimeError, "use_sodium: no crypto_sign_verify_detached in %s", path);
+        PyErr_Format(PyExc_RuntimeError, "ecac._native: no crypto_sign_verify_detached in %s", p);
+        Py_DECREF(path);
         return NULL;
     }
+    Py_DECREF(path);
     sodium_verify = (verify_fn)f;
-    Py_RETURN_NONE;
+    return sodium_verify;
 }
 
 PyDoc_STRVAR(verify_batch_doc,
@@ -635,10 +664,9 @@ PyDoc_STRVAR(verify_batch_doc,
              "a bytes message gives False; an item that is not a 3-tuple raises TypeError.");
 
 static PyObject *verify_batch(PyObject *self, PyObject *arg) {
-    if (sodium_verify == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "ecac._native.use_sodium() was not called");
+    verify_fn verify = resolve_sodium();
+    if (verify == NULL)
         return NULL;
-    }
     PyObject *items = PySequence_Tuple(arg); /* immutable: its bytes stay alive without the GIL */
     if (items == NULL)
         return NULL;
@@ -670,7 +698,7 @@ static PyObject *verify_batch(PyObject *self, PyObject *arg) {
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t i = 0; i < n; i++)
         if (ok[i])
-            ok[i] = sodium_verify(ptr[3 * i + 1], ptr[3 * i + 2], mlen[i], ptr[3 * i]) == 0;
+            ok[i] = verify(ptr[3 * i + 1], ptr[3 * i + 2], mlen[i], ptr[3 * i]) == 0;
     Py_END_ALLOW_THREADS
     out = PyList_New(n);
     if (out == NULL)
@@ -687,13 +715,12 @@ done:
 
 static PyMethodDef methods[] = {
     {"configure_ops", configure_ops, METH_VARARGS,
-     "configure_ops(Op, Hlc, Data, key_cache, key_cache_max): the classes built, the Data-key table."},
+     "configure_ops(Op, Hlc, Data): the classes the decoders build."},
     {"configure_edges", configure_edges, METH_O, "configure_edges(EdgeVal): the edges-row class read."},
     {"scan", scan, METH_VARARGS, scan_doc},
     {"skeletons", skeletons, METH_VARARGS, skeletons_doc},
     {"configure_dag", configure_dag, METH_O, "configure_dag(_Node): the DAG node class extend_chains builds."},
     {"extend_chains", extend_chains, METH_VARARGS, extend_chains_doc},
-    {"use_sodium", use_sodium, METH_VARARGS, "use_sodium(path): take libsodium from this loaded library."},
     {"verify_batch", verify_batch, METH_O, verify_batch_doc},
     {NULL, NULL, 0, NULL},
 };

@@ -255,3 +255,34 @@ def test_bench_scenarios_and_options(capsys):
     assert code == 1 and "unsupported scenario 'partition-3'. Supported:" in err and "hb-chain" in err
     code, _, err = run(capsys, "bench", "--net")
     assert code == 1 and "--net is not supported" in err
+
+
+_STARTUP = """
+import sys
+from ecac.cli import cli
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("libp2p", "trio") or m.startswith("ecac.net"))
+print(",".join(heavy))
+"""
+
+
+def test_cli_start_up_loads_no_network_stack():
+    """All commands register at import; libp2p, trio and ecac.net load only in the commands using them."""
+    res = subprocess.run([sys.executable, "-c", _STARTUP], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == ""
+
+
+def test_replay_reports_every_rejected_op_and_replays_the_rest(tmp_path: Path, capsys):
+    """Admission runs on the CLI's verify pool: a forged op among many is reported, the rest replayed."""
+    ops = gen_hb_chain(3, 600)
+    bad = replace(ops[-1], sig=bytes([ops[-1].sig[0] ^ 1]) + ops[-1].sig[1:])
+    bad = replace(
+        bad, cbor=dumps({"header": bad.header_obj(), "sig": list(bad.sig), "op_id": list(bad.op_id)})
+    )
+    path = tmp_path / "ops.cbor"
+    path.write_bytes(encode_ops([*ops[:-1], bad]))
+    code, out, err = run(capsys, "replay", str(path))
+    assert code == 0
+    assert err.splitlines() == [f"rejected op {bad.op_id.hex()}: invalid signature"]
+    _, want = replay_full(ops[:-1])
+    assert out.splitlines()[-1] == f"digest={want.hex()}"

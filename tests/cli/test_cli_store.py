@@ -5,19 +5,27 @@ from __future__ import annotations
 import gc
 import json
 import os
+import random
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import cli_ok as ok
 from conftest import cli_run as run
+from ecac.cli.store_cmds import EXIT_INCOMPLETE, parent_first
 from ecac.core.codec import dumps, loads
 from ecac.core.errors import EcacError
+from ecac.core.hlc import Hlc
+from ecac.core.keys import key_pair
+from ecac.core.op import Data, make_op
 from ecac.core.opcodec import encode_ops
 from ecac.store.rocks import Store, open_rdict
-from ecac.testing.workloads import gen_hb_chain
+from ecac.testing.workloads import gen_concurrent, gen_hb_chain
 
 FIXTURES = [
     "fixtures/ops.cbor",
@@ -151,7 +159,10 @@ def test_status_keys_and_orphans(tmp_path):
     assert s["heads"] == [ops[0].op_id.hex()] and s["topo_watermark"] is None
     text = ok("status", "-d", db).stdout
     assert "op_count: 1\n" in text and "pending_ops: 2\n" in text
-    fails("1 missing parent references", "verify-store", "-d", db)
+    r = run("verify-store", "-d", db)  # orphans are not corruption: incomplete, exit 3
+    assert r.exit_code == 3 and r.stdout == (
+        "incomplete: 2 ops wait for missing parents (1 missing ops, 1 missing parent references)\n"
+    )
 
 
 def test_usage_error_exits_2(tmp_path):
@@ -200,6 +211,102 @@ def test_crash_hook_aborts_after_first_batch(tmp_path):
     assert s["op_count"] == 2  # exactly the first committed batch
     ok("op-append", "-d", str(db), "-q", str(f))
     assert ok("replay-from-store", "-d", str(db)).stdout == ok("replay", str(f)).stdout
+
+
+def test_crash_mid_import_leaves_no_op_waiting_for_a_parent_of_its_file(tmp_path):
+    """Children first in the file: op-append still writes parents first, so a crash leaves a clean prefix."""
+    ops = gen_concurrent(28, 12, 3)
+    f = tmp_path / "x.cbor"
+    f.write_bytes(encode_ops(list(reversed(ops))))  # every child before its parent
+    db = tmp_path / "db"
+    env = dict(os.environ, ECAC_CRASH_AFTER_WRITE="1")
+    cmd = [*ECAC, "op-append", "-d", str(db), "--batch-size", "4", str(f)]
+    p = subprocess.run(cmd, env=env, capture_output=True, timeout=60)
+    assert p.returncode == -6  # aborted right after the first committed batch of 4
+    p = subprocess.run([*ECAC, "verify-store", "--db", str(db)], capture_output=True, text=True, timeout=60)
+    assert (p.returncode, p.stdout, p.stderr) == (0, "OK\n", "")
+    with Store.open(db) as st:
+        assert st.op_count() == st.complete_count() == 4 and st.pending_count() == 0
+    ok("op-append", "-d", str(db), "-q", str(f))
+    assert ok("verify-store", "-d", str(db)).stdout == "OK\n"
+    assert ok("replay-from-store", "-d", str(db)).stdout == ok("replay", str(f)).stdout
+
+
+def test_verify_store_tells_incomplete_from_corrupt(tmp_path):
+    """Ops waiting for parents from another file: exit 3 and the count; a flipped byte: exit 1."""
+    ops = gen_hb_chain(29, 6)
+    tail = tmp_path / "tail.cbor"
+    tail.write_bytes(encode_ops(ops[3:]))  # its first op's parent is in no file given
+    db = tmp_path / "db"
+    ok("op-append", "-d", str(db), "-q", str(tail))
+    want = "incomplete: 3 ops wait for missing parents (1 missing ops, 1 missing parent references)\n"
+    r = run("verify-store", "-d", str(db))
+    assert (r.exit_code, r.stdout) == (EXIT_INCOMPLETE, want)
+    p = subprocess.run([*ECAC, "verify-store", "--db", str(db)], capture_output=True, text=True, timeout=60)
+    assert (p.returncode, p.stdout, p.stderr) == (3, want, "")
+    _corrupt(db, ops[4].op_id)  # corruption wins over incompleteness
+    p = subprocess.run([*ECAC, "verify-store", "--db", str(db)], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1 and p.stdout == ""
+    assert p.stderr == f"Error: op_id mismatch for {ops[4].op_id.hex()}\n"
+
+
+def test_verify_store_help_documents_the_exit_codes():
+    text = ok("verify-store", "--help").stdout
+    assert "(exit 0)" in text and "(exit 3)" in text and "(exit 1)" in text
+
+
+def test_op_append_writes_each_file_parents_first(tmp_path):
+    ops = gen_hb_chain(30, 5)
+    f = tmp_path / "x.cbor"
+    f.write_bytes(encode_ops([ops[3], ops[1], ops[4], ops[0], ops[2]]))
+    db = str(tmp_path / "db")
+    r = ok("op-append", "-d", db, "--batch-size", "2", str(f))
+    assert r.stderr.splitlines() == [f"appended {op.op_id.hex()}" for op in ops]
+    assert ok("verify-store", "-d", db).stdout == "OK\n"
+
+
+def _op(sk, i: int, parents: list[bytes]):
+    return make_op(sk, parents, Hlc(100 + i, 0, 1), Data("mv:o:x", bytes([i])))
+
+
+def test_parent_first_is_a_stable_sort_by_in_file_parents():
+    sk = key_pair(9, b"pf")
+    outside = b"\x42" * 32
+    a = _op(sk, 0, [])
+    b = _op(sk, 1, [a.op_id])
+    c = _op(sk, 2, [outside])  # its parent is not in the file: keeps its place
+    d = _op(sk, 3, [b.op_id, c.op_id])
+    e = _op(sk, 4, [])
+    assert parent_first([a, b, c, d, e]) == [a, b, c, d, e]  # already parents first: unchanged
+    assert parent_first([d, c, b, e, a]) == [c, e, a, b, d]
+    assert parent_first([b, b, a]) == [a, b, b]  # a repeated op follows its first copy's parents
+    assert parent_first([]) == []
+    x = _op(sk, 5, [])
+    y = _op(sk, 6, [])
+    forged_x = replace(x, parents=(y.op_id,))  # a cycle needs forged ids (put refuses them)
+    forged_y = replace(y, parents=(x.op_id,))
+    assert parent_first([forged_x, a, forged_y]) == [a, forged_x, forged_y]
+
+
+@given(seed=st.integers(0, 2**32), n=st.integers(0, 25))
+@settings(max_examples=60, deadline=None)
+def test_parent_first_orders_every_prefix_parents_first(seed, n):
+    rng = random.Random(seed)
+    sk = key_pair(10, b"pf")
+    made: list = []
+    for i in range(n):
+        ps = [op.op_id for op in rng.sample(made, min(len(made), rng.randint(0, 2)))]
+        if rng.random() < 0.2:
+            ps.append(bytes([i]) * 32)  # a parent outside the file
+        made.append(_op(sk, i, ps))
+    shuffled = made[:]
+    rng.shuffle(shuffled)
+    out = parent_first(shuffled)
+    assert sorted(op.op_id for op in out) == sorted(op.op_id for op in made)
+    where = {op.op_id: i for i, op in enumerate(out)}
+    assert all(where[p] < where[op.op_id] for op in out for p in op.parents if p in where)
+    free = [op for op in shuffled if not any(p in where for p in op.parents)]
+    assert [op for op in out if op in free] == free  # ops without in-file parents keep their order
 
 
 # --------------------------------------------------------------------------- trust ops

@@ -1,4 +1,9 @@
-"""DAG: staging, activation, duplicates, deterministic incremental order, happens-before (core §6)."""
+"""DAG: staging, activation, duplicates, deterministic incremental order, happens-before (core §6).
+
+Includes a Hypothesis state machine that drives one DAG through random out-of-order
+arrivals, orphans, duplicates and order-known appends, and checks the order against a plain
+Kahn recomputed from scratch and ``hb`` against a plain depth-first search.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from dataclasses import replace
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, rule
 
 from ecac.core.dag import Dag
 from ecac.core.hlc import Hlc
@@ -619,3 +625,111 @@ def test_many_concurrent_winners_against_one_merge_summarise_it_once(monkeypatch
     assert all(dag.hb(r.op_id, acc.op_id) for r in roots)  # every root is an ancestor of the last merge
     assert not any(dag.hb(acc.op_id, r.op_id) for r in roots)
     assert dag.summaries_built == 1
+
+
+# ---------------------------------------------------------------------- stateful: against naive models
+
+
+def activated(ops: dict[bytes, Op]) -> list[Op]:
+    """The ops whose ancestors are all present (core §6's activated set), recomputed from scratch."""
+    done: set[bytes] = set()
+    changed = True
+    while changed:
+        changed = False
+        for x, op in ops.items():
+            if x not in done and all(p in done for p in op.parents):
+                done.add(x)
+                changed = True
+    return [op for x, op in ops.items() if x in done]
+
+
+class DagMachine(RuleBasedStateMachine):
+    """Ops arrive in any order, some never, some twice; the order and hb always match the models."""
+
+    ops = Bundle("ops")  # ops made so far (inserted or not)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dag = Dag(summary_max=2, filter_bits=4)  # tiny hb index: its search paths run too
+        self.inserted: dict[bytes, Op] = {}  # the model: first copies, in arrival order
+        self.made: list[Op] = []
+        self.orders: list[list[Op]] = []  # earlier orders, to check they stay subsequences
+        self.n = 0
+
+    def _make(self, data) -> Op:
+        picked = data.draw(st.lists(st.sampled_from(self.made), max_size=3)) if self.made else []
+        ps = [op.op_id for op in picked]
+        if ps and data.draw(st.booleans()):
+            ps.append(ps[0])
+        hlc = Hlc(data.draw(st.integers(0, 6)), data.draw(st.integers(0, 1)), data.draw(st.integers(0, 2)))
+        op = fake_op(self.n, sorted(ps), hlc, tag=b"sm")
+        self.n += 1
+        self.made.append(op)
+        return op
+
+    @rule(target=ops, data=st.data())
+    def insert_a_new_op(self, data):
+        op = self._make(data)
+        self._insert(op)
+        return op
+
+    @rule(target=ops, data=st.data())
+    def make_an_op_that_arrives_later(self, data):
+        return self._make(data)  # its children, inserted first, wait for it
+
+    @rule(op=consumes(ops))
+    def insert_a_late_op_or_a_duplicate(self, op):
+        self._insert(op)
+
+    @rule(op=ops, data=st.data())
+    def insert_another_copy(self, op, data):
+        other = replace(op, sig=bytes([data.draw(st.integers(1, 255))]) * 64)
+        self._insert(other)  # a second copy with another signature: the first one wins
+
+    def _insert(self, op: Op) -> None:
+        new = op.op_id not in self.inserted and not self.dag.is_pending(op.op_id)
+        assert self.dag.insert(op) == new
+        if new:
+            self.inserted[op.op_id] = op
+
+    @rule()
+    def rebuild_from_the_known_order(self):
+        """A DAG appended in the known order (as store replay builds it) equals this one."""
+        order = self.dag.topo_order()
+        other = Dag()
+        assert other.extend_ordered(order) == len(order)
+        assert other.topo_order() == order
+        for a in order:
+            for b in order[:5]:
+                assert other.hb(a.op_id, b.op_id) == self.dag.hb(a.op_id, b.op_id)
+
+    @invariant()
+    def order_matches_kahn_from_scratch(self):
+        act = activated(self.inserted)
+        order = self.dag.topo_order()
+        assert [op.op_id for op in order] == naive_topo(act)
+        assert all(a is self.inserted[a.op_id] for a in order)  # the first copies
+        assert [self.dag.position(op.op_id) for op in order] == list(range(len(order)))
+        assert len(self.dag) == len(order)
+        act_ids = {op.op_id for op in act}
+        assert self.dag.pending_ids() == sorted(x for x in self.inserted if x not in act_ids)
+        for old in self.orders:  # an earlier order is a subsequence of the current one
+            it = iter(order)
+            assert all(any(o is x for o in it) for x in old)
+        self.orders = [*self.orders[-3:], order]
+
+    @invariant()
+    def hb_matches_dfs(self):
+        act = activated(self.inserted)
+        sample = act[-8:]
+        for a in sample:
+            for b in sample:
+                assert self.dag.hb(a.op_id, b.op_id) == dfs_hb(act, a.op_id, b.op_id)
+        act_ids = {op.op_id for op in act}
+        for x in self.inserted:  # pending ops are invisible to hb, both ways
+            if x not in act_ids and sample:
+                assert not self.dag.hb(x, sample[-1].op_id) and not self.dag.hb(sample[0].op_id, x)
+
+
+DagMachine.TestCase.settings = settings(max_examples=50, stateful_step_count=30, deadline=None)
+test_dag_state_machine = DagMachine.TestCase

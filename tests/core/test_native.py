@@ -16,7 +16,7 @@ from ecac import _native
 from ecac.core.hlc import Hlc
 from ecac.core.keys import key_pair
 from ecac.core.op import Data, Op, make_op
-from ecac.core.opcodec import _DATA_KEYS, _SHARED_MAX, decode_op, read_log
+from ecac.core.opcodec import decode_op, read_log
 from ecac.core.sig import check_sigs
 from ecac.store.rows import EdgeVal
 from ecac.testing.workloads import OTHER_KINDS, gen_hb_chain, gen_random_dag
@@ -136,16 +136,16 @@ def test_bad_calls_raise_clear_errors_and_change_nothing():
         _native.scan([], [], {}, [])
 
 
-def test_the_shared_key_table_stays_bounded():
-    ops = [make_op(SK, [], Hlc(i, 0, 0), Data(f"native:{i}", b"v")) for i in range(12)]
-    try:
-        _native.configure_ops(Op, Hlc, Data, _DATA_KEYS, 5)
-        _DATA_KEYS.clear()
-        placed, _, out = _scan(ops)
-        assert placed == 12 and len(_DATA_KEYS) <= 5
-        assert [o.payload.key for o in out] == [op.payload.key for op in ops]
-    finally:
-        _native.configure_ops(Op, Hlc, Data, _DATA_KEYS, _SHARED_MAX)
+def test_scan_interns_data_keys_without_module_state():
+    """Keys are interned (one object per distinct key) through a per-call table, more keys than it holds."""
+    ops = [make_op(SK, [], Hlc(i, 0, 0), Data(f"native:{i % 5000}", b"v")) for i in range(6000)]
+    placed, _, out = _scan(ops)
+    assert placed == 6000
+    assert [o.payload.key for o in out] == [op.payload.key for op in ops]
+    assert all(sys.intern(o.payload.key) is o.payload.key for o in out)
+    assert out[0].payload.key is out[5000].payload.key
+    with pytest.raises(TypeError):
+        _native.configure_ops(Op, Hlc, Data, {}, 4096)  # the old shared-table form is gone
 
 
 def test_skeletons_carry_the_edges_header_and_the_given_payload():
@@ -196,7 +196,7 @@ def test_verify_batch_agrees_with_pynacl_on_valid_forged_and_malformed_triples()
     want = [nacl_ok(*t) for t in triples]
     assert 0 < sum(want) < len(want)
     assert _native.verify_batch(triples) == want
-    assert check_sigs(triples) == want  # two threads
+    assert check_sigs(triples) == want  # the core's serial check is this call
     pk, sig, msg = triples[0]
     assert (
         _native.verify_batch([(pk[:31], sig, msg), (pk, sig + b"\x00", msg), (pk, sig, None), (1, 2, 3)])
@@ -205,6 +205,37 @@ def test_verify_batch_agrees_with_pynacl_on_valid_forged_and_malformed_triples()
     assert _native.verify_batch([]) == []
     with pytest.raises(TypeError, match="item 1 is not a"):
         _native.verify_batch([(pk, sig, msg), (pk, sig)])
+
+
+_LAZY_SODIUM = """
+import sys, threading
+from ecac import _native
+assert "nacl._sodium" not in sys.modules and "nacl" not in sys.modules, "libsodium loaded at import"
+from nacl.signing import SigningKey
+sk = SigningKey(bytes(32))
+sig = sk.sign(b"m").signature
+pk = bytes(sk.verify_key)
+out, start = [], threading.Barrier(4)
+def run():
+    start.wait()
+    out.append(_native.verify_batch([(pk, sig, b"m"), (pk, sig, b"x")]))
+threads = [threading.Thread(target=run) for _ in range(4)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+assert out == [[True, False]] * 4, out
+print("ok")
+"""
+
+
+def test_verify_batch_resolves_libsodium_on_first_call_not_at_import():
+    """Importing the C module loads no libsodium; concurrent first calls all resolve it."""
+    import subprocess
+
+    res = subprocess.run([sys.executable, "-c", _LAZY_SODIUM], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "ok"
 
 
 # --------------------------------------------------------------------------- DAG chain extension

@@ -1,4 +1,9 @@
-"""OpIndex: completeness with orphans at any depth, heads, Kahn order, generations, bloom vectors."""
+"""OpIndex: completeness with orphans at any depth, heads, Kahn order, generations, bloom vectors.
+
+Includes a Hypothesis state machine that drives one index through random out-of-order
+arrivals, orphans, duplicates and bulk loads and checks every query against a naive model
+recomputed from scratch (closure for completeness, a plain Kahn for the order).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,9 @@ import random
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, rule
 
+import ecac.core.order as order_mod
 from conftest import vectors_dir
 from ecac.core.opindex import OpIndex, bloom16, bloom_lanes, bloom_may_contain
 
@@ -190,15 +197,6 @@ def test_random_dags_match_reference_kahn(case):
 # ---- bulk load
 
 
-class _NoKahn(OpIndex):
-    """An index whose bulk load must not fall back to the Kahn pass (keys already in Kahn order)."""
-
-    __slots__ = ()
-
-    def _complete_by_kahn(self) -> None:
-        raise AssertionError("key order is Kahn's order here: the key-ordered sweep must not give up")
-
-
 def snapshot(idx: OpIndex, ids: list[bytes]) -> dict:
     """Every query's answer, plus the waiting bookkeeping that decides later ``add`` results."""
     topo = idx.topo_ids()
@@ -243,10 +241,21 @@ def load_cases(draw):
     return items, later, monotone, rng.random() < 0.5
 
 
+def _no_work_list(*_a, **_k):
+    raise AssertionError("key order is Kahn's order here: the key-ordered sweep must not give up")
+
+
 @given(load_cases())
 @settings(max_examples=300, deadline=None)
 def test_load_equals_adding_one_by_one(case):
     items, later, monotone, query_between = case
+    with pytest.MonkeyPatch.context() as mp:
+        if monotone:  # every parent sorts before its child: the sweep alone places everything
+            mp.setattr(order_mod, "_activate", _no_work_list)
+        _load_equals_adding_one_by_one(items, later, query_between)
+
+
+def _load_equals_adding_one_by_one(items, later, query_between):
     ids = sorted({x for x, _, _ in items} | {x for x, _, _ in later})
     one_by_one = OpIndex()
     for item in items:
@@ -256,7 +265,7 @@ def test_load_equals_adding_one_by_one(case):
     for x, ps, k in items:
         if x not in parents:
             parents[x], keys[x] = ps, k
-    bulk = (_NoKahn if monotone else OpIndex)()
+    bulk = OpIndex()
     bulk.load(parents, keys)
     assert snapshot(bulk, ids) == snapshot(one_by_one, ids)
     nodes = {x: (parents[x], keys[x]) for x in parents}
@@ -307,3 +316,117 @@ def test_load_checks_its_input_and_adds_to_a_nonempty_index():
     idx.add(b, (a,), key(2, b))
     idx.load({a: ()}, {a: key(1, a)})
     assert idx.topo_ids() == [a, b]
+
+
+def test_an_out_of_order_op_resumes_the_order_without_a_full_kahn(monkeypatch):
+    """A late op sorting early is inserted where Kahn puts it: nothing re-runs over the whole store."""
+    idx = OpIndex()
+    prev: tuple[bytes, ...] = ()
+    ids = []
+    for t in range(1, 2001):
+        x = oid(t)
+        idx.add(x, prev, key(10 * t, x))
+        prev = (x,)
+        ids.append(x)
+    assert idx.topo_ids() == ids
+
+    def no_kahn(*_a, **_k):
+        raise AssertionError("an out-of-order op re-ran Kahn")
+
+    monkeypatch.setattr(order_mod.TotalOrder, "_resume", no_kahn)
+    late = oid(5000)
+    idx.add(late, (ids[9],), key(105, late))  # after op 10 (key 100), before op 11 (key 110)
+    assert idx.topo_slice(9, 12) == [ids[9], late, ids[10]]
+    assert idx.position(late) == 10 and idx.position(ids[-1]) == 2000
+    assert idx.recent_bloom(3) == bloom16(ids[-3:])
+
+
+# ---- stateful: one index against a naive model
+
+
+class OpIndexMachine(RuleBasedStateMachine):
+    """Ops arrive in any order (children first, orphans, duplicates); every query matches the model."""
+
+    ids = Bundle("ids")  # ids created so far (stored or not)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.idx = OpIndex()
+        self.stored: dict[bytes, tuple[tuple[bytes, ...], tuple]] = {}  # the model: id -> (parents, key)
+        self.known: list[bytes] = []  # every id seen, stored or only referenced
+        self.headers: dict[bytes, tuple[tuple[bytes, ...], tuple]] = {}  # what an id's op looks like
+        self.next = 1
+
+    def _new_header(self, data) -> bytes:
+        x = oid(self.next)
+        self.next += 1
+        ps = data.draw(st.lists(st.sampled_from(self.known), max_size=3)) if self.known else []
+        if data.draw(st.booleans()) and ps:
+            ps.append(ps[0])  # a repeated parent
+        k = key(data.draw(st.integers(0, 12)), x, node=data.draw(st.integers(0, 2)))
+        self.headers[x] = (tuple(ps), k)
+        self.known.append(x)
+        return x
+
+    @rule(target=ids, data=st.data())
+    def add_new_op(self, data):
+        x = self._new_header(data)
+        self._add(x)
+        return x
+
+    @rule(target=ids, data=st.data())
+    def reference_an_op_not_stored_yet(self, data):
+        """An id that stored ops name before it arrives: its children are orphans until it does."""
+        return self._new_header(data)
+
+    @rule(x=consumes(ids))
+    def add_an_op_that_may_be_missing_or_a_duplicate(self, x):
+        self._add(x)
+
+    def _add(self, x: bytes) -> None:
+        ps, k = self.headers[x]
+        before = {y for y in reference_kahn(self.stored)} if x not in self.stored else None
+        got = self.idx.add(x, ps, k)
+        if before is None:  # a duplicate: the first copy wins
+            assert got == []
+            return
+        self.stored[x] = (ps, k)
+        now = reference_kahn(self.stored)
+        assert sorted(got) == sorted(set(now) - before)
+        assert all(all(p in before or got.index(p) < got.index(y) for p in self.stored[y][0]) for y in got)
+
+    @rule(data=st.data())
+    def bulk_load_the_same_ops_elsewhere(self, data):
+        parents = {x: ps for x, (ps, _) in self.stored.items()}
+        keys = {x: k for x, (_, k) in self.stored.items()}
+        other = OpIndex()
+        other.load(parents, keys)
+        every = sorted(self.known)
+        assert snapshot(other, every) == snapshot(self.idx, every)
+
+    @invariant()
+    def queries_match_the_model(self):
+        want = reference_kahn(self.stored)
+        idx = self.idx
+        assert idx.topo_ids() == want
+        assert idx.complete_count() == len(want) and len(idx) == len(self.stored)
+        assert [idx.position(x) for x in want] == list(range(len(want)))
+        assert idx.topo_slice(len(want) // 2) == want[len(want) // 2 :]
+        assert idx.recent_bloom(5) == bloom16(want[-5:])
+        complete = set(want)
+        named = {p for x in complete for p in self.stored[x][0]}
+        heads = sorted((x for x in complete if x not in named), key=lambda x: self.stored[x][1], reverse=True)
+        assert idx.heads(1000) == heads and idx.head_count() == len(heads)
+        gen: dict[bytes, int] = {}
+        for x in want:
+            gen[x] = 1 + max((gen[p] for p in self.stored[x][0]), default=-1)
+            assert idx.gen(x) == gen[x]
+        stored = set(self.stored)
+        assert idx.missing_parents() == {p for x in stored for p in self.stored[x][0] if p not in stored}
+        assert idx.pending_ids() == sorted(stored - complete, key=lambda x: self.stored[x][1])
+        for x in self.known:  # the monotone point facts readers use
+            assert idx.contains(x) == (x in stored) and idx.is_complete(x) == (x in complete)
+
+
+OpIndexMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
+test_opindex_state_machine = OpIndexMachine.TestCase

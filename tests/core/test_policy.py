@@ -10,16 +10,20 @@ import hashlib
 
 import pytest
 
+from ecac.bench.policy import gen_policy_heavy
+from ecac.core.dag import Dag
 from ecac.core.hlc import U64_MAX, Hlc
 from ecac.core.keys import key_pair
-from ecac.core.op import Credential, Grant, KeyGrant, Op, Revoke, StatusListChunk, make_op
+from ecac.core.op import Credential, Grant, IssuerKeyRevoke, KeyGrant, Op, Revoke, StatusListChunk, make_op
 from ecac.core.policy import (
     DENY_WINS,
     EXPIRED_CRED,
     OUT_OF_SCOPE,
+    READ_POLICY_KINDS,
     REVOKED_CRED,
     Epoch,
     EpochIndex,
+    GateBuilder,
     KeyEpoch,
     build_read_index,
     build_write_gate,
@@ -33,9 +37,11 @@ from ecac.core.policy import (
 )
 from ecac.core.resources import SET_ADD, SET_FIELD, SET_REM, derive_action_and_tags, tags_for
 from ecac.core.trust import MemoryStatusCache, TrustStore, TrustView
-from ecac.core.vc import cred_hash
+from ecac.core.vc import VcMemo, cred_hash
+from ecac.testing import scenarios
 from ecac.testing.scenarios import (
     ADMIN,
+    SCENARIOS,
     USER,
     add,
     data_op,
@@ -413,8 +419,9 @@ def _big_log(n_users: int) -> list[Op]:
 def test_gate_building_verifies_each_credential_once(monkeypatch):
     """Building the gate does linear work in the credentials: each VC's signature is checked
     once per trust pass, however many grants, revokes and writes refer to it. (Wall-clock
-    scaling is measured by ``ecac bench --scenario policy-heavy``, not here.)"""
-    from ecac.core import policy as pol
+    scaling is measured by ``ecac bench --scenario policy-heavy``, not here.) With a shared
+    memo a second build of the same order checks none."""
+    from ecac.core import vc
 
     calls = {"inband": 0, "m4": 0}
 
@@ -425,13 +432,17 @@ def test_gate_building_verifies_each_credential_once(monkeypatch):
 
         return run
 
-    monkeypatch.setattr(pol, "verify_vc_inband", counting("inband", pol.verify_vc_inband))
-    monkeypatch.setattr(pol, "verify_vc_m4", counting("m4", pol.verify_vc_m4))
+    monkeypatch.setattr(vc, "verify_vc_inband", counting("inband", vc.verify_vc_inband))
+    monkeypatch.setattr(vc, "verify_vc_m4", counting("m4", vc.verify_vc_m4))
     for users in (10, 40):
         calls.update(inband=0, m4=0)
         order = _big_log(users)
         gate = build_write_gate(order)
         assert calls == {"inband": users, "m4": users}
+        memo = vc.VcMemo()
+        assert build_write_gate(order, memo) == gate
+        assert build_write_gate(order, memo) == gate
+        assert calls == {"inband": 2 * users, "m4": 2 * users}
         # and the gate still decides: each user's first writes pass, the ones after the revoke do not
         for u in range(users):
             first, after = order[1 + 9 * u + 2], order[1 + 9 * u + 6]  # 9 ops per user
@@ -459,3 +470,126 @@ def test_has_policy_types_are_the_switch_kinds():
     from ecac.core.policy import _SWITCH_TYPES
 
     assert {t.NAME for t in _SWITCH_TYPES} == POLICY_SWITCH_KINDS
+
+
+def test_retroactive_types_are_the_retroactive_kinds():
+    from ecac.core.op import RETROACTIVE_KINDS
+    from ecac.core.policy import _EPOCH_TYPES, _RETROACTIVE_TYPES
+
+    assert {t.NAME for t in _RETROACTIVE_TYPES} == RETROACTIVE_KINDS
+    assert {t.NAME for t in _EPOCH_TYPES} == READ_POLICY_KINDS
+
+
+# --------------------------------------------------------------------------- memo and incremental gates
+
+
+def _orders() -> dict[str, list[Op]]:
+    """Every named scenario plus a small policy-heavy log, each as its total order."""
+    logs = {name: build() for name, build in SCENARIOS.items()}
+    logs["policy-heavy"] = gen_policy_heavy(5, 700, editors=6)
+    return {name: Dag.from_ops(ops).topo_order() for name, ops in logs.items()}
+
+
+def test_memoised_gates_equal_fresh_gates_on_every_scenario():
+    """One memo shared by every build (scenarios with colliding tokens and keys): each gate,
+    and so each verdict, is bit-identical to a build without a memo."""
+    memo = VcMemo()
+    small = VcMemo(max_entries=1)  # evicting all the time
+    for _ in range(2):
+        for name, order in _orders().items():
+            want = build_write_gate(order)
+            assert build_write_gate(order, memo) == want, name
+            assert build_write_gate(order, small) == want, name
+            assert epochs_m4(order, memo) == epochs_m4(order), name
+            assert build_read_index(order, memo) == build_read_index(order), name
+            assert trust_view_for(order, memo) == trust_view_for(order), name
+    assert memo.hits > memo.misses > 0
+
+
+def test_gate_builder_equals_a_full_build_on_every_prefix():
+    """Growing each order one op at a time, the builder's gate (extended when it may be) is
+    always the gate of a full build of that prefix."""
+    extended = 0
+    for name, order in _orders().items():
+        gb = GateBuilder()
+        step = 1 if len(order) < 50 else 7
+        prev = 0
+        for k in [*range(0, len(order), step), len(order)]:
+            assert gb.gate_for(order[:k], prev) == build_write_gate(order[:k]), (name, k)
+            prev = k
+        extended += gb.extensions
+        assert gb.builds + gb.extensions >= len(range(0, len(order), step))
+    assert extended > 0
+
+
+def test_gate_builder_rebuilds_on_retroactive_inputs_and_unknown_prefixes():
+    ops = scenarios.issuer_key_revocation()  # [ik, rev, cred, grant, a]
+    order = Dag.from_ops(ops).topo_order()
+    gb = GateBuilder()
+    gb.gate_for(order[:-1], 0)
+    assert gb.builds == 1
+    gb.gate_for(order, len(order) - 1)  # a Data op: extended
+    assert (gb.builds, gb.extensions) == (1, 1)
+    # a prefix that is not the previous order (wrong length or last op): built in full
+    assert gb.gate_for(order[:3], 3) == build_write_gate(order[:3])
+    assert gb.builds == 2
+    other = Dag.from_ops(scenarios.grant_then_write()).topo_order()
+    assert gb.gate_for(other, 3) == build_write_gate(other)
+    assert gb.builds == 3
+    gb.reset()
+    gb.gate_for(other, len(other))
+    assert gb.builds == 4
+
+
+def _gate_verdicts(gate, order) -> list[bool]:
+    out = []
+    for pos, op in enumerate(order):
+        d = derive_action_and_tags(op.payload.key) if op.kind == "Data" else None
+        if d is not None:
+            out.append(gate is None or gate.permits(op.author_pk, d.action, d.tags, pos, op.hlc))
+    return out
+
+
+def test_memo_follows_an_issuer_key_revoked_later():
+    """The same memo across a log before and after an IssuerKeyRevoke arrives: the write the
+    VC allowed is denied once the key is revoked at the VC's nbf (and allowed again without it)."""
+    ik = issuer_key_op()
+    cred, grant = grant_pair(nbf_ms=1000)
+    a = add(grant, Hlc(1010, 0, 1), "A")
+    rev = make_op(ADMIN, (ik.op_id,), Hlc(1000, 0, 0), IssuerKeyRevoke("issuer-1", "k1", "compromised"))
+    memo = VcMemo()
+    gb = GateBuilder(memo)
+    before = Dag.from_ops([ik, cred, grant, a]).topo_order()
+    after = Dag.from_ops([ik, cred, grant, a, rev]).topo_order()
+    assert _gate_verdicts(gb.gate_for(before), before) == [True]
+    assert _gate_verdicts(gb.gate_for(after, len(before)), after) == [False]
+    assert gb.gate_for(after) == build_write_gate(after)
+    assert _gate_verdicts(gb.gate_for(before), before) == [True]
+    # one M4 check (no trust involved), three in-band ones: valid, no key at nbf, valid again
+    assert memo.misses == 4
+
+
+def test_memo_follows_an_issuer_key_added_later():
+    cred, grant = grant_pair(nbf_ms=1000)
+    a = add(grant, Hlc(1010, 0, 1), "A")
+    memo = VcMemo()
+    without = Dag.from_ops([cred, grant, a]).topo_order()
+    assert _gate_verdicts(build_write_gate(without, memo), without) == [False]  # UnknownIssuer
+    late_key = issuer_key_op(ms=1005, parents=(a.op_id,))  # activated_at 1005 > nbf: still unknown
+    late = Dag.from_ops([cred, grant, a, late_key]).topo_order()
+    assert _gate_verdicts(build_write_gate(late, memo), late) == [False]
+    early_key = issuer_key_op(ms=999, parents=(a.op_id,))  # ordered last, active from 999 <= nbf
+    with_key = Dag.from_ops([cred, grant, a, early_key]).topo_order()
+    assert _gate_verdicts(build_write_gate(with_key, memo), with_key) == [True]
+    for order in (without, late, with_key):
+        assert build_write_gate(order, memo) == build_write_gate(order)
+
+
+def test_memo_follows_a_status_bit_set_later():
+    ops = scenarios.status_list_revocation()  # [ik, cred, grant, a, chunk, b]
+    memo = VcMemo()
+    no_chunk = Dag.from_ops(ops[:4]).topo_order()
+    full = Dag.from_ops(ops).topo_order()
+    assert _gate_verdicts(build_write_gate(no_chunk, memo), no_chunk) == [True]
+    assert _gate_verdicts(build_write_gate(full, memo), full) == [False, False]
+    assert build_write_gate(full, memo) == build_write_gate(full)

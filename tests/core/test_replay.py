@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ecac.bench.policy import gen_policy_heavy
 from ecac.core import policy
 from ecac.core.codec import dumps
 from ecac.core.dag import Dag
@@ -42,6 +43,7 @@ from ecac.core.replay import (
     suffix_keeps_verdicts,
 )
 from ecac.core.state import State
+from ecac.core.vc import VcMemo, cred_hash
 from ecac.testing import scenarios
 from ecac.testing.workloads import OTHER_KINDS, gen_hb_chain, gen_random_dag, random_payload
 
@@ -96,12 +98,30 @@ class ToyGate:
         return "deny_wins"
 
 
+class ToySource:
+    """A gate source that builds a ToyGate over the whole order on every apply."""
+
+    def __init__(self, strict: bool) -> None:
+        self.strict = strict
+
+    def gate_for(self, order: Sequence[Op], keep: int = 0) -> ToyGate | None:
+        return ToyGate(order, self.strict) if has_policy(order) else None
+
+    def keeps_verdicts(self, order: Sequence[Op], keep: int) -> bool:
+        return False  # only core §8.4's own conditions
+
+
 @contextmanager
 def toy_policy(strict: bool = True):
-    def build(order: Sequence[Op]) -> ToyGate | None:
-        return ToyGate(order, strict) if has_policy(order) else None
+    """The toy policy for ``replay_full`` and for every ``Replayer`` made inside the block."""
 
-    with mock.patch.object(policy, "build_write_gate", build):
+    def build(order: Sequence[Op], memo: object = None) -> ToyGate | None:
+        return ToySource(strict).gate_for(order)
+
+    with (
+        mock.patch.object(policy, "build_write_gate", build),
+        mock.patch.object(policy, "GateBuilder", lambda memo=None: ToySource(strict)),
+    ):
         yield
 
 
@@ -459,6 +479,12 @@ def test_incremental_from_a_restored_snapshot_equals_full(seed, n):
         _check_incremental(seed, n, restore=True)
 
 
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32), n=st.integers(1, 24))
+def test_incremental_equals_full_for_random_dags_with_the_real_policy(seed, n):
+    _check_incremental(seed, n, restore=seed % 2 == 0)
+
+
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 2**32), n=st.integers(1, 20))
 def test_insertion_order_never_changes_the_digest(seed, n):
@@ -513,3 +539,232 @@ def test_switching_to_another_dag_compares_the_whole_prefix():
     assert r.last_start == 0
     assert digest == full([x, b])[1]
     assert state.get_field("o", "x").values() == [b"X"]
+
+
+# ---------------------------------------------------------------------- the real policy, memo on and off
+
+
+def _step_replayers() -> list[Replayer]:
+    """The default replayer, one whose memo evicts everything, and one with points to fall back to."""
+    return [
+        Replayer(),
+        Replayer(gates=policy.GateBuilder(VcMemo(max_entries=0))),
+        Replayer(auto_every=2, max_points=3),
+    ]
+
+
+def _apply_and_compare(replayers: list[Replayer], dag: Dag, what: object) -> None:
+    want_state, want_digest = replay_full(dag)
+    want_gate = policy.build_write_gate(dag.topo_order())
+    for r in replayers:
+        state, digest = r.apply(dag)
+        assert (state.to_json(), digest) == (want_state.to_json(), want_digest), what
+        assert r.gate == want_gate, what
+
+
+@pytest.mark.parametrize("name", sorted(scenarios.SCENARIOS))
+def test_every_scenario_op_by_op_equals_full_with_and_without_the_memo(name):
+    ops = scenarios.SCENARIOS[name]()
+    for arrival in (ops, ops[::-1], ops[1::2] + ops[::2]):
+        dag = Dag()
+        replayers = _step_replayers()
+        for i, op in enumerate(arrival):
+            dag.insert(op)
+            _apply_and_compare(replayers, dag, (name, i))
+
+
+def test_every_vector_log_op_by_op_gives_the_vector_digest(vectors):
+    for name in sorted(vectors.op_logs):
+        ops = vectors.ops(name)
+        want = vectors.op_logs[name]["state_digest_hex"]
+        for arrival in (ops, ops[::-1]):
+            dag = Dag()
+            replayers = _step_replayers()
+            for i, op in enumerate(arrival):
+                dag.insert(op)
+                _apply_and_compare(replayers, dag, (name, i))
+            assert [r.digest.hex() for r in replayers] == [want] * len(replayers), name
+            assert all(r.gate is None for r in replayers)
+
+
+def test_vector_policy_scenarios_op_by_op_give_the_vector_digests(vectors):
+    rows = {
+        r["source"].split(" ")[1]: r
+        for r in vectors.expected["state_digests"]
+        if r["source"].startswith("scenario")
+    }
+    for name, ops in {
+        "S1": scenarios.s1_revoke_closes_epochs(),
+        "S2": scenarios.s2_vc_time_window(),
+        "S3": scenarios.s3_concurrent_adds(),
+        "S4": scenarios.s4_policy_split(),
+    }.items():
+        dag = Dag()
+        r = Replayer()
+        for op in ops:
+            dag.insert(op)
+            r.apply(dag)
+        assert r.state.to_json() == rows[name]["state_json"], name
+        assert r.digest.hex() == rows[name]["digest_hex"], name
+
+
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 2**32), n=st.integers(50, 400), batches=st.integers(1, 12))
+def test_policy_heavy_logs_in_random_batches_equal_full(seed, n, batches):
+    """A generated policy-heavy log (grants, revokes, status lists, key rotation) arriving in
+    batches, mostly in order with some ops delayed: after every batch each replayer's digest
+    and gate equal a full replay's."""
+    rng = random.Random(seed)
+    ops = gen_policy_heavy(seed % 1000, n, editors=5)
+    arrival = ops[:]
+    for _ in range(n // 20):  # delay a few ops (their descendants wait as orphans)
+        i = rng.randrange(n)
+        arrival.insert(min(n - 1, i + rng.randrange(1, 40)), arrival.pop(i))
+    cuts = sorted(rng.sample(range(1, n), min(batches, n - 1)))
+    dag = Dag()
+    replayers = _step_replayers()
+    lo = 0
+    for hi in [*cuts, n]:
+        dag.insert_many(arrival[lo:hi])
+        lo = hi
+        _apply_and_compare(replayers, dag, (seed, hi))
+    assert len(dag) == n
+
+
+TRUST_KINDS = ("IssuerKey", "IssuerKeyRevoke", "StatusListChunk")
+
+
+def test_writes_after_policy_extend_the_gate_and_rebuilds_reuse_verdicts():
+    """Appended Data, Grant, Revoke and new-VC Credential ops continue the live state and
+    extend the gate; a trust op rebuilds it, and the rebuild verifies only credentials it has
+    not seen before."""
+    ops = gen_policy_heavy(3, 300, editors=4)
+    dag = Dag.from_ops(ops[:250])
+    r = Replayer()
+    r.apply(dag)
+    gates = r.gates
+    assert isinstance(gates, policy.GateBuilder)
+    memo = gates.memo
+    assert gates.builds == 1 and memo.misses > 20
+    misses = memo.misses
+    for op in ops[250:]:
+        dag.insert(op)
+        r.apply(dag)
+        if op.kind not in TRUST_KINDS:
+            assert r.last_start == len(dag) - 1, op.kind  # continued
+    tail = [op.kind for op in ops[250:]]
+    assert {"Data", "Grant", "Revoke", "Credential"} <= set(tail)
+    trust = sum(k in TRUST_KINDS for k in tail)
+    assert gates.builds == 1 + trust
+    assert gates.extensions == len(tail) - trust
+    # each new VC is verified at most once per path (in band when granted, M4 at a rebuild)
+    assert memo.misses - misses <= 2 * tail.count("Credential")
+    assert r.digest == full(ops)[1]
+
+
+def test_a_late_credential_for_an_earlier_grant_restarts_but_a_new_vc_continues():
+    """Real policy: a Credential whose VC an earlier Grant names makes that Grant effective
+    from its position (retroactive: replay restarts); a Credential for a new VC, with its
+    Grant after it, changes nothing earlier (the live state continues)."""
+    ik = scenarios.issuer_key_op()
+    token = scenarios.vc_token(nbf_ms=1000)
+    cred = scenarios.credential_op(token, 1000)
+    grant = make_op(
+        scenarios.ADMIN, [ik.op_id], Hlc(1000, 0, 2), Grant(scenarios.pk(scenarios.USER), cred_hash(token))
+    )
+    w = scenarios.add(grant, Hlc(1010, 0, 1), "A")
+    dag = Dag.from_ops([ik, grant, w])
+    r = Replayer()
+    assert r.apply(dag)[0].get_field("o", "x") is None  # no credential yet: denied
+    dag.insert(make_op(scenarios.ADMIN, [w.op_id], Hlc(1020, 0, 0), cred.payload))
+    state, digest = r.apply(dag)
+    assert r.last_start == 0  # restarted: the earlier write is now allowed
+    assert [e for e, _ in state.get_field("o", "x").iter_present()] == ["A"]
+    assert digest == replay_full(dag)[1]
+    cred2, grant2 = scenarios.grant_pair(scenarios.MALLORY, 1030, 9000, jti="c2")
+    last = dag.topo_order()[-1]
+    cred2 = make_op(scenarios.ADMIN, [last.op_id], Hlc(1030, 0, 1), cred2.payload)
+    grant2 = make_op(scenarios.ADMIN, [cred2.op_id], Hlc(1030, 0, 2), grant2.payload)
+    w2 = scenarios.add(grant2, Hlc(1040, 0, 1), "M", scenarios.MALLORY)
+    for op in (cred2, grant2, w2):
+        n = len(dag)
+        dag.insert(op)
+        state, digest = r.apply(dag)
+        assert r.last_start == n, op.kind  # continued
+        assert digest == replay_full(dag)[1]
+    assert [e for e, _ in state.get_field("o", "x").iter_present()] == ["A", "M"]
+
+
+def _continued_or_restarted(prefix: list[Op], tail: list[Op]) -> list[int]:
+    """Apply ``prefix``, then each op of ``tail`` in turn; the start of every tail apply
+    (each checked against a full replay)."""
+    dag = Dag.from_ops(prefix)
+    r = Replayer()
+    r.apply(dag)
+    starts = []
+    for op in tail:
+        dag.insert(op)
+        state, digest = r.apply(dag)
+        want = replay_full(dag)
+        assert (state.to_json(), digest) == (want[0].to_json(), want[1]), op.kind
+        starts.append(r.last_start)
+    return starts
+
+
+def test_a_credential_for_a_vc_granted_since_the_last_rebuild_restarts():
+    """The VC was named by a Grant that extended the gate (not by the last full build)."""
+    ik = scenarios.issuer_key_op()
+    cred1, grant1 = scenarios.grant_pair(scenarios.MALLORY, 1000, 9000, jti="m")
+    token = scenarios.vc_token(nbf_ms=1000, jti="u")
+    grant = make_op(
+        scenarios.ADMIN,
+        [grant1.op_id],
+        Hlc(1100, 0, 0),
+        Grant(scenarios.pk(scenarios.USER), cred_hash(token)),
+    )
+    w = scenarios.add(grant, Hlc(1110, 0, 1), "A")
+    late = make_op(scenarios.ADMIN, [w.op_id], Hlc(1120, 0, 0), Credential("u", token))
+    assert _continued_or_restarted([ik, cred1, grant1], [grant, w, late]) == [3, 4, 0]
+
+
+def test_a_republished_vc_that_now_verifies_under_m4_restarts():
+    """Mallory's self-signed issuer_admin VC first arrives in a Credential op by someone else
+    (M4 fails, so no admin epoch); the admin's IssuerKey after her Grant counts and the
+    user's write is allowed. The same VC bytes then arrive by Mallory herself: M4 verifies,
+    her admin epoch opens at her Grant, the admin's key is ignored and the write is denied,
+    retroactively."""
+    admin_vc = scenarios.vc_token(
+        scenarios.MALLORY, 500, 10**6, role="issuer_admin", signer=scenarios.MALLORY, status=None, jti="adm"
+    )
+    relayed = make_op(scenarios.USER, [], Hlc(900, 0, 0), Credential("adm", admin_vc))
+    m_grant = make_op(
+        scenarios.MALLORY,
+        [relayed.op_id],
+        Hlc(901, 0, 0),
+        Grant(scenarios.pk(scenarios.MALLORY), cred_hash(admin_vc)),
+    )
+    ik = scenarios.issuer_key_op(ms=999, parents=(m_grant.op_id,))
+    cred, grant = scenarios.grant_pair(nbf_ms=1000)
+    w = scenarios.add(grant, Hlc(1010, 0, 1), "A")
+    prefix = [relayed, m_grant, ik, cred, grant, w]
+    assert [e for e, _ in replay_full(Dag.from_ops(prefix))[0].get_field("o", "x").iter_present()] == ["A"]
+    own = make_op(scenarios.MALLORY, [w.op_id], Hlc(2000, 0, 0), Credential("adm", admin_vc))
+    assert _continued_or_restarted(prefix, [own]) == [0]
+    assert replay_full(Dag.from_ops([*prefix, own]))[0].get_field("o", "x") is None  # denied: never created
+
+
+def test_an_exception_mid_apply_drops_the_live_state():
+    ops = gen_hb_chain(12, 6)
+    dag = Dag.from_ops(ops[:4])
+    r = Replayer()
+    r.apply(dag)
+    dag.insert_many(ops[4:])
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("observer failed")
+
+    with pytest.raises(RuntimeError):
+        r.apply(dag, observer=boom)
+    assert r.state.processed_count == 0 and r.gate is None
+    assert r.apply(dag)[1] == full(ops)[1]
+    assert r.last_start == 0

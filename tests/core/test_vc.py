@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import blake3
 import pytest
 from nacl.signing import SigningKey
 
+from ecac.core import vc as vc_mod
 from ecac.core.errors import VcError
+from ecac.core.hlc import U64_MAX
 from ecac.core.keys import key_pair
-from ecac.core.trust import MemoryStatusCache, TrustStore
+from ecac.core.trust import IssuerKeyRecord, MemoryStatusCache, StatusList, TrustStore, TrustView
 from ecac.core.vc import (
     JSON_MAX_DEPTH,
     REFERENCE_HEADER,
+    VcMemo,
     b64url_decode_strict,
     b64url_encode,
     cred_hash,
@@ -524,3 +529,114 @@ def test_mint_rejects_non_json_claims():
         mint_vc(ISSUER, {"x": float("nan")})
     with pytest.raises(ValueError):
         mint_vc(ISSUER, {"x": b"bytes"})
+
+
+# --------------------------------------------------------------------------- VcMemo (replay's verdict memo)
+
+
+def _key(
+    pk: bytes, *, activated: int = 0, revoked: int | None = None, algo: str = "EdDSA"
+) -> IssuerKeyRecord:
+    return IssuerKeyRecord(algo, pk, 0, U64_MAX, activated, revoked)
+
+
+def _tv(keys: dict[str, IssuerKeyRecord] | None = None, bits: bytes | None = None) -> TrustView:
+    """A TrustView with ``keys`` for issuer-1 and, when given, ``bits`` as status list list-0."""
+    issuers = {"issuer-1": MappingProxyType(keys)} if keys else {}
+    lists = {}
+    if bits is not None:
+        lists["list-0"] = StatusList("list-0", "issuer-1", 1, hashlib.sha256(bits).digest(), (bits,))
+    return TrustView(MappingProxyType(issuers), MappingProxyType(lists))
+
+
+ISSUER_PK = bytes(ISSUER.verify_key)
+OTHER_PK = bytes(OTHER.verify_key)
+MEMO_TOKEN = mint_vc(ISSUER, claims(nbf=1000, exp=5000, status={"id": "list-0", "index": 3}))
+
+
+def _counting(monkeypatch, name: str) -> list[int]:
+    """Count the calls memo misses make to ``ecac.core.vc.<name>``."""
+    calls = [0]
+    real = getattr(vc_mod, name)
+
+    def run(*args, **kwargs):
+        calls[0] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(vc_mod, name, run)
+    return calls
+
+
+def test_memo_inband_verdict_follows_every_trust_change(monkeypatch):
+    """One memo across TrustViews where the issuer key is added, revoked, replaced, joined by a
+    newer key, and a status bit is set: each verdict equals a fresh verification, and the
+    token is verified again exactly when an answer the verifier sees changed."""
+    reference = vc_mod.verify_vc_inband
+    calls = _counting(monkeypatch, "verify_vc_inband")
+    memo = VcMemo()
+    steps = [  # (trust, verifies, verified again)
+        (_tv(), False, True),  # no key published yet: UnknownIssuer
+        (_tv({"k1": _key(ISSUER_PK)}), True, True),  # the key is added later: now it verifies
+        (_tv({"k1": _key(ISSUER_PK)}), True, False),  # same answers: memo hit
+        (_tv({"k1": _key(ISSUER_PK, activated=500)}), True, False),  # a change the verifier cannot see
+        (_tv({"k1": _key(ISSUER_PK, revoked=1000)}), False, True),  # revoked at nbf: no key at nbf
+        (_tv({"k1": _key(ISSUER_PK, revoked=1001)}), True, True),  # revoked after nbf: still verifies
+        (_tv({"k1": _key(ISSUER_PK), "k2": _key(OTHER_PK, activated=900)}), False, True),  # newer k2 wins
+        (_tv({"k1": _key(OTHER_PK)}), False, False),  # k1 replaced by that same other key: same answer
+        (_tv({"k1": _key(ISSUER_PK, algo="RS256")}), False, True),  # wrong algo
+        (_tv({"k1": _key(ISSUER_PK)}, bits=b"\x08"), False, True),  # status bit 3 set: revoked
+        (_tv({"k1": _key(ISSUER_PK)}, bits=b"\x04"), True, True),  # another bit: valid again
+        (_tv({"k1": _key(ISSUER_PK)}, bits=b"\x05"), True, False),  # same answer for bit 3
+    ]
+    for i, (tv, verifies, again) in enumerate(steps):
+        before = calls[0]
+        got = memo.inband(MEMO_TOKEN, tv)
+        assert got == try_verify(lambda tv=tv: reference(MEMO_TOKEN, tv)), i
+        assert (got is not None) is verifies, i
+        assert (calls[0] - before == 1) is again, i
+    assert memo.hits == 4 and memo.misses == len(steps) - 4
+
+
+def test_memo_inband_reuses_trust_independent_failures():
+    memo = VcMemo()
+    garbage = b"not.a.jwt"
+    assert memo.inband(garbage, _tv()) is None
+    assert memo.inband(garbage, _tv({"k1": _key(ISSUER_PK)})) is None
+    assert (memo.hits, memo.misses) == (1, 1)  # no trust query was made, so no answer can differ
+
+
+def test_memo_m4_is_keyed_by_token_and_author():
+    c = claims(role="issuer_admin")
+    tok = mint_vc(ISSUER, c)
+    memo = VcMemo()
+    for _ in range(2):
+        assert memo.m4(tok, ISSUER_PK) == verify_vc_m4(tok, ISSUER_PK)
+        assert memo.m4(tok, OTHER_PK) is None  # the same bytes under another author fail
+    assert (memo.hits, memo.misses) == (2, 2)
+
+
+def test_memo_is_bounded_and_eviction_never_changes_a_verdict():
+    tokens = [mint_vc(ISSUER, claims(jti=f"c{i}")) for i in range(12)]
+    want = [verify_vc_m4(t, ISSUER_PK) for t in tokens]
+    tv = _tv({"k1": _key(ISSUER_PK)})
+    want_inband = [verify_vc_inband(t, tv) for t in tokens]
+    for bound in (0, 1, 5, 100):
+        memo = VcMemo(max_entries=bound)
+        for _ in range(3):
+            for t, w, wi in zip(tokens, want, want_inband, strict=True):
+                assert memo.m4(t, ISSUER_PK) == w
+                assert memo.inband(t, tv) == wi
+                assert len(memo) <= 2 * bound
+        assert memo.hits == (2 * 2 * len(tokens) if bound >= len(tokens) else 0)
+    memo = VcMemo(2)
+    memo.m4(tokens[0], ISSUER_PK)
+    memo.m4(tokens[1], ISSUER_PK)
+    memo.m4(tokens[0], ISSUER_PK)  # touched: tokens[1] is now the least recently used
+    memo.m4(tokens[2], ISSUER_PK)
+    before = memo.hits
+    memo.m4(tokens[0], ISSUER_PK)
+    assert memo.hits == before + 1
+    memo.clear()
+    assert len(memo) == 0
+    with pytest.raises(ValueError):
+        VcMemo(-1)

@@ -70,9 +70,9 @@ class HandPeer:
             bodies = reader.feed(chunk)
         req = SyncRequest.decode(bodies[0])
         self.requests.append(req)
-        plan = plan_response(self.store, req)
+        plan = plan_response(self.store.facts, self.store.snapshot(), req)
         out = []
-        for blob in response_blobs(self.store, plan):
+        for blob in response_blobs(plan, self.store.load_ops_cbor):
             if self.forge:
                 frames = FrameReader().feed(blob)
                 blob = b"".join(encode_frame(self._swap(f)) for f in frames)

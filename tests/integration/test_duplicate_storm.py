@@ -10,6 +10,7 @@ import trio
 
 from ecac.core.opcodec import encode_ops
 from ecac.net.procs import wait_converged, wait_for
+from ecac.sync.coordinator import SyncConfig
 from ecac.sync.wire import (
     SYNC_PROTOCOL_ID,
     FrameReader,
@@ -72,15 +73,16 @@ async def test_duplicate_storm(nodes: Nodes) -> None:
         published = [await storm.host.publish(storm.topic, same) for _ in range(50)]
         assert published.count(True) == 1  # the gossip layer deduplicates identical bytes
 
-        # 60 full re-fetches of everything, 4 at a time
+        # 60 full re-fetches of everything, as many at a time as A serves one peer
         counts: list[int] = []
+        parallel = SyncConfig().max_serves_per_peer
 
         async def fetcher() -> None:
-            for _ in range(15):
+            for _ in range(60 // parallel):
                 counts.append(await fetch_all(storm, a.peer_id, heads))
 
         async with trio.open_nursery() as nursery:
-            for _ in range(4):
+            for _ in range(parallel):
                 nursery.start_soon(fetcher)
         assert counts == [TOTAL] * 60
 
@@ -100,6 +102,7 @@ async def test_duplicate_storm(nodes: Nodes) -> None:
         sa = await blocking(wait_for, announces_in, 20)
         assert sa["counters"]["announces_rejected"] == 0
         assert sa["counters"]["requests_served"] >= s0["counters"]["requests_served"] + 60
+        assert sa["counters"]["serves_refused"] == 0
         rss = await blocking(a.rss_bytes)
         print(f"node A RSS after the storm: {rss / 2**20:.0f} MiB")
         assert rss < RSS_LIMIT, f"node A uses {rss / 2**20:.0f} MiB"

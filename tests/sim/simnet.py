@@ -1,22 +1,34 @@
-"""A simulated network for the sans-I/O sync core: no sockets, a simulated monotonic clock.
+"""A simulated network for the sans-I/O sync core: no sockets, a simulated clock, real writer threads.
 
-Each ``SimNode`` holds a ``MemoryOpStore`` and a ``SyncCoordinator``. The simulator plays
-the I/O layer of the node exactly as ``ecac.sync.peersync`` documents it:
+Each ``SimNode`` holds a ``MemoryOpStore``, a ``SimWriter`` (its one writer thread) and a
+``SyncCoordinator`` built on the store's live index (``IndexFacts``) and the writer's
+snapshots. The simulator plays the I/O layer of the node exactly as
+``ecac.sync.coordinator`` documents it:
 
 * gossip: ``PublishAnnounce`` goes to every neighbour; receivers validate, deliver and
   forward (multi-hop, with a per-node seen cache like gossipsub). Announces may be
   dropped, duplicated and reordered (random latency);
 * requests: ``SendRequest`` reaches the peer after a latency (or is lost), the peer serves
-  it with ``ecac.sync.syncserve`` and the blobs travel back as a stream, split at random points
-  so the ``FrameReader`` sees partial frames. A batch may arrive twice, a stream may be
-  cut (EOF without trailer) or stall (the requester's idle timeout fires); the next blob
-  is read only when the requester is ``accepting`` (back-pressure);
-* commits: ``CommitOps`` run through ``apply_commit`` on a per-node FIFO worker with a
-  delay, then ``commit_finished``;
+  it with ``ecac.sync.syncserve`` over its live facts and its writer's latest snapshot, and
+  the blobs travel back as a stream, split at random points so the ``FrameReader`` sees
+  partial frames. A batch may arrive twice, a stream may be cut (EOF without trailer) or
+  stall (the requester's idle timeout fires); the next blob is read only when the
+  requester is ``accepting`` (back-pressure);
+* commits and local writes: ``CommitOps`` (and ``write``) go to the node's writer thread
+  at once; it sleeps a seeded random delay, runs ``put_many`` and publishes
+  ``take_snapshot(store.index, seq)``, **while the event loop goes on** delivering frames,
+  announces and timers and reading the same store's facts from this thread. The outcome
+  is reported (``commit_finished`` / ``snapshot_changed``) at a simulated time drawn when
+  the commit was handed over, in FIFO order; the loop waits for the thread only then;
 * links go down and up (partitions, heals, ``Disconnect``); timers fire at
-  ``next_wakeup``.
+  ``next_wakeup``; ``restart`` replaces a coordinator as the node's supervisor would.
 
-Everything random comes from one ``random.Random(seed)``, so a run is reproducible.
+What the loop decides comes from one ``random.Random(seed)``; each writer has its own
+seeded generator for its delays. Thread timing decides only what the loop *sees* of a
+store that a commit is changing (a fact may turn true before its commit is reported), so
+the outcome checks — convergence, digests, penalties, duplicate bounds — hold for every
+interleaving, and ``SimNode.overlaps`` counts the events handled while that node's writer
+was mid-commit (the interleavings actually exercised).
 """
 
 from __future__ import annotations
@@ -24,9 +36,15 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
+import queue
 import random
+import threading
+import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from ecac.core.codec import b2l, dumps
 from ecac.core.errors import ProtocolError
@@ -34,8 +52,11 @@ from ecac.core.hlc import Hlc
 from ecac.core.keys import key_pair
 from ecac.core.op import Data, Op, header_obj, make_op
 from ecac.core.opcodec import decode_op
+from ecac.core.snapshot import StoreSnapshot, take_snapshot
+from ecac.net.writeio import apply_commit
 from ecac.store.memory import MemoryOpStore
-from ecac.sync.peersync import (
+from ecac.sync.coordinator import SyncConfig, SyncCoordinator
+from ecac.sync.effects import (
     CancelRequest,
     CommitOps,
     Disconnect,
@@ -43,9 +64,6 @@ from ecac.sync.peersync import (
     Penalise,
     PublishAnnounce,
     SendRequest,
-    SyncConfig,
-    SyncCoordinator,
-    apply_commit,
 )
 from ecac.sync.syncserve import plan_response, response_blobs
 from ecac.sync.wire import (
@@ -56,6 +74,73 @@ from ecac.sync.wire import (
     encode_frame,
     gossip_message_id,
 )
+
+T = TypeVar("T")
+
+
+# --------------------------------------------------------------------------- the store adapter
+
+
+class SimWriter:
+    """One node's writer thread: owns every mutation of its store and publishes a snapshot after each job.
+
+    Jobs run in submission order, each after a random delay from the writer's own seeded
+    generator (``max_delay`` seconds at most; half of them only yield the GIL). ``snapshot``
+    is the latest published snapshot (one reference assignment, read without a lock);
+    ``busy`` is true while a job runs.
+    """
+
+    def __init__(self, store: MemoryOpStore, seed: int, max_delay: float = 0.001, name: str = "") -> None:
+        self.store = store
+        self.max_delay = max_delay
+        self._rng = random.Random(seed)  # used on the writer thread only
+        self._jobs: queue.Queue[tuple[Callable[[], Any], Future[Any]] | None] = queue.Queue()
+        self._seq = 0
+        self.snapshot: StoreSnapshot = take_snapshot(store.index, 0)
+        self.busy = False
+        self.started = 0  # jobs begun (the writer thread counts; the loop only compares)
+        self.jobs_done = 0
+        self._thread = threading.Thread(target=self._run, name=f"sim-writer-{name}", daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[[], T]) -> Future[tuple[T, StoreSnapshot]]:
+        """Run ``fn`` (a store mutation) on the writer thread; the future gives its result and snapshot."""
+        fut: Future[tuple[T, StoreSnapshot]] = Future()
+        self._jobs.put((fn, fut))
+        return fut
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            fn, fut = job
+            if self._rng.random() < 0.5:
+                time.sleep(0)
+            else:
+                time.sleep(self._rng.uniform(0.0, self.max_delay))
+            self.started += 1
+            self.busy = True
+            try:
+                result = fn()
+                self._seq += 1
+                snap = take_snapshot(self.store.index, self._seq)
+                self.snapshot = snap
+            except BaseException as e:  # reported to the loop, which fails the test
+                self.busy = False
+                fut.set_exception(e)
+                continue
+            self.busy = False
+            self.jobs_done += 1
+            fut.set_result((result, snap))
+
+    def close(self) -> None:
+        self._jobs.put(None)
+        self._thread.join(timeout=30)
+
+
+#: a writer job due for reporting but still running is polled for this long (simulated seconds) before the
+#: loop waits for it: meanwhile the loop keeps handling events while the writer changes the store
+REPORT_LAG_MAX = 0.01
+POLL_STEP = 0.00025
+POLL_SLEEP = 0.00005
 
 #: fast timers so that simulated runs cover many rounds
 SIM_CONFIG = SyncConfig(
@@ -95,11 +180,19 @@ class _Stream:
     dead: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class _Report:
+    due: float  # simulated time before which the outcome is not reported
+    fut: Future[tuple[Any, StoreSnapshot]]
+    event: Callable[[Any, StoreSnapshot], list[Effect]]
+
+
 @dataclass(slots=True)
 class SimNode:
     name: str
     idx: int
     store: MemoryOpStore
+    writer: SimWriter
     coord: SyncCoordinator
     tamper: str | None = None  # None, "bad_sig" or "child_first": how this node corrupts what it serves
     seen: set[bytes] = field(default_factory=set)
@@ -108,6 +201,13 @@ class SimNode:
     writes: int = 0
     penalties: list[tuple[str, str]] = field(default_factory=list)
     published: int = 0
+    outstanding: int = 0  # writer jobs whose outcome the coordinator has not been told yet
+    reported: int = 0  # writer jobs whose outcome it has been told
+    overlaps: int = 0  # events reading this node's store while its writer changed it
+    ahead: int = 0  # events handled while the facts were ahead of what the coordinator was told
+    restarts: int = 0
+    reports: deque[_Report] = field(default_factory=deque)  # writer jobs to report, FIFO
+    polling: bool = False
 
 
 class SimNet:
@@ -121,12 +221,14 @@ class SimNet:
         faults: Faults | None = None,
         gossip: bool = True,
         server_config: SyncConfig | None = None,
+        writer_delay: float = 0.001,
     ) -> None:
         self.rng = random.Random(seed)
         self.now = 0.0
         self.faults = faults or Faults()
         self.gossip = gossip
         self._queue: list[tuple[float, int, Callable[[], None]]] = []
+        self._marks: list[tuple[SimNode, bool, int]] = []
         self._seq = 0
         self.links: set[frozenset[str]] = set()
         self.nodes: dict[str, SimNode] = {}
@@ -137,9 +239,23 @@ class SimNet:
             name = f"n{i}"
             sk = key_pair(i, b"sim-node")
             store = MemoryOpStore()
-            self.nodes[name] = SimNode(name, i, store, SyncCoordinator(store, sk, config))
+            writer = SimWriter(store, seed * 1009 + i, writer_delay, name)
+            coord = SyncCoordinator(sk, store.index, config, writer.snapshot)
+            self.nodes[name] = SimNode(name, i, store, writer, coord)
         for node in self.nodes.values():
             self._apply(node, node.coord.start(self.now))
+
+    def close(self) -> None:
+        """Stop the writer threads (and the stores' verify pools)."""
+        for node in self.nodes.values():
+            node.writer.close()
+            node.store.verify_pool.close()
+
+    def __enter__(self) -> SimNet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # ------------------------------------------------------------------ scheduling
 
@@ -156,7 +272,19 @@ class SimNet:
             when, _, fn = heapq.heappop(self._queue)
             self.now = max(self.now, when)
             fn()
+            for node, busy, started in self._marks:
+                w = node.writer
+                if busy or w.busy or w.started != started:
+                    node.overlaps += 1
+            self._marks.clear()
         self.now = max(self.now, t)
+
+    def _reading(self, node: SimNode) -> None:
+        """The current event reads ``node``'s store: count the interleaving it meets (see ``run_until``)."""
+        w = node.writer
+        self._marks.append((node, w.busy, w.started))
+        if w.jobs_done > node.reported:
+            node.ahead += 1
 
     def run_for(self, dt: float) -> None:
         self.run_until(self.now + dt)
@@ -171,7 +299,10 @@ class SimNet:
         return self.converged()
 
     def converged(self) -> bool:
-        stores = [n.store for n in self.nodes.values()]
+        """Every writer job reported, and every store holds the same complete ops (and no others)."""
+        if any(n.outstanding for n in self.nodes.values()):
+            return False
+        stores = [n.store for n in self.nodes.values()]  # the writers are idle: safe to iterate
         first = stores[0].topo_ids()
         return all(s.op_count() == s.complete_count() for s in stores) and all(
             s.topo_ids() == first for s in stores[1:]
@@ -228,22 +359,43 @@ class SimNet:
     # ------------------------------------------------------------------ local writes
 
     def write(self, name: str, count: int = 1, max_parents: int = 2) -> list[Op]:
-        """``count`` new ops on ``name`` whose parents are random heads of its store."""
+        """``count`` new ops on ``name`` whose parents are random heads of its latest snapshot.
+
+        The ops go to the node's writer (one batch); the coordinator hears of them
+        (``snapshot_changed(local=True)``) when the write is reported, like a node's
+        ``POST /append-ops``. Heads of writes not reported yet are not known here, so
+        back-to-back writes may branch.
+        """
         node = self.nodes[name]
         sk = key_pair(node.idx, b"sim-author")
         out: list[Op] = []
+        heads = list(node.coord.snapshot.top_heads(8))
         for _ in range(count):
-            heads = node.store.heads(8)
             k = min(len(heads), self.rng.randint(1, max_parents))
             parents = self.rng.sample(heads, k) if k else []
             node.writes += 1
             hlc = Hlc(1000 + self.rng.randrange(10_000), self.rng.randrange(3), node.idx)
             key = f"mv:o{self.rng.randrange(3)}:f{self.rng.randrange(2)}"
             op = make_op(sk, parents, hlc, Data(key, f"{name}-{node.writes}".encode()))
-            node.store.put_many([op])
+            heads = [*[h for h in heads if h not in parents][-7:], op.op_id]
             out.append(op)
-        self._apply(node, node.coord.local_write(self.now))
+        fut = node.writer.submit(lambda: node.store.put_many(out))
+        self._report(node, fut, lambda _r, snap: node.coord.snapshot_changed(snap, self.now, local=True))
         return out
+
+    def preload(self, name: str, ops: Sequence[Op]) -> None:
+        """Store ``ops`` on ``name`` now, through its writer, and tell its coordinator at once."""
+        node = self.nodes[name]
+        _, snap = node.writer.submit(lambda: node.store.put_many(list(ops))).result(timeout=60)
+        node.reported += 1
+        self._apply(node, node.coord.snapshot_changed(snap, self.now, local=True))
+
+    def restart(self, name: str) -> None:
+        """Replace ``name``'s coordinator, as the node's supervisor does after an exception."""
+        node = self.nodes[name]
+        node.restarts += 1
+        node.coord, effects = node.coord.restarted(node.writer.snapshot, self.now)
+        self._apply(node, effects)
 
     # ------------------------------------------------------------------ effects
 
@@ -283,6 +435,7 @@ class SimNet:
         def fire() -> None:
             if node.timer_at == t:
                 node.timer_at = None
+            self._reading(node)
             self._apply(node, node.coord.timer(self.now))
 
         self._at(t, fire)
@@ -305,6 +458,7 @@ class SimNet:
         if not self.linked(sender, to):
             return
         node = self.nodes[to]
+        self._reading(node)
         mid = gossip_message_id(data)
         if mid in node.seen:
             return
@@ -344,11 +498,15 @@ class SimNet:
             self._apply(req, req.coord.request_failed(rid, "stream reset", self.now))
             return
         srv = self.nodes[server]
+        self._reading(srv)
         reader = FrameReader(64 * 1024)
         (body,) = reader.feed(frame)
         cfg = self.server_config or srv.coord.config
-        plan = plan_response(srv.store, SyncRequest.decode(body), cfg.server_max_ops)
-        blobs = list(response_blobs(srv.store, plan, cfg.batch_ops, cfg.max_frame))
+        # like a node's server: the live facts and the writer's latest snapshot, whatever it commits meanwhile
+        plan = plan_response(
+            srv.store.index, srv.writer.snapshot, SyncRequest.decode(body), cfg.server_max_ops
+        )
+        blobs = list(response_blobs(plan, srv.store.load_ops_cbor, cfg.batch_ops, cfg.max_frame))
         if srv.tamper is not None:
             blobs = self._tampered(blobs, srv.tamper)
         if self.faults.dup_batch:
@@ -412,6 +570,7 @@ class SimNet:
         node = self.nodes[st.requester]
         if st.dead:
             return
+        self._reading(node)
         if not self.linked(st.requester, st.server):
             st.dead = True
             self._apply(node, node.coord.request_failed(st.rid, "connection reset", self.now))
@@ -435,18 +594,43 @@ class SimNet:
             return  # never another byte: the requester's idle timeout must fire
         st.dead = True
         with contextlib.suppress(ProtocolError):
-            st.reader.eof()  # truncated inside a frame: a failure, not penalised (see peersync)
+            st.reader.eof()  # truncated inside a frame: a failure, not penalised (see the coordinator)
         self._apply(node, node.coord.stream_closed(st.rid, self.now))
 
     # ------------------------------------------------------------------ commits
 
     def _commit(self, node: SimNode, e: CommitOps) -> None:
-        start = max(self.now, node.commit_free_at)
-        done = start + self.rng.uniform(0.0005, 0.005)
-        node.commit_free_at = done
+        fut = node.writer.submit(lambda: apply_commit(node.store, e))
+        self._report(node, fut, lambda outcome, snap: node.coord.commit_finished(outcome, snap, self.now))
 
-        def finish() -> None:
-            outcome = apply_commit(node.store, e)
-            self._apply(node, node.coord.commit_finished(outcome, self.now))
+    def _report(
+        self,
+        node: SimNode,
+        fut: Future[tuple[Any, StoreSnapshot]],
+        event: Callable[[Any, StoreSnapshot], list[Effect]],
+    ) -> None:
+        """Report a writer job to the coordinator, in FIFO order, not before a simulated time drawn now."""
+        due = max(self.now, node.commit_free_at) + self.rng.uniform(0.0005, 0.005)
+        node.commit_free_at = due
+        node.reports.append(_Report(due, fut, event))
+        node.outstanding += 1
+        self._at(due, lambda: self._deliver_reports(node))
 
-        self._at(done, finish)
+    def _deliver_reports(self, node: SimNode) -> None:
+        """Report the jobs that are due and done. A due job still running is polled for up to
+        ``REPORT_LAG_MAX`` simulated seconds (the loop goes on meanwhile), then waited for."""
+        if node.polling:
+            node.polling = False
+        while node.reports and node.reports[0].due <= self.now:
+            r = node.reports[0]
+            if not r.fut.done() and self.now - r.due < REPORT_LAG_MAX:
+                time.sleep(POLL_SLEEP)  # give the writer the GIL
+                if not r.fut.done():
+                    node.polling = True
+                    self._at(self.now + POLL_STEP, lambda: self._deliver_reports(node))
+                    return
+            result, snap = r.fut.result(timeout=60)
+            node.reports.popleft()
+            node.outstanding -= 1
+            node.reported += 1
+            self._apply(node, r.event(result, snap))

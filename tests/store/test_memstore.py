@@ -193,3 +193,24 @@ def test_put_stream_logs_ingested_ops_in_stream_order():
     blobs[4] = dumps({**loads(ops[4].cbor), "sig": [0] * 64})
     list(st.put_stream(blobs, batch=3, on_invalid="skip"))
     assert st.audit.events == [IngestedOp.of(op, i != 4) for i, op in enumerate(ops)]
+
+
+# --------------------------------------------------------------------------- snapshot and facts
+
+
+def test_snapshot_and_facts_of_a_store_with_orphans():
+    from ecac.core.snapshot import boundary_positions
+
+    ops = chain(12)
+    st = MemoryOpStore(ops[:8] + ops[9:])  # ops 9.. wait for op 8
+    snap = st.snapshot(5)
+    assert (snap.seq, snap.op_count, snap.complete_count, snap.pending_count) == (5, 11, 8, 3)
+    assert snap.heads == (ops[7].op_id,) and snap.head_count == 1 and snap.missing_count == 1
+    assert snap.samples == tuple(st.topo_ids()[p] for p in boundary_positions(8))
+    assert snap.recent_bloom == st.recent_bloom(256) and snap.digest is None
+    facts = st.facts
+    assert facts.contains(ops[10].op_id) and not facts.is_complete(ops[10].op_id)
+    assert facts.gen(ops[7].op_id) == 7 and facts.parents(ops[1].op_id) == (ops[0].op_id,)
+    st.put(ops[8])
+    assert st.snapshot().complete_count == 12 and facts.is_complete(ops[11].op_id)  # facts are live
+    assert snap.complete_count == 8  # the old snapshot did not change

@@ -4,7 +4,8 @@ A child process ingests a few thousand ops in synced batches and is killed. Afte
 the store must open, pass ``verify_integrity``, hold exactly a prefix of the committed
 batches (every op wholly present or absent: ``ops`` row iff ``edges`` row iff
 ``by_author`` row, bytes verifying), and finishing the ingest must give the digest of a
-full replay of all ops.
+full replay of all ops. ``op-append`` of a file whose children come before their parents,
+killed the same way, must leave no op waiting for a parent (it writes parents first).
 """
 
 from __future__ import annotations
@@ -151,6 +152,40 @@ def test_crash_after_write_hook_aborts(tmp_path, workload):
     with Store.open(db) as st:
         assert set(st.topo_ids()) == batches[0]  # exactly the first committed batch
     assert check_after_crash(db, ops, digest, batches) == BATCH
+
+
+def test_op_append_killed_mid_import_leaves_no_op_waiting_for_a_parent(tmp_path):
+    ops = gen_concurrent(SEED + 1, 600, 4)
+    rng = random.Random(SEED + 1)
+    shuffled = ops[:]
+    rng.shuffle(shuffled)  # most children come before their parents in the file
+    log = tmp_path / "shuffled.cbor"
+    log.write_bytes(encode_ops(shuffled))
+    _, digest = replay_full(Dag.from_ops(ops))
+
+    def append(db: Path) -> subprocess.Popen[str]:
+        cmd = [sys.executable, "-m", "ecac", "op-append", "-q", "--batch-size", "20", "-d", str(db), str(log)]
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    t0 = time.monotonic()
+    p = append(tmp_path / "calib")
+    _, err = p.communicate(timeout=120)
+    span = time.monotonic() - t0
+    assert p.returncode == 0, err
+    stored = []
+    for i in range(6):
+        db = tmp_path / f"db{i}"
+        p = append(db)
+        time.sleep(rng.uniform(span * 0.3, span * 0.9))  # the interpreter starts first, then the batches
+        p.send_signal(signal.SIGKILL)
+        p.communicate(timeout=60)
+        with Store.open(db) as st:
+            report = st.verify_integrity()
+            assert not report.incomplete, report.describe()
+            stored.append(st.op_count())
+            st.put_many([op.cbor for op in ops])
+            assert replay_from_store(st)[1] == digest
+    assert any(0 < n < len(ops) for n in stored), stored  # some kills landed mid-import
 
 
 def test_cf_list_is_the_eight(tmp_path):

@@ -40,7 +40,7 @@ def load_all() -> dict[str, tuple[Scenario, str]]:
     """Import every scenario module (each registers itself) and return the registry."""
     import importlib
 
-    for mod in ("replay", "policy", "store", "sync"):
+    for mod in ("replay", "policy", "store", "sync", "digest", "node"):
         try:
             importlib.import_module(f"ecac.bench.{mod}")
         except ModuleNotFoundError as e:

@@ -48,6 +48,7 @@ from ecac.core.op import Op
 from ecac.core.opcodec import encode_ops, read_log
 from ecac.core.replay import replay_full
 from ecac.store.rocks import Store
+from ecac.store.verifypool import VerifyPool
 from ecac.sync.syncserve import BATCH_OPS
 from ecac.testing.workloads import gen_concurrent, gen_hb_chain
 
@@ -159,9 +160,10 @@ def run_sync(params: BenchParams, root: Path) -> dict[str, Any]:
     log_file = root / "ops.cbor"
     log_file.write_bytes(encode_ops(ops))
     op_bytes = sum(len(op.cbor) for op in ops)
-    t = time.perf_counter()
-    expected = replay_full(ops)[1].hex()
-    replay_s = time.perf_counter() - t
+    with VerifyPool() as pool:
+        t = time.perf_counter()
+        expected = replay_full(ops, verify=pool.verify)[1].hex()
+        replay_s = time.perf_counter() - t
 
     names = [chr(ord("a") + i) for i in range(n_nodes)]
     with Store.open(root / "a", sync_writes=False) as st:  # setup, untimed
@@ -233,7 +235,7 @@ def run_sync(params: BenchParams, root: Path) -> dict[str, Any]:
     gossip_bytes = _counter_sum(sts, "gossip_bytes_out") if counted else None
     if sync_bytes is not None and gossip_bytes is not None:
         bytes_on_wire: int | None = sync_bytes + gossip_bytes
-        wire_source = "node counters"
+        wire_source: str | None = "node counters"
     else:
         bytes_on_wire, wire_source = tcp_bytes, "ss" if tcp_bytes is not None else None
     requests = _counter_sum(sts, "requests_sent")

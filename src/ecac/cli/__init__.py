@@ -31,6 +31,9 @@ def _register_all() -> None:
     from ecac.cli import enc_cmds
 
     enc_cmds.register(cli)
+    from ecac.cli import access_cmds  # after enc_cmds: its `write` wraps the reference's `write data`
+
+    access_cmds.register(cli)
 
 
 _register_all()

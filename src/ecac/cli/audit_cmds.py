@@ -20,7 +20,8 @@ from pathlib import Path
 
 import click
 
-from ecac.cli.store_cmds import DEFAULT_BATCH, db_option, opened, read_op_files
+from ecac.cli.common import db_option, opened
+from ecac.cli.store_cmds import DEFAULT_BATCH, read_op_files
 from ecac.core.audit import (
     INVALID_SIG,
     AuditError,
@@ -47,6 +48,7 @@ from ecac.store.auditlog import (
 )
 from ecac.store.resume import load_dag
 from ecac.store.rocks import Store
+from ecac.store.verifypool import VerifyPool
 
 dir_option = click.option(
     "--dir",
@@ -131,10 +133,11 @@ def audit_verify_chain_cmd(directory: str, expect_head: str | None, print_head: 
     `truncated tail repaired at <path> (offset N)` line on stderr.
     """
     reader = AuditReader(directory)
-    if expect_head is None:
-        res = reader.verify()
-    else:
-        res = reader.verify_against_head(parse_hex(expect_head, 32, "audit head"))
+    with VerifyPool() as pool:
+        if expect_head is None:
+            res = reader.verify(pool.verify)
+        else:
+            res = reader.verify_against_head(parse_hex(expect_head, 32, "audit head"), pool.verify)
     click.echo(f"OK: audit chain verified at {directory}")
     if print_head:
         click.echo(f"head={res.head.hex()} records={res.count}")
@@ -149,7 +152,8 @@ def audit_export_cmd(directory: str, out: str) -> None:
     """Verify an audit log, then write one JSON object per record to OUT:
     seq, ts_monotonic, prev_hash_hex, node_id_hex, event, signature_hex."""
     reader = AuditReader(directory)
-    res = reader.verify()
+    with VerifyPool() as pool:
+        res = reader.verify(pool.verify)
     lines = [export_line(rec) + "\n" for _, _, rec in reader.iter_records(limit=res.count)]
     try:
         Path(out).write_text("".join(lines), encoding="utf-8")
@@ -199,7 +203,8 @@ def audit_verify_full_cmd(db: Path) -> None:
     The log is $ECAC_AUDIT_DIR when it holds index.json and node_pk.bin, else <db>/audit, else .audit.
     """
     reader = AuditReader(_full_dir(db))
-    res = reader.verify()
+    with VerifyPool() as pool:
+        res = reader.verify(pool.verify)
     recorded = decisions(rec.entry.event for _, _, rec in reader.iter_records(limit=res.count))
     with opened(db, must_exist=True) as st:
         dag = load_dag(st)

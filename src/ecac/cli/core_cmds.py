@@ -8,29 +8,15 @@ build the DAG and replay it in full.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import click
 
+from ecac.cli.common import echo_decisions, load_ops
 from ecac.core.dag import Dag
-from ecac.core.errors import EcacError
 from ecac.core.op import Op
-from ecac.core.opcodec import read_log
 from ecac.core.replay import replay_full
 from ecac.core.state import State, project_field_json
-
-
-def read_file(path: str) -> bytes:
-    """The bytes of ``path``; an unreadable file is an EcacError naming it."""
-    try:
-        return Path(path).read_bytes()
-    except OSError as e:
-        raise EcacError(f"{path}: cannot read: {e.strerror or e}") from None
-
-
-def load_ops(path: str) -> list[Op]:
-    """Tolerant read of an op file (list of ops, op, list of flat ops, flat op); not verified."""
-    return read_log(read_file(path), path)
+from ecac.store.verifypool import VerifyPool
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +36,9 @@ def replay_file(path: str) -> FileReplay:
     """Read, admit (rejections reported on stderr), insert and fully replay an op file."""
     ops = load_ops(path)
     dag = Dag()
-    for rej in dag.admit_and_insert(ops):
+    with VerifyPool() as pool:
+        rejections = dag.admit_and_insert(ops, pool.verify)
+    for rej in rejections:
         click.echo(str(rej), err=True)
     state, digest = replay_full(dag)
     return FileReplay(dag, state, digest)
@@ -67,8 +55,6 @@ def replay_cmd(ops_file: str, explain: bool) -> None:
     """Replay an op file: the state JSON, then digest=<hex>."""
     result = replay_file(ops_file)
     if explain:  # decision lines before the two usual lines, which stay unchanged
-        from ecac.cli.policy_cmds import echo_decisions  # policy_cmds imports this module
-
         echo_decisions(result.order)
     click.echo(result.state.to_json())
     click.echo(f"digest={result.digest.hex()}")

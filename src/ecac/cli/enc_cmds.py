@@ -15,9 +15,15 @@ from pathlib import Path
 import click
 from nacl.signing import SigningKey
 
-from ecac.cli.core_cmds import read_file
-from ecac.cli.policy_cmds import file_trust_verify, trust_option
-from ecac.cli.store_cmds import env_db_option, mint, opened, wall_clock_ms
+from ecac.cli.common import (
+    env_db_option,
+    file_trust_verify,
+    mint,
+    opened,
+    read_file,
+    trust_option,
+    wall_clock_ms,
+)
 from ecac.core.enc import CONFIDENTIAL, NONCE_LEN, aad, derive_tag_key, encrypt
 from ecac.core.errors import EcacError
 from ecac.core.hlc import U32_MAX, Hlc

@@ -1,20 +1,22 @@
 """Network CLI commands: ``node`` (the long-lived libp2p node) and ``inject-demo-ops``.
 
 ``ecac.net.node`` imports libp2p (~0.7 s, ~60 MB), so it is imported inside the commands
-that need it, never at CLI start-up. ``status --node URL`` lives in ``store_cmds`` and uses
-``node_status`` below.
+that need it, never at CLI start-up. ``status --node URL`` lives in ``store_cmds``; both use
+``ecac.cli.common`` for ``--db``/``--node`` and the node's ``/status``.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
+from ecac.cli.common import db_or_node, one_target, opened
 from ecac.core.errors import EcacError
+from ecac.store.resume import replay_store
+from ecac.testing.demo_ops import demo_ops_for
 
 LEVELS = click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False)
 
@@ -142,23 +144,6 @@ def node_cmd(
         raise
 
 
-def db_or_node(db_help: str, node_help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """``--db/-d DIR`` (offline) or ``--node URL`` (a running node): exactly one, see ``one_target``."""
-
-    def deco(f: Callable[..., Any]) -> Callable[..., Any]:
-        f = click.option("--node", "node_url", default=None, help=node_help)(f)
-        return click.option(
-            "--db", "-d", "db", default=None, type=click.Path(file_okay=False, path_type=Path), help=db_help
-        )(f)
-
-    return deco
-
-
-def one_target(db: Path | None, node_url: str | None) -> None:
-    if (db is None) == (node_url is None):
-        raise click.UsageError("give exactly one of --db and --node")
-
-
 @click.command("inject-demo-ops")
 @db_or_node(
     "Append to this store (offline; the node must not be running on it).",
@@ -175,10 +160,6 @@ def inject_demo_ops_cmd(db: Path | None, node_url: str | None, count: int, seed:
         click.echo(json.dumps(ControlClient(node_url).inject(count, seed), separators=(",", ":")))
         return
     assert db is not None
-    from ecac.cli.store_cmds import opened
-    from ecac.store.resume import replay_store
-    from ecac.testing.demo_ops import demo_ops_for
-
     with opened(db) as st:
         ops = demo_ops_for(st, count, seed)
         result = st.put_many([op.cbor for op in ops])
@@ -187,43 +168,6 @@ def inject_demo_ops_cmd(db: Path | None, node_url: str | None, count: int, seed:
     click.echo(f"injected {len(result.stored)} ops ({ops[0].op_id.hex()} … {ops[-1].op_id.hex()})")
     click.echo(f"op_count={total}")
     click.echo(f"digest={digest.hex()}")
-
-
-# --------------------------------------------------------------------------- status --node
-
-
-def node_status(url: str) -> dict[str, Any]:
-    """``GET /status`` of a running node (EcacError when unreachable)."""
-    from ecac.net.control import ControlClient
-
-    return ControlClient(url, timeout=10.0).status()
-
-
-def render_node_status(status: dict[str, Any]) -> None:
-    """A small rich table for people (``status --node URL`` without ``--json``)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table(title=f"node {status.get('peer_id', '?')}", show_header=False)
-    t.add_column("key", style="bold")
-    t.add_column("value", overflow="fold")
-    rows = [
-        ("listen", ", ".join(status.get("listen", []))),
-        ("project", status.get("project")),
-        (
-            "ops (stored / complete / pending)",
-            f"{status.get('op_count')} / {status.get('complete_count')} / {status.get('pending_ops')}",
-        ),
-        ("heads", status.get("head_count")),
-        ("state digest", f"{status.get('state_digest')} (over {status.get('digest_ops')} ops)"),
-        ("peers", "\n".join(status.get("peers", [])) or "-"),
-        ("sync idle", status.get("sync_idle")),
-    ]
-    for k, v in rows:
-        t.add_row(k, str(v))
-    counters = status.get("counters", {})
-    t.add_row("counters", " ".join(f"{k}={v}" for k, v in counters.items() if v) or "-")
-    Console().print(t)
 
 
 def register(group: click.Group) -> None:

@@ -14,9 +14,7 @@ from pathlib import Path
 import blake3
 import click
 
-from ecac.cli.core_cmds import load_ops, read_file
-from ecac.cli.policy_cmds import echo_attach_result, write_bytes
-from ecac.cli.store_cmds import wall_clock_ms
+from ecac.cli.common import echo_attach_result, load_ops, read_file, wall_clock_ms, write_bytes
 from ecac.core.codec import b2l, dumps
 from ecac.core.errors import EcacError
 from ecac.core.hlc import Hlc

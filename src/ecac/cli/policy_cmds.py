@@ -1,5 +1,6 @@
 """Policy CLI commands (store §3.3): ``vc-verify``, ``vc-attach``, ``vc-mint-demo``, ``vc-status-set``,
-``simulate``, and the per-op decision lines that ``replay --explain`` prints.
+and ``simulate``. The per-op decision lines (also printed by ``replay --explain``) and the file
+trust verification live in ``ecac.cli.common``.
 
 Outputs are the reference's, byte for byte, where it defines them. Choices of this
 implementation (documented in each command's help):
@@ -22,72 +23,41 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 from nacl.signing import SigningKey
 
-from ecac.cli.core_cmds import read_file
-from ecac.core import policy
+from ecac.cli.common import (
+    DEFAULT_TRUST,
+    decision_lines,
+    echo_attach_result,
+    file_trust_verify,
+    opened,
+    read_file,
+    trust_option,
+    vc_error_text,
+    write_bytes,
+)
+from ecac.core import policy, policyops
 from ecac.core.errors import EcacError, VcError
-from ecac.core.hlc import U32_MAX, Hlc
+from ecac.core.hlc import U32_MAX
 from ecac.core.keys import public_key, signing_key_from_hex, to_hex
-from ecac.core.op import Credential, Grant, Op, make_op
+from ecac.core.op import Op
+from ecac.core.policyops import set_status_bit
 from ecac.core.replay import dag_of_verified, replay_full
-from ecac.core.trust import TrustStoreError, is_safe_list_id
-from ecac.core.vc import MISSING_FIELD, UNKNOWN_ISSUER, VerifiedClaims, cred_hash, mint_vc, verify_vc_file
-from ecac.store.trustfiles import load_file_trust
+from ecac.core.trust import is_safe_list_id
+from ecac.core.vc import VerifiedClaims, mint_vc, verify_vc_inband
+from ecac.store.rows import verified_vc_persist
 from ecac.testing.scenarios import DESCRIPTIONS, SCENARIOS
 
-#: the reference's relative trust directory (``./trust/issuers.toml``, ``./trust/status/``)
-DEFAULT_TRUST = "./trust"
 DEMO_ISSUER = "local-issuer-1"
 DEMO_VC_PATH = "vc.jwt"
 DAY_MS = 86_400_000
 STATUS_VALUES = {"1": 1, "true": 1, "on": 1, "0": 0, "false": 0, "off": 0}
 
-trust_option = click.option(
-    "--trust",
-    "trust_dir",
-    default=DEFAULT_TRUST,
-    show_default=True,
-    metavar="DIR",
-    help="File trust store: DIR/issuers.toml and DIR/status/<list_id>.bin.",
-)
-
-
 # --------------------------------------------------------------------------- formatting
-
-
-def rust_debug_str(text: str) -> str:
-    """``format!("{:?}", text)`` of Rust: quoted, with ``\\``, ``"`` and control characters escaped."""
-    out = ['"']
-    for ch in text:
-        if ch in ('"', "\\"):
-            out.append("\\" + ch)
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\r":
-            out.append("\\r")
-        elif ch == "\t":
-            out.append("\\t")
-        elif ch == "\0":
-            out.append("\\0")
-        elif not ch.isprintable():
-            out.append(f"\\u{{{ord(ch):x}}}")
-        else:
-            out.append(ch)
-    out.append('"')
-    return "".join(out)
-
-
-def vc_error_text(e: VcError) -> str:
-    """The reference's ``VcError`` debug form: ``UnknownIssuer("x")``, ``MissingField("iss")``, ``BadSig``."""
-    if e.kind in (UNKNOWN_ISSUER, MISSING_FIELD):
-        return f"{e.kind}({rust_debug_str(e.detail)})"
-    return e.kind
 
 
 def pretty_json(obj: Any) -> str:
@@ -113,50 +83,12 @@ def claims_json(claims: VerifiedClaims) -> str:
     )
 
 
-def shown_key(key: str) -> str:
-    """A data key as one whitespace-free token (JSON-quoted when it has spaces or controls)."""
-    if key and key.isprintable() and not any(c.isspace() for c in key):
-        return key
-    return json.dumps(key, ensure_ascii=False)
-
-
-def decision_lines(order: Sequence[Op]) -> list[str]:
-    """One line per data op of ``order``: ``<op_id> <key> ALLOWED`` / ``... DENIED <reason>``."""
-    lines = []
-    for op, verdict, reason in policy.explain(order):
-        line = f"{to_hex(op.op_id)} {shown_key(op.payload.key)} {verdict}"  # type: ignore[union-attr]
-        lines.append(line if reason is None else f"{line} {reason}")
-    return lines
-
-
-def echo_decisions(order: Sequence[Op]) -> None:
-    """Print the decision lines (``replay --explain`` and ``simulate``)."""
-    for line in decision_lines(order):
-        click.echo(line)
-
-
 # --------------------------------------------------------------------------- verification
-
-
-def file_trust_verify(token: bytes, trust_dir: str | os.PathLike[str]) -> VerifiedClaims:
-    """Verify against ``issuers.toml`` and the status files, with the reference's error lines."""
-    try:
-        store, status = load_file_trust(trust_dir)
-    except TrustStoreError as e:
-        raise EcacError(f"trust load failed: {e}") from None
-    try:
-        return verify_vc_file(token, store, status)
-    except VcError as e:
-        raise EcacError(f"VC verify failed (filesystem trust): {vc_error_text(e)}") from None
 
 
 def store_verify(token: bytes, db: Path, trust_dir: str) -> VerifiedClaims:
     """The reference's ``vc-verify``: in-band trust from the store's ops, else file trust; then
     cache the VC in ``vc_raw`` and its claims in ``vc_verified`` (store §1.2, §1.11)."""
-    from ecac.cli.store_cmds import opened
-    from ecac.core.vc import verify_vc_inband
-    from ecac.store.rows import verified_vc_persist
-
     with opened(db) as st:
         tv = policy.trust_view_for(list(st.iter_topo_ops()))
         if tv.issuers or tv.status_lists:
@@ -200,26 +132,14 @@ def vc_verify_cmd(jwt_file: str, trust_dir: str, db: Path | None) -> None:
 
 def attach_ops(token: bytes, claims: VerifiedClaims, issuer: SigningKey, admin: SigningKey) -> tuple[Op, Op]:
     """The Credential (issuer, ``{nbf, 0, 1}``, no parents) and its Grant (admin, ``{nbf, 0, 2}``)."""
-    cred = make_op(issuer, (), Hlc(claims.nbf_ms, 0, 1), Credential(claims.cred_id or "", token))
-    grant = make_op(
-        admin, (cred.op_id,), Hlc(claims.nbf_ms, 0, 2), Grant(claims.subject_pk, cred_hash(token))
+    return policyops.grant_ops(
+        token,
+        claims.nbf_ms,
+        issuer=issuer,
+        grantor=admin,
+        subject_pk=claims.subject_pk,
+        cred_id=claims.cred_id or "",
     )
-    return cred, grant
-
-
-def echo_attach_result(cred: Op, grant: Op, cred_path: str, grant_path: str) -> None:
-    """The four stdout lines of ``vc-attach`` (and ``op-make-grant``), spacing exact."""
-    click.echo(f"credential_op_id={to_hex(cred.op_id)}")
-    click.echo(f"grant_op_id      ={to_hex(grant.op_id)}")
-    click.echo(f"cred_hash        ={to_hex(grant.payload.cred_hash)}")  # type: ignore[union-attr]
-    click.echo(f"wrote: {cred_path} and {grant_path}")
-
-
-def write_bytes(path: str, data: bytes) -> None:
-    try:
-        Path(path).write_bytes(data)
-    except OSError as e:
-        raise EcacError(f"{path}: cannot write: {e.strerror or e}") from None
 
 
 @click.command("vc-attach")
@@ -291,19 +211,6 @@ def vc_mint_demo_cmd() -> None:
 
 
 # --------------------------------------------------------------------------- vc-status-set
-
-
-def set_status_bit(data: bytes, index: int, value: int) -> bytes:
-    """``data`` zero-extended to hold bit ``index`` (LSB-first), with that bit set to ``value``."""
-    byte, bit = divmod(index, 8)
-    buf = bytearray(data)
-    if len(buf) <= byte:
-        buf.extend(bytes(byte + 1 - len(buf)))
-    if value:
-        buf[byte] |= 1 << bit
-    else:
-        buf[byte] &= ~(1 << bit) & 0xFF
-    return bytes(buf)
 
 
 @click.command("vc-status-set")

@@ -10,9 +10,8 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from heapq import heapify, heappop, heappush
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +19,23 @@ import blake3
 import click
 from nacl.signing import SigningKey
 
-from ecac.cli.core_cmds import load_ops
-from ecac.cli.net_cmds import db_or_node, one_target
+from ecac.cli.common import (
+    db_option,
+    db_or_node,
+    env_db_option,
+    load_ops,
+    mint,
+    node_status,
+    one_target,
+    opened,
+    render_node_status,
+    wall_clock_ms,
+)
 from ecac.core.codec import dumps
 from ecac.core.errors import EcacError
-from ecac.core.hlc import U32_MAX, U64_MAX, Hlc
+from ecac.core.hlc import U32_MAX, U64_MAX
 from ecac.core.keys import parse_hex, public_key, signing_key_from_hex
-from ecac.core.op import IssuerKey, IssuerKeyRevoke, Op, Payload, StatusListChunk, make_op
+from ecac.core.op import IssuerKey, IssuerKeyRevoke, Op, Payload, StatusListChunk
 from ecac.core.replay import replay_full
 from ecac.core.trust import TrustView
 from ecac.store.memory import PutRejectedError
@@ -34,30 +43,6 @@ from ecac.store.resume import load_dag, replay_store
 from ecac.store.rocks import Store
 
 DEFAULT_BATCH = 1024
-
-db_option = click.option(
-    "--db",
-    "-d",
-    "db",
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Store directory (created if missing).",
-)
-
-
-@contextmanager
-def opened(db: Path, *, read_only: bool = False, must_exist: bool = False) -> Iterator[Store]:
-    """Open the store for one command and always close it.
-
-    Commands that only read or derive from the ops (``must_exist``) refuse a missing store
-    (``store <path> does not exist``, exit 1) instead of creating an empty one, so a mistyped
-    ``--db`` cannot print the digest of an empty state.
-    """
-    st = Store.open(db, create_if_missing=not (read_only or must_exist), read_only=read_only)
-    try:
-        yield st
-    finally:
-        st.close()
 
 
 # --------------------------------------------------------------------------- op-append
@@ -74,19 +59,64 @@ def op_files(paths: tuple[Path, ...]) -> list[Path]:
     return out
 
 
-def read_op_files(inputs: tuple[Path, ...]) -> tuple[list[Op], EcacError | None]:
+def read_op_files(
+    inputs: tuple[Path, ...], *, parents_first: bool = False
+) -> tuple[list[Op], EcacError | None]:
     """The ops of the input files in order, up to the first unreadable file, and its error.
 
     The caller appends the ops read and then raises the error, so the ops of the files
-    before a bad one are still appended (the reference's behaviour).
+    before a bad one are still appended (the reference's behaviour). With
+    ``parents_first`` each file's ops are reordered by ``parents_first`` (``op-append``).
     """
     ops: list[Op] = []
     for f in op_files(inputs):
         try:
-            ops.extend(load_ops(str(f)))
+            loaded = load_ops(str(f))
         except EcacError as e:
             return ops, e
+        ops.extend(parent_first(loaded) if parents_first else loaded)
     return ops, None
+
+
+def parent_first(ops: list[Op]) -> list[Op]:
+    """``ops`` reordered so that every op comes after its parents that are among them (a stable sort).
+
+    An op whose parents are all outside the list keeps its place relative to the others
+    like it; an op is moved only as far as its first in-list parent's position requires:
+    among the ops whose in-list parents are all placed, the earliest in the input goes next.
+    So a prefix of the result never holds an op without a parent that the list holds,
+    and ``op-append`` writing it in batches leaves, whenever it stops (a crash, a refused
+    op), no op waiting for a parent from the same file. A repeated id counts as its first
+    copy; ops in a cycle (possible only with forged ids, which put refuses) keep their
+    input order at the end.
+    """
+    first: dict[bytes, int] = {}
+    for i, op in enumerate(ops):
+        first.setdefault(op.op_id, i)
+    unmet = [0] * len(ops)
+    waiting: dict[int, list[int]] = {}  # input index -> the entries waiting for it
+    ready: list[int] = []
+    for i, op in enumerate(ops):
+        for p in dict.fromkeys(op.parents):
+            j = first.get(p)
+            if j is not None and j != i:
+                unmet[i] += 1
+                waiting.setdefault(j, []).append(i)
+        if not unmet[i]:
+            ready.append(i)
+    heapify(ready)
+    out: list[int] = []
+    while ready:
+        i = heappop(ready)
+        out.append(i)
+        for c in waiting.get(i, ()):
+            unmet[c] -= 1
+            if not unmet[c]:
+                heappush(ready, c)
+    if len(out) < len(ops):
+        placed = set(out)
+        out.extend(i for i in range(len(ops)) if i not in placed)
+    return [ops[i] for i in out]
 
 
 def append_ops(
@@ -118,8 +148,14 @@ def append_ops(
 @click.option("--batch-size", default=DEFAULT_BATCH, show_default=True, type=click.IntRange(1, 1 << 20))
 @click.option("--quiet", "-q", is_flag=True, help="Do not print an `appended <id>` line per op.")
 def op_append_cmd(db: Path, inputs: tuple[Path, ...], batch_size: int, quiet: bool) -> None:
-    """Append op files (or directories of *.cbor files) to the store, validating every op."""
-    ops, unreadable = read_op_files(inputs)
+    """Append op files (or directories of *.cbor files) to the store, validating every op.
+
+    Each file's ops are written parents first (an op after every parent the same file
+    holds; otherwise in file order), one synced batch at a time, so an interrupted append
+    leaves no op waiting for a parent from its own file. The first invalid op aborts; the
+    ops written before it (in that order) stay.
+    """
+    ops, unreadable = read_op_files(inputs, parents_first=True)
     with opened(db) as st:
         _append_with_feedback(st, ops, batch_size, quiet)
     if unreadable is not None:
@@ -200,14 +236,27 @@ def checkpoint_load_cmd(db: Path, checkpoint_id: int) -> None:
     click.echo(f"checkpoint_topo_idx={topo_idx}", err=True)
 
 
+#: exit code of ``verify-store`` for a store without corruption whose ops wait for missing parents
+EXIT_INCOMPLETE = 3
+
+
 @click.command("verify-store")
 @db_option
 @click.option("--verify-sigs", is_flag=True, help="Also re-verify every op's signature.")
 def verify_store_cmd(db: Path, verify_sigs: bool) -> None:
-    """Check the store's integrity (store §1.10); prints OK."""
+    """Check the store's integrity (store §1.10) and recompute its total order.
+
+    \b
+    Prints OK (exit 0); or, when nothing is corrupt but some ops wait for parents that are
+    not stored (an interrupted sync or import), `incomplete: N ops wait for missing
+    parents (M missing ops, R missing parent references)` (exit 3); corruption is
+    `Error: <what and which op>` on stderr (exit 1).
+    """
     with opened(db, must_exist=True) as st:
-        st.verify_integrity(verify_sigs=verify_sigs)
-    click.echo("OK")
+        report = st.verify_integrity(verify_sigs=verify_sigs)
+    click.echo(report.describe())
+    if report.incomplete:
+        sys.exit(EXIT_INCOMPLETE)  # not click's Exit: ``main`` runs click with standalone_mode=False
 
 
 # --------------------------------------------------------------------------- status
@@ -252,14 +301,13 @@ def status_cmd(db: Path | None, node_url: str | None, as_json: bool) -> None:
     """Ops, heads, pending ops, watermark, latest checkpoint and state digest of a store (or a live node)."""
     one_target(db, node_url)
     if node_url is not None:
-        from ecac.cli.net_cmds import node_status, render_node_status
-
         status = node_status(node_url)
         if as_json:
             click.echo(json.dumps(status, separators=(",", ":")))
         else:
             render_node_status(status)
         return
+    assert db is not None  # one_target: exactly one of the two
     with opened(db, must_exist=True) as st:
         status = local_status(st)
     click.echo(render_status(status, as_json))
@@ -268,22 +316,6 @@ def status_cmd(db: Path | None, node_url: str | None, as_json: bool) -> None:
 # --------------------------------------------------------------------------- trust ops (store §3.3)
 
 YEAR_MS = 365 * 86_400_000
-
-env_db_option = click.option(
-    "--db",
-    "-d",
-    "db",
-    envvar="ECAC_DB",
-    default=".ecac.db",
-    show_default=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Store directory (env ECAC_DB; created if missing).",
-)
-
-
-def wall_clock_ms() -> int:
-    """The wall clock in ms: HLCs of ops minted by CLI commands (store §3.1); never in the core."""
-    return time.time_ns() // 1_000_000
 
 
 def deterministic_now_ms() -> int:
@@ -298,13 +330,6 @@ def deterministic_now_ms() -> int:
             if 0 <= v < 2**64:
                 return v
     return wall_clock_ms()
-
-
-def mint(st: Store, sk: SigningKey, now_ms: int, payload: Payload) -> Op:
-    """Sign ``payload`` with parents ``heads(8)`` and HLC ``{now, 0, 1}`` (store §3.1), then put it."""
-    op = make_op(sk, st.heads(8), Hlc(now_ms, 0, 1), payload)
-    st.put(op)
-    return op
 
 
 def mint_and_store(db: Path, sk: SigningKey, now_ms: int, payload: Payload) -> Op:

@@ -21,29 +21,29 @@ import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, NoReturn, Protocol, TypeAlias
+from typing import Annotated, Any, ClassVar, Literal, NoReturn, Protocol, TypeAlias
 
 import blake3
 from nacl.signing import SigningKey
 
 from ecac.core import policy
 from ecac.core.codec import (
-    b2l,
-    dumps,
-    encode_byte_array,
-    loads,
-    struct_fields,
-    to_bytes,
-    to_text,
-    to_u32,
-    to_u64,
+    ByteArray,
+    Bytes32,
+    Flatten,
+    Serde,
+    TypeCodec,
+    U32Int,
+    U64Int,
+    serde,
+    variant,
 )
 from ecac.core.dag import Dag
-from ecac.core.errors import DecodeError, EcacError
+from ecac.core.errors import EcacError
 from ecac.core.op import Op
 from ecac.core.replay import apply_over_order
 from ecac.core.resources import DataAction
-from ecac.core.sig import check_sigs
+from ecac.core.sig import Verify, check_sigs
 from ecac.core.state import State
 
 AUDIT_DOMAIN = b"ECAC_AUDIT_V1"
@@ -127,233 +127,124 @@ class HeadMismatch(AuditChainError):
 
 
 # --------------------------------------------------------------------------- events (core §14.1)
+# Variants of the externally tagged ``AuditEvent`` enum (``ecac.core.codec``), decoded with
+# ``deny_unknown_fields``: a map with exactly its fields (docs/decisions.md D40).
 
 
-def _b32(obj: Any, what: str) -> bytes:
-    return to_bytes(obj, what, 32)
-
-
-def _bool(obj: Any, what: str) -> bool:
-    if type(obj) is not bool:
-        raise DecodeError(f"{what}: expected a boolean, got {type(obj).__name__}")
-    return obj
-
-
+@variant(deny_unknown_fields=True)
 @dataclass(frozen=True, slots=True)
-class IngestedOp:
+class IngestedOp(Serde):
     """A store put saw this op (logged before any rejection); ``verified_sig`` = id and signature ok."""
 
     NAME: ClassVar[str] = "IngestedOp"
-    FIELDS: ClassVar[tuple[str, ...]] = ("op_id", "author_pk", "parents", "verified_sig")
-    op_id: bytes
-    author_pk: bytes
-    parents: tuple[bytes, ...]
+    op_id: Bytes32
+    author_pk: Bytes32
+    parents: tuple[Bytes32, ...]
     verified_sig: bool
 
     @classmethod
     def of(cls, op: Op, verified_sig: bool) -> IngestedOp:
         return cls(op.op_id, op.author_pk, tuple(op.parents), verified_sig)
 
-    def fields_obj(self) -> dict[str, Any]:
-        return {
-            "op_id": b2l(self.op_id),
-            "author_pk": b2l(self.author_pk),
-            "parents": [b2l(p) for p in self.parents],
-            "verified_sig": self.verified_sig,
-        }
 
-    @classmethod
-    def from_fields(cls, v: list[Any], what: str) -> IngestedOp:
-        if not isinstance(v[2], list):
-            raise DecodeError(f"{what}.parents: expected an array, got {type(v[2]).__name__}")
-        parents = tuple(_b32(p, f"{what}.parents[{i}]") for i, p in enumerate(v[2]))
-        return cls(_b32(v[0], f"{what}.op_id"), _b32(v[1], f"{what}.author_pk"), parents, _bool(v[3], what))
-
-
+@variant(deny_unknown_fields=True)
 @dataclass(frozen=True, slots=True)
-class AppliedOp:
+class AppliedOp(Serde):
     """Replay applied the Data op at ``topo_idx`` (0-based position in the total order)."""
 
     NAME: ClassVar[str] = "AppliedOp"
-    FIELDS: ClassVar[tuple[str, ...]] = ("op_id", "topo_idx", "reason")
-    op_id: bytes
-    topo_idx: int
+    op_id: Bytes32
+    topo_idx: U64Int
     reason: str = AUTHORIZED
 
-    def fields_obj(self) -> dict[str, Any]:
-        return {"op_id": b2l(self.op_id), "topo_idx": self.topo_idx, "reason": self.reason}
-
-    @classmethod
-    def from_fields(cls, v: list[Any], what: str) -> AppliedOp:
-        reason = to_text(v[2], f"{what}.reason")
-        if reason != AUTHORIZED:
-            raise DecodeError(f"{what}.reason: expected {AUTHORIZED!r}, got {reason!r}")
-        return cls(_b32(v[0], f"{what}.op_id"), to_u64(v[1], f"{what}.topo_idx"), reason)
+    def __post_init__(self) -> None:
+        if self.reason != AUTHORIZED:
+            raise ValueError(f"reason: expected {AUTHORIZED!r}, got {self.reason!r}")
 
 
+@variant(deny_unknown_fields=True)
 @dataclass(frozen=True, slots=True)
-class SkippedOp:
+class SkippedOp(Serde):
     """Replay skipped the Data op at ``topo_idx``; ``reason`` is one of ``SKIP_REASONS``."""
 
     NAME: ClassVar[str] = "SkippedOp"
-    FIELDS: ClassVar[tuple[str, ...]] = ("op_id", "topo_idx", "reason")
-    op_id: bytes
-    topo_idx: int
+    op_id: Bytes32
+    topo_idx: U64Int
     reason: str
 
-    def fields_obj(self) -> dict[str, Any]:
-        return {"op_id": b2l(self.op_id), "topo_idx": self.topo_idx, "reason": self.reason}
-
-    @classmethod
-    def from_fields(cls, v: list[Any], what: str) -> SkippedOp:
-        reason = to_text(v[2], f"{what}.reason")
-        if reason not in SKIP_REASONS:
-            raise DecodeError(f"{what}.reason: {reason!r} is not one of {', '.join(sorted(SKIP_REASONS))}")
-        return cls(_b32(v[0], f"{what}.op_id"), to_u64(v[1], f"{what}.topo_idx"), reason)
+    def __post_init__(self) -> None:
+        if self.reason not in SKIP_REASONS:
+            raise ValueError(f"reason: {self.reason!r} is not one of {', '.join(sorted(SKIP_REASONS))}")
 
 
+@variant(deny_unknown_fields=True)
 @dataclass(frozen=True, slots=True)
-class ViewEvent:
+class ViewEvent(Serde):
     """A read of ``obj.field`` (defined by the format; nothing in ecac or the reference emits it)."""
 
     NAME: ClassVar[str] = "ViewEvent"
-    FIELDS: ClassVar[tuple[str, ...]] = ("viewer_node", "obj", "field", "projection_hash")
-    viewer_node: bytes
+    viewer_node: Bytes32
     obj: str
     field: str
-    projection_hash: bytes
-
-    def fields_obj(self) -> dict[str, Any]:
-        return {
-            "viewer_node": b2l(self.viewer_node),
-            "obj": self.obj,
-            "field": self.field,
-            "projection_hash": b2l(self.projection_hash),
-        }
-
-    @classmethod
-    def from_fields(cls, v: list[Any], what: str) -> ViewEvent:
-        return cls(
-            _b32(v[0], f"{what}.viewer_node"),
-            to_text(v[1], f"{what}.obj"),
-            to_text(v[2], f"{what}.field"),
-            _b32(v[3], f"{what}.projection_hash"),
-        )
+    projection_hash: Bytes32
 
 
+@variant(deny_unknown_fields=True)
 @dataclass(frozen=True, slots=True)
-class Checkpoint:
+class Checkpoint(Serde):
     """A state digest after ``topo_idx`` processed ops (end of an audited replay, or a store checkpoint)."""
 
     NAME: ClassVar[str] = "Checkpoint"
-    FIELDS: ClassVar[tuple[str, ...]] = ("checkpoint_id", "topo_idx", "state_digest")
-    checkpoint_id: int
-    topo_idx: int
-    state_digest: bytes
-
-    def fields_obj(self) -> dict[str, Any]:
-        return {
-            "checkpoint_id": self.checkpoint_id,
-            "topo_idx": self.topo_idx,
-            "state_digest": b2l(self.state_digest),
-        }
-
-    @classmethod
-    def from_fields(cls, v: list[Any], what: str) -> Checkpoint:
-        return cls(
-            to_u64(v[0], f"{what}.checkpoint_id"),
-            to_u64(v[1], f"{what}.topo_idx"),
-            _b32(v[2], f"{what}.state_digest"),
-        )
+    checkpoint_id: U64Int
+    topo_idx: U64Int
+    state_digest: Bytes32
 
 
+@variant(deny_unknown_fields=True)
 @dataclass(frozen=True, slots=True)
-class SyncEvent:
+class SyncEvent(Serde):
     """A sync round with a peer (defined by the format; not emitted yet)."""
 
     NAME: ClassVar[str] = "SyncEvent"
-    FIELDS: ClassVar[tuple[str, ...]] = ("peer_id", "fetched", "duplicates")
-    peer_id: bytes
-    fetched: int
-    duplicates: int
-
-    def fields_obj(self) -> dict[str, Any]:
-        return {"peer_id": b2l(self.peer_id), "fetched": self.fetched, "duplicates": self.duplicates}
-
-    @classmethod
-    def from_fields(cls, v: list[Any], what: str) -> SyncEvent:
-        return cls(
-            _b32(v[0], f"{what}.peer_id"), to_u32(v[1], f"{what}.fetched"), to_u32(v[2], f"{what}.duplicates")
-        )
+    peer_id: Bytes32
+    fetched: U32Int
+    duplicates: U32Int
 
 
 AuditEvent: TypeAlias = IngestedOp | AppliedOp | SkippedOp | ViewEvent | Checkpoint | SyncEvent
 EVENT_TYPES: dict[str, type[AuditEvent]] = {
     t.NAME: t for t in (IngestedOp, AppliedOp, SkippedOp, ViewEvent, Checkpoint, SyncEvent)
 }
+_EVENT: TypeCodec[AuditEvent] = TypeCodec(AuditEvent, "event")
 
 
 def event_obj(event: AuditEvent) -> dict[str, Any]:
     """The externally tagged object ``{name: {fields…}}``: CBOR-ready, and the JSON of audit-export."""
-    return {event.NAME: event.fields_obj()}
-
-
-def _exact_keys(obj: Any, names: Sequence[str], what: str) -> None:
-    """A map with exactly ``names`` as keys (order is checked by the canonical comparison)."""
-    if not isinstance(obj, dict):
-        raise DecodeError(f"{what}: expected a map, got {type(obj).__name__}")
-    keys = list(obj)
-    missing = [n for n in names if n not in obj]
-    if missing:
-        raise DecodeError(f"{what}: missing field `{missing[0]}`")
-    extra = [k for k in keys if k not in names]
-    if extra:
-        raise DecodeError(f"{what}: unknown field {extra[0]!r}")
+    return event.to_obj()  # type: ignore[no-any-return]
 
 
 def decode_event(obj: Any, what: str = "event") -> AuditEvent:
     """An ``AuditEvent`` from its decoded CBOR object; DecodeError names what is wrong."""
-    if not isinstance(obj, dict) or len(obj) != 1:
-        raise DecodeError(f"{what}: expected a map with one variant name, got {type(obj).__name__}")
-    ((name, body),) = obj.items()
-    cls = EVENT_TYPES.get(name) if isinstance(name, str) else None
-    if cls is None:
-        raise DecodeError(f"{what}: unknown variant {name!r}; expected one of {', '.join(EVENT_TYPES)}")
-    w = f"{what}.{name}"
-    _exact_keys(body, cls.FIELDS, w)
-    return cls.from_fields(struct_fields(body, cls.FIELDS, w), w)
+    return _EVENT.from_obj(obj, what)
 
 
 # --------------------------------------------------------------------------- entries and records (core §14.2)
 
-_ENTRY_FIELDS = ("seq", "ts_monotonic", "prev_hash", "node_id", "event")
-_RECORD_FIELDS = (*_ENTRY_FIELDS, "signature")
-_SIG_KEY = dumps("signature")
-_INDEF_MAP, _BREAK = b"\xbf", b"\xff"
 
-
+@serde(deny_unknown_fields=True)
 @dataclass(frozen=True, slots=True)
-class AuditEntry:
+class AuditEntry(Serde):
     """``EntryToSign``: what the node signs (via its hash)."""
 
-    seq: int
-    ts_monotonic: int
-    prev_hash: bytes
-    node_id: bytes
+    seq: U64Int
+    ts_monotonic: U64Int
+    prev_hash: Bytes32
+    node_id: Bytes32
     event: AuditEvent
-
-    def to_obj(self) -> dict[str, Any]:
-        return {
-            "seq": self.seq,
-            "ts_monotonic": self.ts_monotonic,
-            "prev_hash": b2l(self.prev_hash),
-            "node_id": b2l(self.node_id),
-            "event": event_obj(self.event),
-        }
 
     def preimage(self) -> bytes:
         """``cbor(EntryToSign)``: a definite map of the five fields in this order."""
-        return dumps(self.to_obj())
+        return self.encode()
 
     def entry_hash(self) -> bytes:
         return entry_hash_of(self.preimage())
@@ -364,36 +255,32 @@ def entry_hash_of(preimage: bytes) -> bytes:
     return blake3.blake3(AUDIT_DOMAIN + preimage).digest()
 
 
+@serde(deny_unknown_fields=True)
 @dataclass(frozen=True, slots=True)
-class AuditRecord:
-    """A signed entry as stored: ``entry`` plus the 64-byte Ed25519 signature of its hash."""
+class AuditRecord(Serde):
+    """A signed entry as stored: ``entry`` plus the 64-byte Ed25519 signature of its hash.
 
-    entry: AuditEntry
-    signature: bytes
+    The wire record is the reference's ``#[serde(flatten)]`` of the entry next to ``signature``,
+    which serde_cbor writes as one indefinite-length map (``bf … ff``, core §14.2); ``encode``
+    gives exactly that, and ``decode`` accepts only it.
+    """
+
+    entry: Annotated[AuditEntry, Flatten]
+    signature: Annotated[bytes, ByteArray(SIG_LEN)]
 
     @property
     def seq(self) -> int:
         return self.entry.seq
 
-    def encode(self) -> bytes:
-        """The wire record: an indefinite-length map of the entry's five pairs and ``signature``."""
-        return wire_record(self.entry.preimage(), self.signature)
-
     def entry_hash(self) -> bytes:
         return self.entry.entry_hash()
 
 
-def wire_record(preimage: bytes, signature: bytes) -> bytes:
-    """``bf ‖ the preimage's five pairs ‖ "signature": [64 uints] ‖ ff`` (preimage = ``a5 ‖ pairs``)."""
-    return _INDEF_MAP + preimage[1:] + _SIG_KEY + encode_byte_array(signature) + _BREAK
-
-
 def sign_entry(entry: AuditEntry, sk: SigningKey) -> tuple[AuditRecord, bytes, bytes]:
     """``(record, entry_hash, wire bytes)``: Ed25519 (deterministic) over the entry hash."""
-    pre = entry.preimage()
-    h = entry_hash_of(pre)
-    sig = sk.sign(h).signature
-    return AuditRecord(entry, sig), h, wire_record(pre, sig)
+    h = entry.entry_hash()
+    rec = AuditRecord(entry, sk.sign(h).signature)
+    return rec, h, rec.encode()
 
 
 def decode_record(data: bytes) -> AuditRecord:
@@ -401,30 +288,9 @@ def decode_record(data: bytes) -> AuditRecord:
 
     The record must be a map of exactly the six fields with the right types, and its bytes
     must be the canonical encoding of what it decodes to (indefinite map, field order,
-    shortest integers, byte fields as arrays of ints).
+    shortest integers, byte fields as arrays of ints); the error names the first difference.
     """
-    data = bytes(data)
-    obj = loads(data, "audit record")
-    _exact_keys(obj, _RECORD_FIELDS, "audit record")
-    seq, ts, prev, node, ev, sig = struct_fields(obj, _RECORD_FIELDS, "audit record")
-    entry = AuditEntry(
-        to_u64(seq, "audit record.seq"),
-        to_u64(ts, "audit record.ts_monotonic"),
-        _b32(prev, "audit record.prev_hash"),
-        _b32(node, "audit record.node_id"),
-        decode_event(ev, "audit record.event"),
-    )
-    rec = AuditRecord(entry, to_bytes(sig, "audit record.signature", SIG_LEN))
-    canonical = rec.encode()
-    if canonical != data:
-        at = next((i for i, (a, b) in enumerate(zip(canonical, data, strict=False)) if a != b), None)
-        if at is None:
-            at = min(len(canonical), len(data))
-        raise DecodeError(
-            f"audit record: not the canonical encoding of its fields (first difference at byte {at}; "
-            f"{len(data)} bytes, canonical form has {len(canonical)})"
-        )
-    return rec
+    return AuditRecord.decode(data)
 
 
 # --------------------------------------------------------------------------- segment framing (store §1.13)
@@ -472,7 +338,8 @@ def split_frames(data: bytes) -> Frames:
     return Frames(out, pos)
 
 
-_RECORD_HEAD = b"\xbf\x63seq"  # every record starts with the indefinite map and its first key
+#: every record starts with the indefinite map and its first key (``bf 63 "seq"``)
+_RECORD_HEAD = AuditRecord.__serde__.prefix()
 
 
 def tail_is_one_append(data: bytes, frames: Frames) -> bool:
@@ -534,16 +401,17 @@ class ChainVerifier:
     Per record: ``seq`` is the expected one (``SeqGap``), ``node_id`` is the log's
     (``BadNodeId``), ``prev_hash`` chains from 32 zero bytes (``PrevHash``), and the
     signature verifies over the recomputed entry hash with the node's key (``BadSig``).
-    Signatures are checked in batches (two threads, ``op.check_sigs``); before any
-    structural error is raised the pending batch is checked, so the error reported is
-    always the first failing record's.
+    Signatures are checked in batches by ``verify`` (default ``sig.check_sigs``, serial;
+    adapters pass ``VerifyPool.verify``); before any structural error is raised the pending
+    batch is checked, so the error reported is always the first failing record's.
     """
 
     BATCH = 1024
 
-    def __init__(self, node_id: bytes, node_pk: bytes) -> None:
+    def __init__(self, node_id: bytes, node_pk: bytes, verify: Verify = check_sigs) -> None:
         self.node_id = bytes(node_id)
         self.node_pk = bytes(node_pk)
+        self._verify = verify
         self.count = 0
         self.head = ZERO_HASH
         self._pending: list[tuple[int, str, bytes, bytes]] = []  # (seq, where, hash, sig)
@@ -572,7 +440,7 @@ class ChainVerifier:
         pending, self._pending = self._pending, []
         if not pending:
             return
-        oks = check_sigs([(self.node_pk, sig, h) for _, _, h, sig in pending])
+        oks = self._verify([(self.node_pk, sig, h) for _, _, h, sig in pending])
         for (seq, where, _, _), ok in zip(pending, oks, strict=True):
             if not ok:
                 raise BadSig(seq, where)
@@ -591,10 +459,14 @@ class ChainVerifier:
 
 
 def verify_chain(
-    records: Iterable[AuditRecord], node_id: bytes, node_pk: bytes, expected_head: bytes | None = None
+    records: Iterable[AuditRecord],
+    node_id: bytes,
+    node_pk: bytes,
+    expected_head: bytes | None = None,
+    verify: Verify = check_sigs,
 ) -> bytes:
     """Verify decoded records as one chain from seq 1; returns the head (32 zero bytes when empty)."""
-    v = ChainVerifier(node_id, node_pk)
+    v = ChainVerifier(node_id, node_pk, verify)
     for i, rec in enumerate(records):
         v.feed(rec, f"record #{i + 1}")
     return v.finish(expected_head)

@@ -5,12 +5,13 @@ An op whose parents have not all arrived is *pending*: invisible to ``len``, the
 replay and ``hb`` until its last missing ancestor activates it.
 
 Total order: Kahn's algorithm over the activated ops with the ready set keyed by
-``(physical_ms, logical, node_id, op_id)``. It is computed lazily and incrementally: new
-activations only invalidate the order from the first position whose op sorts after the
-smallest new key (found by bisecting a prefix-maximum list), and Kahn resumes from there.
-Appending ops that sort after everything (the usual case) costs O(new · log new). A source
-that already has the order (the op store's index computes exactly this order) appends
-with ``extend_ordered``: no Kahn at all, O(1) per op plus the happens-before index.
+``(physical_ms, logical, node_id, op_id)``, kept by ``ecac.core.order.TotalOrder`` (the one
+implementation, shared with the store's ``OpIndex``). Activated ops are placed lazily, at the
+next order query: an op that sorts after everything that could precede it is appended in
+O(1), an out-of-order one is inserted where Kahn puts it, and a batch that would shift too
+much resumes Kahn from the first invalidated position. A source that already has the order
+(the op store's index computes exactly this order) appends with ``extend_ordered``: no Kahn
+at all, O(1) per op plus the happens-before index.
 
 Happens-before index (exact, bounded memory). Every activated op ``x`` gets:
 
@@ -55,13 +56,13 @@ concurrent winners against a merge of 5,000 roots take ~25 ms instead of ~35 s.
 
 from __future__ import annotations
 
-from bisect import bisect_right
-from collections.abc import Iterable, Iterator
-from heapq import heapify, heappop, heappush
+from collections.abc import Iterable, Iterator, Sequence
+from operator import attrgetter
 
 from ecac import _native
 from ecac.core.op import Op
-from ecac.core.sig import Rejection, admit
+from ecac.core.order import SortKey, TotalOrder
+from ecac.core.sig import Rejection, Verify, admit, check_sigs
 
 #: K: the most chains a summary lists exactly (see the module docstring)
 SUMMARY_MAX = 32
@@ -72,7 +73,8 @@ CHAIN_FILTER_BITS = 1024
 _MEMO_AFTER = 32
 
 _EMPTY: dict[int, int] = {}  # shared summary of ops with no ancestors on other chains; never mutated
-_UNPLACED = 1 << 62  # position of an activated op not yet placed in the order
+_OP_ID = attrgetter("op_id")
+_UNPLACED = 1 << 62  # what ``extend_chains`` writes into ``_Node.pos`` (the order lives in TotalOrder)
 
 
 class _Node:
@@ -80,7 +82,9 @@ class _Node:
 
     ``children`` holds the child nodes once per parent entry: None, a single node (the
     common case, no list allocated) or a list. ``summary`` and ``filt`` may be shared
-    with the parent whose chain this node extends; they are never mutated.
+    with the parent whose chain this node extends; they are never mutated. ``pos`` and
+    ``deg`` are part of the layout ``ecac._native.extend_chains`` builds; the order does
+    not use them (positions live in the DAG's ``TotalOrder``).
     """
 
     __slots__ = ("chain", "children", "deg", "filt", "floor", "gen", "idx", "op", "pos", "summary")
@@ -125,20 +129,20 @@ class _Pending:
 
 
 class Dag:
-    """Activated ops, pending ops, the cached total order and the happens-before index."""
+    """Activated ops, pending ops, the total order and the happens-before index."""
 
     __slots__ = (
         "__weakref__",
         "_chains",
         "_fbits",
-        "_fresh",
         "_k",
         "_last_search",
         "_memo",
         "_nodes",
+        "_ops",
         "_order",
+        "_ordered",
         "_pending",
-        "_pmax",
         "_waiting",
     )
 
@@ -154,10 +158,12 @@ class Dag:
         self._pending: dict[bytes, _Pending] = {}
         self._waiting: dict[bytes, list[bytes]] = {}  # missing parent id -> waiting child ids
         self._chains: list[list[_Node]] = []  # chain id -> its nodes by index (the last is the tail)
-        self._order: list[Op] = []
-        # _pmax[i] = the op with the largest sort key in _order[: i + 1]; may lag behind _order
-        self._pmax: list[Op] = []
-        self._fresh: list[_Node] = []  # activated since the order was last computed
+        self._order = _order_of(self._nodes)
+        # the ops of the placed part of _order, in order; replaced (never mutated) when it changes
+        self._ops: list[Op] = []
+        # _ops[:_ordered] are in _order; ops appended by extend_ordered after that are handed to
+        # it when it is next needed (a store replay never needs it: no second pass over the ops)
+        self._ordered = 0
 
     @classmethod
     def from_ops(cls, ops: Iterable[Op]) -> Dag:
@@ -199,9 +205,9 @@ class Dag:
         """Insert admitted ops; returns how many were new."""
         return sum(1 for op in ops if self.insert(op))
 
-    def admit_and_insert(self, ops: Iterable[Op]) -> list[Rejection]:
-        """Verify ops (core §4.4), insert those that pass, return one rejection per failing op."""
-        good, bad = admit(list(ops))
+    def admit_and_insert(self, ops: Iterable[Op], verify: Verify = check_sigs) -> list[Rejection]:
+        """Verify ops (core §4.4; signatures by ``verify``), insert those that pass, reject the rest."""
+        good, bad = admit(list(ops), verify)
         for op in good:
             self.insert(op)
         return bad
@@ -227,36 +233,46 @@ class Dag:
         try:
             while True:
                 # chain extensions in bulk (C), each placed at the end of the order; the rest here
-                i = _native.extend_chains(todo, i, nodes, chains, order, _UNPLACED)
+                done = i
+                i = _native.extend_chains(todo, i, nodes, chains, None, _UNPLACED)
+                order.extend(todo[done:i])
                 if i >= len(todo):
                     break
                 op = todo[i]
                 if op.op_id in nodes:
                     raise ValueError(f"op {op.op_id.hex()} is already in the DAG")
                 try:
-                    node = activate(op)  # nothing is changed before every parent is found
+                    activate(op)  # nothing is changed before every parent is found
                 except KeyError:
                     missing = next((p for p in op.parents if p not in nodes), None)
                     if missing is None:
                         raise
                     raise ValueError(f"op {op.op_id.hex()} comes before its parent {missing.hex()}") from None
-                node.pos = len(order)
                 order.append(op)
                 i += 1
-        finally:
-            self._order = order  # what was activated is placed, also when a check failed
+        finally:  # what was activated is placed, also when a check failed
+            self._ops = order
         return len(order) - start
+
+    def _sync_order(self) -> None:
+        """Hand the ops appended by ``extend_ordered`` to the total order (before it is used)."""
+        ops = self._ops
+        if self._ordered < len(ops):
+            self._order.extend_trusted(list(map(_OP_ID, ops[self._ordered :])))
+            self._ordered = len(ops)
 
     def _activate_from(self, first: Op) -> None:
         """Activate ``first`` and, with an explicit work list, every pending op it completes."""
+        self._sync_order()
         work = [first]
         pending = self._pending
         waiting = self._waiting
-        fresh = self._fresh
+        place = self._order.add
         while work:
             op = work.pop()
-            fresh.append(self._activate(op))
+            self._activate(op)
             oid = op.op_id
+            place(oid)
             waiters = waiting.pop(oid, None)
             if waiters:
                 for cid in waiters:
@@ -292,10 +308,10 @@ class Dag:
                 ch = pn.children
                 if ch is None:
                     pn.children = node
-                elif type(ch) is _Node:
-                    pn.children = [ch, node]
-                else:
+                elif isinstance(ch, list):
                     ch.append(node)
+                else:
+                    pn.children = [ch, node]
         nodes[op.op_id] = node
         return node
 
@@ -527,75 +543,43 @@ class Dag:
         old ones, so they cannot change when an old op becomes ready. Hence an earlier
         order ``P`` is a prefix of the current one iff ``current[len(P) - 1] is P[-1]``.
         """
-        if self._fresh:
-            self._refresh()
-        return self._order
+        j = self._order.resolve()
+        if j is not None:
+            nodes = self._nodes
+            ops = self._ops[:j]
+            ops.extend([nodes[x].op for x in self._order.ids()[j:]])
+            self._ops = ops
+            self._ordered = len(ops)
+        return self._ops
 
     def topo_ids(self) -> list[bytes]:
-        return [op.op_id for op in self.topo_order()]
+        return list(map(_OP_ID, self.topo_order()))
 
     def position(self, op_id: bytes) -> int:
         """0-based position of an activated op in the total order; KeyError if not activated."""
-        if self._fresh:
-            self._refresh()
-        return self._nodes[op_id].pos
+        if op_id not in self._nodes:
+            raise KeyError(op_id)
+        self.topo_order()
+        self._sync_order()
+        return self._order.position(op_id)
 
     def __iter__(self) -> Iterator[Op]:
         return iter(self.topo_order())
 
-    def _refresh(self) -> None:
-        fresh = self._fresh
-        self._fresh = []
-        order = self._order
-        pmax = self._pmax
-        if len(pmax) < len(order):  # extend_ordered leaves the prefix maxima to be filled here
-            best = pmax[-1] if pmax else order[0]
-            best_key = best.sort_key()
-            for op in order[len(pmax) :]:
-                key = op.sort_key()
-                if key > best_key:
-                    best, best_key = op, key
-                pmax.append(best)
-        kmin = min(n.op.sort_key() for n in fresh)
-        # positions before j keep their op: everything there sorts before every new op
-        if not pmax or pmax[-1].sort_key() < kmin:
-            j = len(order)
-        else:
-            j = bisect_right(pmax, kmin, key=Op.sort_key)
-        nodes = self._nodes
-        rest = [nodes[op.op_id] for op in order[j:]]
-        for n in rest:
-            n.pos = _UNPLACED
-        rest.extend(fresh)
-        ready: list[tuple[tuple[int, int, int, bytes], _Node]] = []
-        for n in rest:
-            d = 0
-            for p in n.op.parents:
-                if nodes[p].pos >= j:
-                    d += 1
-            n.deg = d
-            if d == 0:
-                ready.append((n.op.sort_key(), n))
-        heapify(ready)
-        new_tail: list[Op] = []
-        new_pmax = pmax[:j]
-        best = new_pmax[-1] if new_pmax else None
-        best_key = best.sort_key() if best is not None else None
-        pos = j
-        while ready:
-            key, n = heappop(ready)
-            n.pos = pos
-            pos += 1
-            op = n.op
-            new_tail.append(op)
-            if best_key is None or key > best_key:
-                best, best_key = op, key
-            new_pmax.append(best)  # type: ignore[arg-type]
-            for c in _kids(n):
-                c.deg -= 1
-                if c.deg == 0:
-                    heappush(ready, (c.op.sort_key(), c))
-        if len(new_tail) != len(rest):  # cannot happen: activated ops form a closed DAG
-            raise AssertionError("topological sort lost ops")
-        self._order = order[:j] + new_tail
-        self._pmax = new_pmax
+
+def _order_of(nodes: dict[bytes, _Node]) -> TotalOrder:
+    """The DAG's total order, reading keys, parents and children from its nodes (no reference to the Dag)."""
+
+    def key(x: bytes) -> SortKey:
+        return nodes[x].op.sort_key()
+
+    def parents(x: bytes) -> Sequence[bytes]:
+        return nodes[x].op.parents
+
+    def children(x: bytes) -> list[bytes] | tuple[bytes, ...] | None:
+        ch = nodes[x].children
+        if ch is None or isinstance(ch, list):
+            return None if ch is None else [c.op.op_id for c in ch]
+        return (ch.op.op_id,)
+
+    return TotalOrder(key, parents, children)

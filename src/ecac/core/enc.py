@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated
 
 import blake3
 from nacl.bindings import (
@@ -18,7 +18,7 @@ from nacl.bindings import (
 )
 from nacl.exceptions import CryptoError
 
-from ecac.core.codec import b2l, dumps, loads, struct_fields, to_bytes, to_text, to_u32
+from ecac.core.codec import ByteArray, ByteVec, Serde, U32Int, serde
 from ecac.core.errors import DecodeError, EcacError
 from ecac.core.hlc import U32_MAX, Hlc
 
@@ -26,51 +26,33 @@ KEY_LEN = 32
 NONCE_LEN = 24
 TAG_LEN = 16
 AAD_DOMAIN = b"ECAC_AAD"
-ENC_FIELDS = ("tag", "key_version", "nonce", "aead_tag", "ct")
 #: the only tag the CLI encrypts under (tags_for gives it to ``(o, x)`` only)
 CONFIDENTIAL = "confidential"
 
 
+@serde(lenient=True)
 @dataclass(frozen=True, slots=True)
-class EncV1:
-    """An encrypted MV value: which key (tag, version), the nonce, the detached tag, the ciphertext."""
+class EncV1(Serde):
+    """An encrypted MV value: which key (tag, version), the nonce, the detached tag, the ciphertext.
+
+    Lenient (docs/decisions.md D48): it decodes from every form serde accepts (a map by field
+    name with extra keys ignored, an integer-keyed map, a 5-element array), each field of its type.
+    """
 
     tag: str
-    key_version: int
-    nonce: bytes
-    aead_tag: bytes
-    ct: bytes
-
-    def to_obj(self) -> dict[str, Any]:
-        """The CBOR object in the field order of core §15; byte fields as arrays of ints."""
-        return {
-            "tag": self.tag,
-            "key_version": self.key_version,
-            "nonce": b2l(self.nonce),
-            "aead_tag": b2l(self.aead_tag),
-            "ct": b2l(self.ct),
-        }
+    key_version: U32Int
+    nonce: Annotated[bytes, ByteArray(NONCE_LEN)]
+    aead_tag: Annotated[bytes, ByteArray(TAG_LEN)]
+    ct: ByteVec
 
     def to_cbor(self) -> bytes:
-        return dumps(self.to_obj())
-
-
-def enc_from_obj(obj: Any) -> EncV1:
-    """An EncV1 from a decoded CBOR item, in any form serde accepts: a map keyed by field name
-    (extra keys ignored), an integer-keyed map or a 5-element array. DecodeError otherwise."""
-    tag, ver, nonce, aead_tag, ct = struct_fields(obj, ENC_FIELDS, "EncV1")
-    return EncV1(
-        to_text(tag, "EncV1.tag"),
-        to_u32(ver, "EncV1.key_version"),
-        to_bytes(nonce, "EncV1.nonce", NONCE_LEN),
-        to_bytes(aead_tag, "EncV1.aead_tag", TAG_LEN),
-        to_bytes(ct, "EncV1.ct"),
-    )
+        """The stored MV value: the CBOR map in the field order of core §15."""
+        return self.encode()
 
 
 def decode_enc(value: bytes) -> EncV1:
     """Decode an MV value as EncV1 (DecodeError when it is not one)."""
-    return enc_from_obj(loads(value, "EncV1"))
+    return EncV1.decode(value)
 
 
 def try_decode_enc(value: bytes) -> EncV1 | None:

@@ -8,21 +8,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-U32_MAX = 2**32 - 1
-U64_MAX = 2**64 - 1
+from ecac.core.codec import U32_MAX, U64_MAX, Serde, U32Int, U64Int, serde
+
+__all__ = ["U32_MAX", "U64_MAX", "Hlc"]
 
 
+@serde
 @dataclass(frozen=True, slots=True, order=True)
-class Hlc:
-    """``{physical_ms, logical, node_id}``; ordered lexicographically in that order."""
+class Hlc(Serde):
+    """``{physical_ms, logical, node_id}`` (core §3.1); ordered lexicographically in that order."""
 
-    physical_ms: int = 0
-    logical: int = 0
-    node_id: int = 0
-
-    def to_obj(self) -> dict[str, int]:
-        """The CBOR object in declaration order."""
-        return {"physical_ms": self.physical_ms, "logical": self.logical, "node_id": self.node_id}
+    physical_ms: U64Int = 0
+    logical: U32Int = 0
+    node_id: U32Int = 0
 
     def tick_local(self, now_ms: int) -> Hlc:
         """Advance for a local event at wall time ``now_ms``."""

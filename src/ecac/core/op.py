@@ -11,15 +11,26 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import blake3
 from nacl.signing import SigningKey
 
+from ecac import _native
 from ecac.core.codec import (
-    b2l,
-    dumps,
+    Bytes32,
+    ByteVec,
+    Default,
+    Interned,
+    Serde,
+    TypeCodec,
+    U32Int,
+    U64Int,
     encode_byte_array,
+    encode_head,
+    encode_text,
+    serde,
+    variant,
 )
 from ecac.core.hlc import Hlc
 
@@ -32,172 +43,116 @@ SIG_LEN = 64
 REASON_ID_MISMATCH = "op_id mismatch (header hash != embedded op_id)"
 REASON_BAD_SIG = "invalid signature"
 
+#: an op id or a public key: 32 bytes, written as an array of 32 uints
+OpId = Bytes32
 
-# --------------------------------------------------------------------------- payloads
+
+# --------------------------------------------------------------------------- payloads (core §3.3)
 
 
+@variant
 @dataclass(frozen=True, slots=True)
-class Data:
-    key: str
-    value: bytes
+class Data(Serde):
+    key: Annotated[str, Interned]  # keys repeat across a log: one (mortal) string each
+    value: ByteVec
     NAME: ClassVar[str] = "Data"
 
-    def to_obj(self) -> dict[str, Any]:
-        return {"Data": {"key": self.key, "value": b2l(self.value)}}
 
-
+@variant
 @dataclass(frozen=True, slots=True)
-class Credential:
+class Credential(Serde):
     cred_id: str
-    cred_bytes: bytes
-    format: str = "Jwt"
+    cred_bytes: ByteVec  # the exact compact-JWT ASCII
+    format: Literal["Jwt"] = "Jwt"
     NAME: ClassVar[str] = "Credential"
 
-    def to_obj(self) -> dict[str, Any]:
-        return {
-            "Credential": {"cred_id": self.cred_id, "cred_bytes": b2l(self.cred_bytes), "format": self.format}
-        }
 
-
+@variant
 @dataclass(frozen=True, slots=True)
-class Grant:
-    subject_pk: bytes
-    cred_hash: bytes
+class Grant(Serde):
+    subject_pk: Bytes32
+    cred_hash: Bytes32
     NAME: ClassVar[str] = "Grant"
 
-    def to_obj(self) -> dict[str, Any]:
-        return {"Grant": {"subject_pk": b2l(self.subject_pk), "cred_hash": b2l(self.cred_hash)}}
 
-
+@variant
 @dataclass(frozen=True, slots=True)
-class Revoke:
-    subject_pk: bytes
+class Revoke(Serde):
+    subject_pk: Bytes32
     role: str
     scope_tags: tuple[str, ...]
     at: Hlc
     NAME: ClassVar[str] = "Revoke"
 
-    def to_obj(self) -> dict[str, Any]:
-        return {
-            "Revoke": {
-                "subject_pk": b2l(self.subject_pk),
-                "role": self.role,
-                "scope_tags": list(self.scope_tags),
-                "at": self.at.to_obj(),
-            }
-        }
 
-
+@variant
 @dataclass(frozen=True, slots=True)
-class KeyGrant:
-    subject_pk: bytes
+class KeyGrant(Serde):
+    subject_pk: Bytes32
     tag: str
-    key_version: int
-    cred_hash: bytes
+    key_version: U32Int
+    cred_hash: Bytes32
     NAME: ClassVar[str] = "KeyGrant"
 
-    def to_obj(self) -> dict[str, Any]:
-        return {
-            "KeyGrant": {
-                "subject_pk": b2l(self.subject_pk),
-                "tag": self.tag,
-                "key_version": self.key_version,
-                "cred_hash": b2l(self.cred_hash),
-            }
-        }
 
-
+@variant
 @dataclass(frozen=True, slots=True)
-class KeyRotate:
+class KeyRotate(Serde):
     tag: str
-    new_version: int
-    new_key: bytes
+    new_version: U32Int
+    new_key: ByteVec
     NAME: ClassVar[str] = "KeyRotate"
 
-    def to_obj(self) -> dict[str, Any]:
-        return {"KeyRotate": {"tag": self.tag, "new_version": self.new_version, "new_key": b2l(self.new_key)}}
 
-
+@variant
 @dataclass(frozen=True, slots=True)
-class IssuerKey:
+class IssuerKey(Serde):
     issuer_id: str
     key_id: str
     algo: str
-    pubkey: bytes
-    valid_from_ms: int
-    valid_until_ms: int
+    pubkey: ByteVec
+    valid_from_ms: U64Int
+    valid_until_ms: U64Int
     prev_key_id: str | None = None
     NAME: ClassVar[str] = "IssuerKey"
 
-    def to_obj(self) -> dict[str, Any]:
-        return {
-            "IssuerKey": {
-                "issuer_id": self.issuer_id,
-                "key_id": self.key_id,
-                "algo": self.algo,
-                "pubkey": b2l(self.pubkey),
-                "valid_from_ms": self.valid_from_ms,
-                "valid_until_ms": self.valid_until_ms,
-                "prev_key_id": self.prev_key_id,
-            }
-        }
 
-
+@variant
 @dataclass(frozen=True, slots=True)
-class IssuerKeyRevoke:
+class IssuerKeyRevoke(Serde):
     issuer_id: str
     key_id: str
     reason: str
     NAME: ClassVar[str] = "IssuerKeyRevoke"
 
-    def to_obj(self) -> dict[str, Any]:
-        return {
-            "IssuerKeyRevoke": {"issuer_id": self.issuer_id, "key_id": self.key_id, "reason": self.reason}
-        }
 
-
+@variant
 @dataclass(frozen=True, slots=True)
-class StatusListChunk:
+class StatusListChunk(Serde):
     list_id: str
     issuer_id: str
-    version: int
-    chunk_index: int
-    bitset_sha256: bytes
-    chunk_bytes: bytes
+    version: U32Int
+    chunk_index: U32Int
+    bitset_sha256: Bytes32
+    chunk_bytes: ByteVec
     NAME: ClassVar[str] = "StatusListChunk"
 
-    def to_obj(self) -> dict[str, Any]:
-        return {
-            "StatusListChunk": {
-                "list_id": self.list_id,
-                "issuer_id": self.issuer_id,
-                "version": self.version,
-                "chunk_index": self.chunk_index,
-                "bitset_sha256": b2l(self.bitset_sha256),
-                "chunk_bytes": b2l(self.chunk_bytes),
-            }
-        }
 
-
+@variant
 @dataclass(frozen=True, slots=True)
-class StatusPointer:
+class StatusPointer(Serde):
     cred_id: str
     list_id: str
-    index: int
+    index: U32Int
     NAME: ClassVar[str] = "StatusPointer"
 
-    def to_obj(self) -> dict[str, Any]:
-        return {"StatusPointer": {"cred_id": self.cred_id, "list_id": self.list_id, "index": self.index}}
 
-
+@variant(other=True)
 @dataclass(frozen=True, slots=True)
-class Reserved:
-    """The unit variant ``_Reserved``; unknown unit variants also decode to it."""
+class Reserved(Serde):
+    """The unit variant ``_Reserved`` (the bare text string); unknown unit variants also decode to it."""
 
     NAME: ClassVar[str] = "_Reserved"
-
-    def to_obj(self) -> str:
-        return "_Reserved"
 
 
 Payload = (
@@ -214,10 +169,37 @@ Payload = (
     | Reserved
 )
 
+#: the payload enum's codec (``{Name: {fields}}``, or ``"_Reserved"``)
+PAYLOAD: TypeCodec[Payload] = TypeCodec(Payload, "payload")
+
 #: payload kinds whose content decides policy regardless of their position (core §8.4)
 RETROACTIVE_KINDS = frozenset({"Credential", "IssuerKey", "IssuerKeyRevoke", "StatusListChunk"})
 #: kinds that switch the write gate on (core §8.2)
 POLICY_SWITCH_KINDS = frozenset({"Grant", "Revoke"})
+
+
+# --------------------------------------------------------------------------- the op's CBOR layout (core §3.2)
+
+
+@serde
+@dataclass(frozen=True, slots=True)
+class OpHeader(Serde):
+    """What the op id hashes and the author signs; a missing ``hlc`` reads as ``{0, 0, 0}`` (core §3.1)."""
+
+    parents: tuple[OpId, ...]
+    hlc: Annotated[Hlc, Default]
+    author_pk: OpId
+    payload: Payload
+
+
+@serde
+@dataclass(frozen=True, slots=True)
+class SignedOp(Serde):
+    """An op as serde writes it; ``Op`` holds the same fields flat, with these bytes."""
+
+    header: OpHeader
+    sig: ByteVec
+    op_id: OpId
 
 
 # --------------------------------------------------------------------------- ops
@@ -245,11 +227,15 @@ class Op:
         """The payload variant name (``"Data"``, ``"Grant"``, …, ``"_Reserved"``)."""
         return self.payload.NAME
 
+    def header(self) -> OpHeader:
+        return OpHeader(self.parents, self.hlc, self.author_pk, self.payload)
+
     def header_obj(self) -> dict[str, Any]:
         return header_obj(self.parents, self.hlc, self.author_pk, self.payload)
 
     def header_bytes(self) -> bytes:
-        return dumps(self.header_obj())
+        """The header re-encoded from the typed fields."""
+        return self.header().encode()
 
     def computed_id(self) -> bytes:
         """The op id recomputed from the typed header."""
@@ -277,40 +263,51 @@ def slot_constructor(cls: type[T]) -> Callable[..., T]:
     return env["build"]  # type: ignore[no-any-return]
 
 
-#: ``Op(...)``, ``Hlc(...)`` and ``Data(...)`` without the dataclass ``__init__`` (see ``slot_constructor``)
+#: ``Op(...)`` without the dataclass ``__init__`` (see ``slot_constructor``)
 build_op: Callable[[tuple[bytes, ...], Hlc, bytes, Payload, bytes, bytes, bytes], Op] = slot_constructor(Op)
-build_hlc: Callable[[int, int, int], Hlc] = slot_constructor(Hlc)
-build_data: Callable[[str, bytes], Data] = slot_constructor(Data)
+
+#: the C module builds these classes (store-row decoding, DAG chain extension; docs/decisions.md D39);
+#: it interns Data keys through a table of its own per call
+_native.configure_ops(Op, Hlc, Data)
+
+
+def op_of(signed: SignedOp, cbor: bytes) -> Op:
+    """The flat ``Op`` of a decoded ``SignedOp`` whose canonical encoding is ``cbor``."""
+    h = signed.header
+    return build_op(h.parents, h.hlc, h.author_pk, h.payload, signed.sig, signed.op_id, cbor)
 
 
 def header_obj(parents: Sequence[bytes], hlc: Hlc, author_pk: bytes, payload: Payload) -> dict[str, Any]:
-    return {
-        "parents": [b2l(p) for p in parents],
-        "hlc": hlc.to_obj(),
-        "author_pk": b2l(author_pk),
-        "payload": payload.to_obj(),
-    }
+    """The header as a cbor2-ready object (tests and tools build variants of ops from it)."""
+    return OpHeader(tuple(parents), hlc, author_pk, payload).to_obj()  # type: ignore[no-any-return]
 
 
 def op_id_of(header_cbor: bytes) -> bytes:
     return blake3.blake3(OP_DOMAIN + header_cbor).digest()
 
 
-_OP_PREFIX = b"\xa3\x66header"  # map(3), "header": the op map's first key
+# An op's bytes are ``SignedOp``'s encoding: ``a3 "header" <header> "sig" <sig items> "op_id" <id items>``.
+# Creation and the decoders assemble them around the header encoded once, and the store cuts the
+# header back out (what the op id hashes) instead of encoding it again.
+assert SignedOp.FIELDS == ("header", "sig", "op_id")
+_OP_PREFIX = encode_head(5, 3) + encode_text("header")
+_SIG_KEY = encode_text("sig")
+_OP_ID_KEY = encode_text("op_id")
 
 
 def _op_tail(sig: bytes, op_id: bytes) -> bytes:
     """The bytes after the header in an op's encoding: ``"sig": […], "op_id": […]``."""
-    return b"\x63sig" + encode_byte_array(sig) + b"\x65op_id" + encode_byte_array(op_id)
+    return _SIG_KEY + encode_byte_array(sig) + _OP_ID_KEY + encode_byte_array(op_id)
 
 
-def _op_cbor(header_cbor: bytes, sig: bytes, op_id: bytes) -> bytes:
-    """``cbor({"header", "sig", "op_id"})`` assembled around the already-encoded header.
-
-    Identical bytes to encoding the whole map, but the header is encoded only once,
-    so decoding can hash the same bytes for the op_id check (hot path of replay).
-    """
+def op_cbor(header_cbor: bytes, sig: bytes, op_id: bytes) -> bytes:
+    """``SignedOp(header, sig, op_id).encode()`` assembled around the already-encoded header."""
     return _OP_PREFIX + header_cbor + _op_tail(sig, op_id)
+
+
+def header_cbor_in(cbor: bytes) -> bytes:
+    """The header bytes inside the canonical bytes of an op (the ``sig`` key after it is the last one)."""
+    return cbor[len(_OP_PREFIX) : cbor.rfind(_SIG_KEY)]
 
 
 def header_cbor_of(op: Op) -> bytes:
@@ -318,7 +315,7 @@ def header_cbor_of(op: Op) -> bytes:
 
     Every constructor of ``Op`` (``make_op``, the decoders) sets ``cbor`` to the canonical
     encoding of its fields, so the slice equals ``op.header_bytes()``; an op built by hand
-    without ``cbor`` is encoded instead.
+    without ``cbor`` (or changed by ``dataclasses.replace``) is encoded instead.
     """
     cbor = op.cbor
     tail = _op_tail(op.sig, op.op_id)
@@ -331,7 +328,7 @@ def make_op(sk: SigningKey, parents: Iterable[bytes], hlc: Hlc, payload: Payload
     """Create and sign an op: parents sorted (duplicates kept), Ed25519 over the 32-byte id."""
     ps = tuple(sorted(parents))
     author = bytes(sk.verify_key)
-    header_cbor = dumps(header_obj(ps, hlc, author, payload))
+    header_cbor = OpHeader(ps, hlc, author, payload).encode()
     op_id = op_id_of(header_cbor)
     sig = sk.sign(op_id).signature
-    return Op(ps, hlc, author, payload, sig, op_id, _op_cbor(header_cbor, sig, op_id))
+    return Op(ps, hlc, author, payload, sig, op_id, op_cbor(header_cbor, sig, op_id))

@@ -12,6 +12,15 @@ its size. A store's open hands over every stored op at once (``load``), which co
 them all in one pass and leaves exactly the state adding them one by one would. The
 complete set equals what an in-memory DAG holding the same ops activates (core §6), so
 ``topo_ids()`` equals the core ``topo_sort`` of that DAG.
+
+The order is ``ecac.core.order.TotalOrder``, the same implementation the in-memory ``Dag``
+uses: completed ops are fed to it parent-first and placed at the next order query, in O(1)
+when they sort after everything that could precede them and otherwise by inserting them (or
+resuming Kahn) from the first invalidated position, never by a Kahn pass over the whole store.
+
+Readers on other threads use ``contains``, ``is_complete``, ``parents``, ``gen`` and ``key``
+as ``IndexFacts`` (``ecac.core.snapshot``): each is one dict lookup, and the dicts behind
+them (``_parents``, ``_key``, ``_gen``) only ever grow once the index is loaded.
 """
 
 from __future__ import annotations
@@ -21,8 +30,9 @@ from collections.abc import Iterable, Mapping
 
 import blake3
 
-#: the total-order key ``(hlc_ms, hlc_logical, hlc_node, op_id)`` (core §6)
-SortKey = tuple[int, int, int, bytes]
+from ecac.core.order import SortKey, TotalOrder
+
+__all__ = ["OpIndex", "SortKey", "bloom16", "bloom_lanes", "bloom_may_contain"]
 
 
 def bloom_lanes(op_id: bytes) -> tuple[int, int, int]:
@@ -59,11 +69,9 @@ class OpIndex:
         "_gen",
         "_heads",
         "_key",
-        "_max_key",
         "_missing",
+        "_order",
         "_parents",
-        "_pos",
-        "_topo",
         "_unmet",
         "_waiting",
     )
@@ -78,9 +86,7 @@ class OpIndex:
         self._unmet: dict[bytes, int] = {}  # incomplete op -> number of distinct incomplete parents
         self._waiting: dict[bytes, dict[bytes, None]] = {}  # incomplete parent -> waiting children
         self._missing: set[bytes] = set()  # referenced as a parent but not stored
-        self._topo: list[bytes] | None = []
-        self._pos: dict[bytes, int] | None = {}  # positions in _topo; None: derive on first use
-        self._max_key: SortKey | None = None
+        self._order = TotalOrder(self._key.__getitem__, self._parents.__getitem__)  # the complete ops
 
     # ------------------------------------------------------------------ mutation
 
@@ -113,140 +119,35 @@ class OpIndex:
 
         For a store's open, which hands over every stored op at once; the dicts are kept,
         not copied (the caller must not change them), and each key ends with its op's id
-        (a ``SortKey``). On an empty index all ops are completed in one pass, in key order
-        when that is Kahn's order (``_complete_in_key_order``), else by a Kahn pass over all
-        of them. Adding them one by one costs several times more: rows arrive in id order,
-        so most ops would first wait for their parent and be completed later. A non-empty
-        index just adds them one by one.
+        (a ``SortKey``). On an empty index all ops are completed and ordered in one pass
+        (``TotalOrder.load``: one sweep in key order when that is Kahn's order, which it is
+        when every parent sorts before its child). Adding them one by one costs several
+        times more: rows arrive in id order, so most ops would first wait for their parent
+        and be completed later. A non-empty index just adds them one by one.
         """
-        if parents.keys() != keys.keys():
-            raise ValueError("OpIndex.load: parents and keys must cover the same ops")
         if self._parents:
+            if parents.keys() != keys.keys():
+                raise ValueError("OpIndex.load: parents and keys must cover the same ops")
             for op_id, ps in parents.items():
                 self.add(op_id, ps, keys[op_id])
             return
+        bulk = TotalOrder.load(parents, keys)  # ValueError (nothing changed) for bad input
         self._parents = parents
         self._key = keys
-        try:
-            if not self._complete_in_key_order():
-                self._complete_by_kahn()
-        except ValueError:
-            self._parents, self._key = {}, {}
-            raise
-
-    def _complete_in_key_order(self) -> bool:
-        """Complete the loaded ops in one sweep in key order; False (nothing set) if that is not Kahn's order.
-
-        When every stored parent sorts before its child (the usual case: a child's HLC is
-        later), the smallest unswept op has all its stored parents swept, so Kahn's ready
-        set always offers it first and the key order of the complete ops is the topological
-        order. An op is complete when each parent is (a missing parent excludes all its
-        descendants). Meeting a stored parent that is not swept yet means a parent sorts
-        after its child: the caller falls back to Kahn.
-        """
-        parents = self._parents
-        gen: dict[bytes, int] = {}
-        heads: set[bytes] = set()
-        topo: list[bytes] = []
-        waiting: set[bytes] = set()  # swept, not complete
-        for k in sorted(self._key.values()):
-            x = k[3]
-            ps = parents[x]
-            if len(ps) == 1:  # the bulk of a log: inlined
-                p = ps[0]
-                g = gen.get(p)
-                if g is None:
-                    if p in parents and p not in waiting:
-                        return False
-                    waiting.add(x)
-                    continue
-                gen[x] = g + 1
-                heads.discard(p)
-            elif ps:
-                g = 0
-                for p in ps:
-                    gp = gen.get(p)
-                    if gp is None:
-                        if p in parents and p not in waiting:
-                            return False
-                        waiting.add(x)
-                        break
-                    if gp >= g:
-                        g = gp + 1
-                else:
-                    gen[x] = g
-                    heads.difference_update(ps)
-                    heads.add(x)
-                    topo.append(x)
-                continue
-            else:
-                gen[x] = 0
-            heads.add(x)
-            topo.append(x)
-        if len(gen) + len(waiting) != len(parents):
-            raise ValueError("OpIndex.load: every key must end with its own op id")
-        self._finish_load(gen, heads, topo, self._key[topo[-1]] if topo else None, waiting)
-        return True
-
-    def _complete_by_kahn(self) -> None:
-        """Complete the loaded ops by Kahn over all of them (ready set by key); ops never ready wait."""
-        parents = self._parents
-        keys = self._key
-        below: dict[bytes, list[bytes]] = {}  # stored op -> the stored ops naming it (once each)
-        unmet: dict[bytes, int] = {}  # op -> distinct parents not complete yet
-        ready: list[tuple[SortKey, bytes]] = []
-        for x, ps in parents.items():
-            distinct = dict.fromkeys(ps) if len(ps) > 1 else ps
-            for p in distinct:
-                if p in parents:
-                    below.setdefault(p, []).append(x)
-            if distinct:
-                unmet[x] = len(distinct)
-            else:
-                ready.append((keys[x], x))
-        heapq.heapify(ready)
-        gen: dict[bytes, int] = {}
-        heads: set[bytes] = set()
-        topo: list[bytes] = []
-        while ready:
-            _, x = heapq.heappop(ready)
-            g = 0
-            for p in parents[x]:
-                gp = gen[p] + 1
-                if gp > g:
-                    g = gp
-                heads.discard(p)
-            gen[x] = g
-            heads.add(x)
-            topo.append(x)
-            for c in below.get(x, ()):
-                left = unmet[c] - 1
-                if left:
-                    unmet[c] = left
-                else:
-                    del unmet[c]
-                    heapq.heappush(ready, (keys[c], c))
-        self._finish_load(gen, heads, topo, max(map(keys.__getitem__, topo), default=None), set(unmet))
+        self._finish_load(bulk.order, bulk.gen, bulk.heads, bulk.waiting)
 
     def _finish_load(
-        self,
-        gen: dict[bytes, int],
-        heads: set[bytes],
-        topo: list[bytes],
-        max_key: SortKey | None,
-        waiting: set[bytes],
+        self, order: TotalOrder, gen: dict[bytes, int], heads: set[bytes], waiting: set[bytes]
     ) -> None:
         """Install a bulk load's results; the waiting ops get the bookkeeping ``add`` would have left.
 
-        Children and positions are derived when first needed (a Kahn rebuild, ``children``,
-        a position query or the next ``add``), not during the open.
+        Children and positions are derived when first needed (``children``, a position
+        query or an out-of-order ``add``), not during the open.
         """
+        self._order = order
         self._gen = gen
         self._heads = heads
-        self._topo = topo
-        self._max_key = max_key
         self._children = None
-        self._pos = None
         if not waiting:
             return
         for x in [x for x in self._parents if x in waiting]:  # arrival order, as ``add`` met them
@@ -289,43 +190,7 @@ class OpIndex:
             self._heads.discard(p)
         self._gen[x] = g
         self._heads.add(x)
-        self._extend_topo(x)
-
-    def _extend_topo(self, x: bytes) -> None:
-        """Append ``x`` to the cached order when Kahn would place it last; else drop the cache.
-
-        ``x`` has no complete children, and becomes ready right after its last parent.
-        From then on it is popped before the first later op with a larger key, so it goes
-        last exactly when its key exceeds every key after its last parent's position.
-        """
-        topo = self._topo
-        if topo is None:
-            return
-        k = self._key[x]
-        mk = self._max_key
-        if mk is not None and k < mk:
-            pos = self._positions()
-            start = max((pos[p] for p in self._parents[x]), default=-1) + 1
-            keys = self._key
-            for i in range(len(topo) - 1, start - 1, -1):
-                if keys[topo[i]] > k:
-                    self._topo = None
-                    self._pos = None
-                    return
-        else:
-            self._max_key = k
-        if self._pos is not None:
-            self._pos[x] = len(topo)
-        topo.append(x)
-
-    def _positions(self) -> dict[bytes, int]:
-        """Positions in the cached order (which must be present), derived on first use."""
-        pos = self._pos
-        if pos is None:
-            topo = self._topo
-            assert topo is not None
-            pos = self._pos = dict(zip(topo, range(len(topo)), strict=True))
-        return pos
+        self._order.add(x)
 
     def _children_map(self) -> dict[bytes, list[bytes]]:
         """Complete parent -> complete children (with multiplicity), derived on first use."""
@@ -397,51 +262,24 @@ class OpIndex:
 
     def topo_ids(self) -> list[bytes]:
         """Kahn order of the complete ops, ready set ascending by key (store §1.6). A copy."""
-        return list(self._order())
+        return list(self._order.ids())
 
     def position(self, op_id: bytes) -> int | None:
         """The 0-based position of a complete op in ``topo_ids()``, or None."""
         if op_id not in self._gen:
             return None
-        self._order()
-        return self._positions()[op_id]
+        return self._order.position(op_id)
 
     def positions(self) -> Mapping[bytes, int]:
         """Every complete op's 0-based position in ``topo_ids()`` (a live view: do not mutate)."""
-        self._order()
-        return self._positions()
+        return self._order.positions()
 
     def topo_slice(self, start: int, stop: int | None = None) -> list[bytes]:
         """``topo_ids()[start:stop]`` without copying the whole order."""
-        return self._order()[start:stop]
+        return self._order.ids()[start:stop]
 
     def recent_bloom(self, n: int) -> bytes:
         """16-bit bloom over the last ``n`` ids of the order (store §1.8)."""
         if n <= 0:
             return b"\x00\x00"
-        order = self._order()
-        return bloom16(order[-n:])
-
-    def _order(self) -> list[bytes]:
-        if self._topo is None:
-            self._topo = self._kahn()
-            self._pos = None
-            self._max_key = max((self._key[x] for x in self._topo), default=None)
-        return self._topo
-
-    def _kahn(self) -> list[bytes]:
-        keys = self._key
-        indeg = {x: len(self._parents[x]) for x in self._gen}
-        ready = [(keys[x], x) for x, d in indeg.items() if d == 0]
-        heapq.heapify(ready)
-        out: list[bytes] = []
-        children = self._children_map()
-        while ready:
-            _, x = heapq.heappop(ready)
-            out.append(x)
-            for c in children.get(x, ()):
-                d = indeg[c] - 1
-                indeg[c] = d
-                if d == 0:
-                    heapq.heappush(ready, (keys[c], c))
-        return out
+        return bloom16(self._order.ids()[-n:])

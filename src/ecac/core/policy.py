@@ -7,11 +7,15 @@ ignored). A Data op is applied iff its author has an ``editor`` epoch that is op
 op's position, whose scope meets the resource's tags and whose VC window
 ``nbf_ms <= physical_ms < exp_ms`` contains the op's HLC.
 
-Pipeline (core §11.1), built once per replay over the whole order, each step one pass:
+Pipeline (core §11.1), over the whole order, each step one pass over its policy ops:
 
     admin_idx = epochs_m4(order)                  # issuer_admin gating (self-signed VCs count)
     tv        = TrustView.build(order, admin_idx) # in-band issuer keys and status lists
     idx       = epochs_with_trustview(order, tv)  # the write gate's epochs
+
+A replayer gets its gates from a ``GateBuilder``: it extends the previous gate over appended
+ops that cannot change an earlier verdict (core §8.4) instead of building it again, and its
+``VcMemo`` keeps credential verdicts across the builds it does make.
 
 Everything here is pure: no I/O, no clock, and no result depends on dict iteration order.
 """
@@ -20,15 +24,27 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from operator import attrgetter
+from functools import partial
+from itertools import compress
+from operator import attrgetter, is_not
 from types import MappingProxyType
-from typing import Literal
+from typing import Any, Final, Literal, Protocol
 
 from ecac.core.hlc import Hlc
-from ecac.core.op import Credential, Data, Grant, KeyGrant, Op, Revoke
+from ecac.core.op import (
+    Credential,
+    Data,
+    Grant,
+    IssuerKey,
+    IssuerKeyRevoke,
+    KeyGrant,
+    Op,
+    Revoke,
+    StatusListChunk,
+)
 from ecac.core.resources import ISSUER_ADMIN, derive_action_and_tags, role_can_write, role_read_tags
 from ecac.core.trust import StatusCache, TrustStore, TrustView
-from ecac.core.vc import VerifiedClaims, cred_hash, try_verify, verify_vc_file, verify_vc_inband, verify_vc_m4
+from ecac.core.vc import VcMemo, VerifiedClaims, cred_hash, try_verify, verify_vc_file
 
 #: payload kinds that enable the read path's epochs and the TrustView's admin index (core §11.8)
 READ_POLICY_KINDS = frozenset({"Grant", "Revoke", "KeyGrant"})
@@ -40,8 +56,8 @@ EXPIRED_CRED = "expired_cred"
 OUT_OF_SCOPE = "out_of_scope"
 DENY_REASONS = (REVOKED_CRED, EXPIRED_CRED, OUT_OF_SCOPE, DENY_WINS)  # highest priority first
 
-ALLOWED = "ALLOWED"
-DENIED = "DENIED"
+ALLOWED: Final = "ALLOWED"
+DENIED: Final = "DENIED"
 
 
 # --------------------------------------------------------------------------- epochs
@@ -86,7 +102,7 @@ class KeyEpoch:
         )
 
 
-def _empty_map() -> Mapping:
+def _empty_map() -> Mapping[Any, Any]:
     return MappingProxyType({})
 
 
@@ -204,12 +220,38 @@ EMPTY_INDEX = EpochIndex()
 
 # --------------------------------------------------------------------------- building
 
+#: ``cred_hash -> verified claims or None``: how an epoch scan looks a VC up
+ClaimsOf = Callable[[bytes], "VerifiedClaims | None"]
 #: ``(Credential op) -> verified claims or None``; the builders differ only in this
 CredentialVerifier = Callable[[Op], "VerifiedClaims | None"]
+#: ``(position, op)`` pairs of an order, in position order
+Positioned = Iterable[tuple[int, Op]]
+
+_PAYLOAD = attrgetter("payload")
+_NOT_DATA = partial(is_not, Data)
+_SWITCH_TYPES = frozenset({Grant, Revoke})  # the payload classes of POLICY_SWITCH_KINDS
+_RETROACTIVE_TYPES = frozenset({Credential, IssuerKey, IssuerKeyRevoke, StatusListChunk})  # RETROACTIVE_KINDS
+_EPOCH_TYPES = frozenset({Grant, Revoke, KeyGrant})
+_TRUST_TYPES = frozenset({IssuerKey, IssuerKeyRevoke, StatusListChunk})
 
 
-def _referenced_hashes(order: Sequence[Op]) -> set[bytes]:
-    return {op.payload.cred_hash for op in order if isinstance(op.payload, Grant | KeyGrant)}
+def policy_ops(order: Sequence[Op]) -> list[tuple[int, Op]]:
+    """``(position, op)`` of every op of ``order`` that is not Data: all the policy pipeline reads.
+
+    The selection runs in C; a log of mostly Data ops then costs the builders a pass over
+    its policy ops only.
+    """
+    return [
+        (i, order[i]) for i in compress(range(len(order)), map(_NOT_DATA, map(type, map(_PAYLOAD, order))))
+    ]
+
+
+def credential_token(op: Op) -> bytes:
+    """The VC bytes of a Credential op (TypeError for any other payload)."""
+    p = op.payload
+    if not isinstance(p, Credential):
+        raise TypeError(f"expected a Credential op, got {p.NAME}")
+    return p.cred_bytes
 
 
 def verified_claims_map(order: Sequence[Op], verify: CredentialVerifier) -> dict[bytes, VerifiedClaims]:
@@ -217,9 +259,10 @@ def verified_claims_map(order: Sequence[Op], verify: CredentialVerifier) -> dict
 
     Only credentials some Grant/KeyGrant names are verified (the others cannot matter).
     A failed verification never removes an entry, so with the M4 verifier a VC counts if
-    any Credential op carrying it verifies under its own author.
+    any Credential op carrying it verifies under its own author. (The builders look claims
+    up lazily with ``claims_lookup``, which gives the same map.)
     """
-    wanted = _referenced_hashes(order)
+    wanted = {op.payload.cred_hash for op in order if isinstance(op.payload, Grant | KeyGrant)}
     claims: dict[bytes, VerifiedClaims] = {}
     for op in order:
         p = op.payload
@@ -234,81 +277,145 @@ def verified_claims_map(order: Sequence[Op], verify: CredentialVerifier) -> dict
     return claims
 
 
-def build_epochs(order: Sequence[Op], claims: Mapping[bytes, VerifiedClaims]) -> EpochIndex:
-    """The shared epoch scan (core §11.4), linear in the log size.
-
-    Grants open epochs (the Grant's author is never checked); Revokes close every open
-    epoch of exactly ``(subject, role)`` whose scope meets ``scope_tags`` (``at`` ignored,
-    scopes never split, later Grants unaffected); KeyGrants add positionless key epochs.
-    """
-    epochs: dict[tuple[bytes, str], list[Epoch]] = {}
-    # open epoch positions per (subject, role) and tag; entries go stale lazily when closed
-    open_by_tag: dict[tuple[bytes, str], dict[str, list[int]]] = {}
-    key_epochs: dict[bytes, list[KeyEpoch]] = {}
-    for pos, op in enumerate(order):
+def credentials_by_hash(items: Positioned) -> dict[bytes, list[Op]]:
+    """``cred_hash -> the Credential ops carrying that VC``, in order."""
+    out: dict[bytes, list[Op]] = {}
+    for _, op in items:
         p = op.payload
-        if isinstance(p, Grant):
-            vc = claims.get(p.cred_hash)
-            if vc is None or vc.subject_pk != p.subject_pk:
-                continue
-            k = (p.subject_pk, vc.role)
-            lst = epochs.setdefault(k, [])
-            lst.append(Epoch(vc.scope, pos, None, Hlc(vc.nbf_ms, 0, 0), Hlc(vc.exp_ms, 0, 0)))
-            by_tag = open_by_tag.setdefault(k, {})
-            for tag in vc.scope:
-                by_tag.setdefault(tag, []).append(len(lst) - 1)
-        elif isinstance(p, Revoke):
-            k = (p.subject_pk, p.role)
-            by_tag = open_by_tag.get(k)
-            if not by_tag:
-                continue
-            lst = epochs[k]
-            for tag in set(p.scope_tags):
-                for i in by_tag.pop(tag, ()):
-                    if lst[i].end_pos is None:
+        if isinstance(p, Credential):
+            h = cred_hash(p.cred_bytes)
+            ops = out.get(h)
+            if ops is None:
+                out[h] = [op]
+            else:
+                ops.append(op)
+    return out
+
+
+def claims_lookup(creds: Mapping[bytes, Sequence[Op]], verify: CredentialVerifier) -> ClaimsOf:
+    """``verified_claims_map`` computed on demand: the claims of the first op carrying the VC
+    that verifies, None when none does (each hash is verified at most once)."""
+    seen: dict[bytes, VerifiedClaims | None] = {}
+
+    def claims_of(h: bytes) -> VerifiedClaims | None:
+        if h in seen:
+            return seen[h]
+        vc = None
+        for op in creds.get(h, ()):
+            vc = verify(op)
+            if vc is not None:
+                break
+        seen[h] = vc
+        return vc
+
+    return claims_of
+
+
+class EpochScan:
+    """The epoch scan of core §11.4 as a state that can go on: ``feed`` ops, ``index`` freezes.
+
+    Grants open epochs (the Grant's author is never checked); Revokes close every open epoch
+    of exactly ``(subject, role)`` whose scope meets ``scope_tags`` (``at`` ignored, scopes
+    never split, later Grants unaffected); KeyGrants add positionless key epochs. Linear in
+    the ops fed; ``index`` copies, so a frozen index never sees later ops.
+    """
+
+    __slots__ = ("_claims_of", "_epochs", "_key_epochs", "_open_by_tag")
+
+    def __init__(self, claims_of: ClaimsOf) -> None:
+        self._claims_of = claims_of
+        self._epochs: dict[tuple[bytes, str], list[Epoch]] = {}
+        # open epoch indices per (subject, role) and tag; entries go stale lazily when closed
+        self._open_by_tag: dict[tuple[bytes, str], dict[str, list[int]]] = {}
+        self._key_epochs: dict[bytes, list[KeyEpoch]] = {}
+
+    def feed(self, items: Positioned) -> bool:
+        """Scan ``(position, op)`` pairs that come after everything fed so far; whether any of
+        them was a Grant, Revoke or KeyGrant (the only payloads the scan reads)."""
+        epochs, open_by_tag, key_epochs, claims_of = (
+            self._epochs,
+            self._open_by_tag,
+            self._key_epochs,
+            self._claims_of,
+        )
+        seen = False
+        for pos, op in items:
+            p = op.payload
+            if isinstance(p, Grant):
+                seen = True
+                vc = claims_of(p.cred_hash)
+                if vc is None or vc.subject_pk != p.subject_pk:
+                    continue
+                k = (p.subject_pk, vc.role)
+                lst = epochs.setdefault(k, [])
+                lst.append(Epoch(vc.scope, pos, None, Hlc(vc.nbf_ms, 0, 0), Hlc(vc.exp_ms, 0, 0)))
+                by_tag = open_by_tag.setdefault(k, {})
+                for tag in vc.scope:
+                    by_tag.setdefault(tag, []).append(len(lst) - 1)
+            elif isinstance(p, Revoke):
+                seen = True
+                k = (p.subject_pk, p.role)
+                open_tags = open_by_tag.get(k)
+                if not open_tags:
+                    continue
+                lst = epochs[k]
+                for tag in set(p.scope_tags):
+                    for i in open_tags.pop(tag, ()):
                         e = lst[i]
-                        lst[i] = Epoch(e.scope, e.start_pos, pos, e.not_before, e.not_after)
-        elif isinstance(p, KeyGrant):
-            vc = claims.get(p.cred_hash)
-            if vc is None or vc.subject_pk != p.subject_pk:
-                continue
-            key_epochs.setdefault(p.subject_pk, []).append(
-                KeyEpoch(p.tag, p.key_version, Hlc(vc.nbf_ms, 0, 0), Hlc(vc.exp_ms, 0, 0))
-            )
-    return EpochIndex.from_entries(epochs, key_epochs)
+                        if e.end_pos is None:
+                            lst[i] = Epoch(e.scope, e.start_pos, pos, e.not_before, e.not_after)
+            elif isinstance(p, KeyGrant):
+                seen = True
+                vc = claims_of(p.cred_hash)
+                if vc is None or vc.subject_pk != p.subject_pk:
+                    continue
+                key_epochs.setdefault(p.subject_pk, []).append(
+                    KeyEpoch(p.tag, p.key_version, Hlc(vc.nbf_ms, 0, 0), Hlc(vc.exp_ms, 0, 0))
+                )
+        return seen
+
+    def index(self) -> EpochIndex:
+        return EpochIndex.from_entries(self._epochs, self._key_epochs)
 
 
-def _cached(verify: Callable[[Op], VerifiedClaims | None], key: Callable[[Op], object]) -> CredentialVerifier:
-    cache: dict[object, VerifiedClaims | None] = {}
-
-    def run(op: Op) -> VerifiedClaims | None:
-        k = key(op)
-        if k not in cache:
-            cache[k] = verify(op)
-        return cache[k]
-
-    return run
+def build_epochs(order: Sequence[Op], claims: Mapping[bytes, VerifiedClaims]) -> EpochIndex:
+    """The shared epoch scan (core §11.4) over ``order`` with a ready claims map."""
+    scan = EpochScan(claims.get)
+    scan.feed(policy_ops(order))
+    return scan.index()
 
 
-def epochs_m4(order: Sequence[Op]) -> EpochIndex:
+def _memo(memo: VcMemo | None) -> VcMemo:
+    return memo if memo is not None else VcMemo()
+
+
+def _m4_scan(items: Sequence[tuple[int, Op]], creds: Mapping[bytes, Sequence[Op]], memo: VcMemo) -> EpochScan:
+    scan = EpochScan(claims_lookup(creds, lambda op: memo.m4(credential_token(op), op.author_pk)))
+    scan.feed(items)
+    return scan
+
+
+def _trustview_scan(
+    items: Sequence[tuple[int, Op]], creds: Mapping[bytes, Sequence[Op]], tv: TrustView, memo: VcMemo
+) -> EpochScan:
+    scan = EpochScan(claims_lookup(creds, lambda op: memo.inband(credential_token(op), tv)))
+    scan.feed(items)
+    return scan
+
+
+def epochs_m4(order: Sequence[Op], memo: VcMemo | None = None) -> EpochIndex:
     """Epochs from VCs verified under their Credential op's author (core §12.3).
 
     Used only for ``issuer_admin`` gating inside the TrustView. Anyone can self-issue.
     """
-    verify = _cached(
-        lambda op: try_verify(lambda: verify_vc_m4(op.payload.cred_bytes, op.author_pk)),
-        lambda op: (op.payload.cred_bytes, op.author_pk),
-    )
-    return build_epochs(order, verified_claims_map(order, verify))
+    items = policy_ops(order)
+    return _m4_scan(items, credentials_by_hash(items), _memo(memo)).index()
 
 
-def epochs_with_trustview(order: Sequence[Op], tv: TrustView) -> EpochIndex:
+def epochs_with_trustview(order: Sequence[Op], tv: TrustView, memo: VcMemo | None = None) -> EpochIndex:
     """The write gate's epochs: VCs verified against in-band trust (core §12.2)."""
-    verify = _cached(
-        lambda op: try_verify(lambda: verify_vc_inband(op.payload.cred_bytes, tv)),
-        lambda op: op.payload.cred_bytes,
-    )
-    return build_epochs(order, verified_claims_map(order, verify))
+    items = policy_ops(order)
+    return _trustview_scan(items, credentials_by_hash(items), tv, _memo(memo)).index()
 
 
 def epochs_with_files(order: Sequence[Op], trust_store: TrustStore, status_cache: StatusCache) -> EpochIndex:
@@ -316,11 +423,14 @@ def epochs_with_files(order: Sequence[Op], trust_store: TrustStore, status_cache
 
     For CLI tools and the store's integrity check; replay never uses file trust.
     """
-    verify = _cached(
-        lambda op: try_verify(lambda: verify_vc_file(op.payload.cred_bytes, trust_store, status_cache)),
-        lambda op: op.payload.cred_bytes,
-    )
-    return build_epochs(order, verified_claims_map(order, verify))
+    items = policy_ops(order)
+
+    def verify(op: Op) -> VerifiedClaims | None:
+        return try_verify(lambda: verify_vc_file(credential_token(op), trust_store, status_cache))
+
+    scan = EpochScan(claims_lookup(credentials_by_hash(items), verify))
+    scan.feed(items)
+    return scan.index()
 
 
 def has_policy(ops: Iterable[Op]) -> bool:
@@ -331,29 +441,44 @@ def has_policy(ops: Iterable[Op]) -> bool:
     return not _SWITCH_TYPES.isdisjoint(map(type, map(_PAYLOAD, ops)))
 
 
-_PAYLOAD = attrgetter("payload")
-_SWITCH_TYPES = frozenset({Grant, Revoke})  # the payload classes of POLICY_SWITCH_KINDS
-
-
 def has_read_policy(order: Sequence[Op]) -> bool:
     """TrustView gating and the read path also count KeyGrant (core §11.8, §18.1 item 9)."""
     return any(op.payload.NAME in READ_POLICY_KINDS for op in order)
 
 
-def trust_view_for(order: Sequence[Op]) -> TrustView:
+def trust_view_for(order: Sequence[Op], memo: VcMemo | None = None) -> TrustView:
     """The in-band TrustView of an order, with issuer_admin gating when the log has
     Grant/Revoke/KeyGrant (for replay, ``vc-verify`` and ``trust-dump``)."""
-    return TrustView.build(order, epochs_m4(order) if has_read_policy(order) else None)
+    items = policy_ops(order)
+    if not any(type(op.payload) in _EPOCH_TYPES for _, op in items):
+        return TrustView.build_from(items, None)
+    admin = _m4_scan(items, credentials_by_hash(items), _memo(memo)).index()
+    return TrustView.build_from(items, admin)
 
 
-def build_read_index(order: Sequence[Op]) -> EpochIndex:
+def build_read_index(order: Sequence[Op], memo: VcMemo | None = None) -> EpochIndex:
     """Epochs for read control: enabled by Grant, Revoke or KeyGrant, else empty."""
-    if not has_read_policy(order):
+    items = policy_ops(order)
+    if not any(type(op.payload) in _EPOCH_TYPES for _, op in items):
         return EMPTY_INDEX
-    return epochs_with_trustview(order, trust_view_for(order))
+    return _GateState(items, _memo(memo)).gate.index  # the write gate's epochs, KeyGrants included
 
 
 # --------------------------------------------------------------------------- the gate
+
+
+class Gate(Protocol):
+    """What replay asks of a write gate (``WriteGate``, or a test's stand-in)."""
+
+    def permits(self, author_pk: bytes, action: str, tags: frozenset[str], pos: int, hlc: Hlc) -> bool: ...
+
+
+class GateSource(Protocol):
+    """Where a replayer gets the gate of each order it applies (``GateBuilder``, or a test's)."""
+
+    def gate_for(self, order: Sequence[Op], keep: int = 0) -> Gate | None: ...
+
+    def keeps_verdicts(self, order: Sequence[Op], keep: int) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -370,13 +495,134 @@ class WriteGate:
         return self.index.deny_reason(author_pk, action, tags, pos, hlc)
 
 
-def build_write_gate(order: Sequence[Op]) -> WriteGate | None:
+class _GateState:
+    """What a full gate build found, kept so that the gate can be extended (``GateBuilder``)."""
+
+    __slots__ = ("creds", "gate", "m4_of", "named", "scan")
+
+    def __init__(self, items: Sequence[tuple[int, Op]], memo: VcMemo) -> None:
+        """The pipeline of core §11.1 over an order's policy ops."""
+        self.creds = credentials_by_hash(items)
+        self.named = {op.payload.cred_hash for _, op in items if isinstance(op.payload, Grant | KeyGrant)}
+        self.m4_of = claims_lookup(self.creds, lambda op: memo.m4(credential_token(op), op.author_pk))
+        admin = EpochScan(self.m4_of)
+        admin.feed(items)
+        tv = TrustView.build_from(items, admin.index())
+        self.scan = EpochScan(claims_lookup(self.creds, lambda op: memo.inband(credential_token(op), tv)))
+        self.scan.feed(items)
+        self.gate = WriteGate(self.scan.index(), tv)
+
+    def harmless(self, new_creds: Sequence[tuple[bytes, Op]]) -> bool:
+        """Whether appended Credential ops leave both claims maps as they are for every VC an
+        earlier Grant/KeyGrant names: the VC is named by none, or an earlier Credential op
+        carries the same bytes (same in-band verdict under the same TrustView) and one of them
+        verifies under M4 (the first such op keeps deciding the M4 claims)."""
+        return all(
+            h not in self.named or (h in self.creds and self.m4_of(h) is not None) for h, _ in new_creds
+        )
+
+    def extend(self, items: Sequence[tuple[int, Op]], new_creds: Sequence[tuple[bytes, Op]]) -> None:
+        """Continue over appended policy ops (``harmless`` and no trust op among them).
+
+        Their Credentials join the claims lookups first (claims are position-independent),
+        then the scan opens and closes epochs at their positions; the TrustView stays."""
+        for h, op in new_creds:
+            self.creds.setdefault(h, []).append(op)
+        for _, op in items:
+            p = op.payload
+            if isinstance(p, Grant | KeyGrant):
+                self.named.add(p.cred_hash)
+        if self.scan.feed(items):
+            self.gate = WriteGate(self.scan.index(), self.gate.trust_view)
+
+
+def build_write_gate(order: Sequence[Op], memo: VcMemo | None = None) -> WriteGate | None:
     """The gate for replaying ``order``, or None when the order has no Grant/Revoke
-    (then every data op applies). Linear in the log size apart from VC signature checks."""
-    if not has_policy(order):
+    (then every data op applies). Linear in the log size apart from VC signature checks,
+    which ``memo`` (when given) remembers from earlier builds."""
+    if not has_policy(order):  # in C, and a policy log has its first Grant early
         return None
-    tv = TrustView.build(order, epochs_m4(order))
-    return WriteGate(epochs_with_trustview(order, tv), tv)
+    return _GateState(policy_ops(order), _memo(memo)).gate
+
+
+class GateBuilder:
+    """The write gate of one replayer's growing order, and the ``VcMemo`` its builds share.
+
+    ``gate_for(order, keep)`` equals ``build_write_gate(order)``. When the caller passes
+    ``keep > 0`` it promises that ``order[:keep]`` is exactly the order of the previous
+    call; then, if ``keeps_verdicts(order, keep)``, the previous gate is *extended* over the
+    appended ops: epochs open and close at the positions of the ops that open and close
+    them, so only new Grant/Revoke/KeyGrant ops are scanned (nothing at all for Data ops).
+    Otherwise the gate is built over the whole order, with VC verdicts from the memo.
+    Serves one replayer; not thread-safe.
+    """
+
+    __slots__ = ("_k", "_last_id", "_off", "_state", "builds", "extensions", "memo")
+
+    def __init__(self, memo: VcMemo | None = None) -> None:
+        self.memo = _memo(memo)
+        self._k = -1  # length of the order the state below is for; -1: none
+        self._last_id = b""
+        self._off = False  # that order has no Grant/Revoke: the gate is None
+        self._state: _GateState | None = None
+        self.builds = 0
+        self.extensions = 0
+
+    def reset(self) -> None:
+        """Forget the previous order (the next gate is built in full; the memo stays)."""
+        self._k = -1
+        self._last_id = b""
+        self._off = False
+        self._state = None
+
+    def keeps_verdicts(self, order: Sequence[Op], keep: int) -> bool:
+        """Whether ``order[keep:]``, appended to the previous call's order, leaves every verdict
+        at positions ``< keep`` as it was (so a state computed over that order may be continued).
+
+        Core §8.4 conditions 2 and 3, refined for Credentials with what the previous build
+        knows: no trust op (IssuerKey, IssuerKeyRevoke, StatusListChunk) is appended, policy
+        is not switched on, and every appended Credential is ``harmless``. A Credential for a
+        VC that no earlier Grant names (a new VC with its Grant, the usual case) changes no
+        earlier verdict. False unless ``keep`` is the length of the previous call's order.
+        """
+        return self._suffix(order, keep) is not None
+
+    def gate_for(self, order: Sequence[Op], keep: int = 0) -> WriteGate | None:
+        n = len(order)
+        suffix = self._suffix(order, keep) if keep > 0 else None
+        if suffix is None:
+            self._build(order)
+        else:
+            if suffix[0] and self._state is not None:
+                self._state.extend(*suffix)
+            self.extensions += 1
+        self._k = n
+        self._last_id = order[-1].op_id if n else b""
+        return None if self._state is None else self._state.gate
+
+    def _suffix(
+        self, order: Sequence[Op], keep: int
+    ) -> tuple[list[tuple[int, Op]], list[tuple[bytes, Op]]] | None:
+        """The policy ops of ``order[keep:]`` and its Credentials by hash, when extending over
+        them is exact; else None."""
+        k = self._k
+        if not (0 < keep == k <= len(order) and order[k - 1].op_id == self._last_id):
+            return None
+        items = [(pos, op) for pos, op in enumerate(order[k:], k) if type(op.payload) is not Data]
+        kinds = {type(op.payload) for _, op in items}
+        if not kinds.isdisjoint(_TRUST_TYPES):
+            return None
+        if self._state is None:  # policy off: nothing is judged until a Grant/Revoke arrives
+            return (items, []) if self._off and kinds.isdisjoint(_SWITCH_TYPES) else None
+        new_creds = [
+            (cred_hash(credential_token(op)), op) for _, op in items if type(op.payload) is Credential
+        ]
+        return (items, new_creds) if self._state.harmless(new_creds) else None
+
+    def _build(self, order: Sequence[Op]) -> None:
+        self.builds += 1
+        self._off = not has_policy(order)
+        self._state = None if self._off else _GateState(policy_ops(order), self.memo)
 
 
 # --------------------------------------------------------------------------- explanation

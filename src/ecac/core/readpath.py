@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ecac.core.crdt import MVReg
+from ecac.core.crdt import ORSet
 from ecac.core.dag import Dag
 from ecac.core.enc import EncV1, aad, decrypt, try_decode_enc
 from ecac.core.errors import EcacError
@@ -71,7 +71,7 @@ def project_field_for_subject(
     f = state.get_field(obj, field)
     if f is None:
         return None
-    if type(f) is not MVReg:
+    if isinstance(f, ORSet):
         return "[" + ",".join(f'{{"key":"{k}","value":"{v.hex()}"}}' for k, v in f.iter_present()) + "]"
     idx: EpochIndex | None = None
     denied = False

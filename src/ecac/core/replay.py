@@ -11,11 +11,15 @@ over order ``P`` (``k = len(P)``) is only continued when, for the current order 
    IssuerKeyRevoke, StatusListChunk), and
 3. ``N[k:]`` holds no Grant/Revoke when ``P`` had none (that would switch policy on).
 
-Otherwise it restarts from the newest saved ``ResumePoint`` that satisfies all three,
-or from the empty state.
+For the live state the gate source may accept more: a Credential whose VC no earlier
+Grant/KeyGrant names (a new VC arriving with its Grant) cannot change an earlier verdict
+either (``policy.GateBuilder.keeps_verdicts``). Otherwise it restarts from the newest
+saved ``ResumePoint`` that satisfies all three, or from the empty state.
 
-Policy is a plug-in: ``ecac.core.policy.build_write_gate(order)`` is called once per apply and
-returns None when the order has no Grant/Revoke (allow-all).
+Policy is a plug-in: ``apply_over_order`` calls ``ecac.core.policy.build_write_gate(order)``,
+which returns None when the order has no Grant/Revoke (allow-all); a ``Replayer`` asks its
+gate source (``policy.GateBuilder``), which extends the previous gate when the live state is
+continued and remembers verified credentials across applies.
 """
 
 from __future__ import annotations
@@ -27,28 +31,22 @@ from operator import attrgetter
 
 import blake3
 
-from ecac.core import policy
+from ecac.core import policy, sig
 from ecac.core.codec import b2l, dumps, loads, struct_fields, to_bytes, to_u64
 from ecac.core.dag import Dag
 from ecac.core.errors import DecodeError, InvalidOpError
 from ecac.core.op import (
     POLICY_SWITCH_KINDS,
-    REASON_BAD_SIG,
-    REASON_ID_MISMATCH,
     RETROACTIVE_KINDS,
     Data,
     Op,
-    op_id_of,
 )
-from ecac.core.opcodec import decode_op_with_header
 from ecac.core.resources import SET_ADD, SET_FIELD, DataAction, derive_action_and_tags
-from ecac.core.sig import Rejection, SigCheck, submit_sigs
+from ecac.core.sig import Rejection, Verify, check_sigs
 from ecac.core.state import State
 
 #: called for every Data op with a data key: (pos, op, action, applied)
 Observer = Callable[[int, Op, DataAction, bool], None]
-
-_MISS = object()
 
 
 # ---------------------------------------------------------------------- full replay (core §8.1-8.2)
@@ -69,10 +67,21 @@ def apply_over_order(
     """
     if order is None:
         order = dag.topo_order()
-    n = len(order)
     if start is None:
-        start = min(state.processed_count, n)
-    gate = policy.build_write_gate(order)
+        start = min(state.processed_count, len(order))
+    return apply_gated(dag, state, order, start, policy.build_write_gate(order), observer)
+
+
+def apply_gated(
+    dag: Dag,
+    state: State,
+    order: Sequence[Op],
+    start: int,
+    gate: policy.Gate | None,
+    observer: Observer | None = None,
+) -> bytes:
+    """``apply_over_order`` with the write gate of ``order`` given (None: allow-all)."""
+    n = len(order)
     hb = dag.hb
     actions: dict[str, DataAction | None] = {}
     mv_field = state.mv_field
@@ -83,44 +92,49 @@ def apply_over_order(
         if type(pl) is not Data:
             continue
         key = pl.key
-        d = actions.get(key, _MISS)
-        if d is _MISS:
+        try:
+            d = actions[key]
+        except KeyError:
             d = actions[key] = derive_action_and_tags(key)
         if d is None:
             continue
-        if gate is not None and not gate.permits(op.author_pk, d.action, d.tags, pos, op.hlc):  # type: ignore[union-attr]
+        if gate is not None and not gate.permits(op.author_pk, d.action, d.tags, pos, op.hlc):
             if observer is not None:
-                observer(pos, op, d, False)  # type: ignore[arg-type]
+                observer(pos, op, d, False)
             continue
-        act = d.action  # type: ignore[union-attr]
+        act = d.action
         if act == SET_FIELD:
-            mv_field(d.obj, d.field).apply_put(op.op_id, pl.value, hb)  # type: ignore[union-attr]
-        elif act == SET_ADD:
-            set_field(d.obj, d.field).add(d.elem, op.op_id, pl.value)  # type: ignore[union-attr,arg-type]
+            mv_field(d.obj, d.field).apply_put(op.op_id, pl.value, hb)
         else:
-            set_field(d.obj, d.field).remove_with_hb(d.elem, op.op_id, hb)  # type: ignore[union-attr,arg-type]
+            elem: str = d.elem  # type: ignore[assignment]  # set keys always have an element
+            if act == SET_ADD:
+                set_field(d.obj, d.field).add(elem, op.op_id, pl.value)
+            else:
+                set_field(d.obj, d.field).remove_with_hb(elem, op.op_id, hb)
         if observer is not None:
-            observer(pos, op, d, True)  # type: ignore[arg-type]
+            observer(pos, op, d, True)
     state.processed_count = n
     return state.digest()
 
 
-def replay_full(source: Dag | Iterable[Op], observer: Observer | None = None) -> tuple[State, bytes]:
+def replay_full(
+    source: Dag | Iterable[Op], observer: Observer | None = None, verify: Verify = check_sigs
+) -> tuple[State, bytes]:
     """New empty state, apply the whole order: ``(state, digest)``.
 
-    Ops given as an iterable are verified first (core §4.4): a failing op raises
-    InvalidOpError and nothing is replayed.
+    Ops given as an iterable are verified first (core §4.4; signatures by ``verify``): a
+    failing op raises InvalidOpError and nothing is replayed.
     """
-    dag = source if isinstance(source, Dag) else dag_of_verified(source)
+    dag = source if isinstance(source, Dag) else dag_of_verified(source, verify)
     state = State()
     digest = apply_over_order(dag, state, observer=observer)
     return state, digest
 
 
-def dag_of_verified(ops: Iterable[Op]) -> Dag:
+def dag_of_verified(ops: Iterable[Op], verify: Verify = check_sigs) -> Dag:
     """A DAG of ops that must all verify; the first failing op raises InvalidOpError."""
     dag = Dag()
-    bad = dag.admit_and_insert(ops)
+    bad = dag.admit_and_insert(ops, verify)
     if bad:
         raise InvalidOpError(bad[0].op_id, bad[0].reason)
     return dag
@@ -129,42 +143,15 @@ def dag_of_verified(ops: Iterable[Op]) -> Dag:
 # ---------------------------------------------------------------------- admission from bytes
 
 
-def decode_and_admit(blobs: Sequence[bytes]) -> tuple[list[Op], list[Rejection]]:
+def decode_and_admit(blobs: Sequence[bytes], verify: Verify = check_sigs) -> tuple[list[Op], list[Rejection]]:
     """Strictly decode canonical op bytes and verify them (op_id and signature), in input order.
 
-    Chunk by chunk: the signatures of one chunk are checked on the verify threads
-    (``submit_sigs``, libsodium without the GIL) while the next chunk is decoded. A blob
-    that does not decode raises DecodeError naming its index; ops that fail verification
-    come back as rejections (id mismatches first, then bad signatures).
+    ``ecac.core.sig.decode_and_admit``: one ``verify`` call per chunk (serial by default;
+    ``VerifyPool.decode_and_admit`` overlaps the checks with decoding). A blob that does not
+    decode raises DecodeError naming its index; ops that fail verification come back as
+    rejections (id mismatches first, then bad signatures).
     """
-    ops: list[Op] = []
-    checks: list[tuple[list[Op], SigCheck]] = []
-    bad: list[Rejection] = []
-    for lo in range(0, len(blobs), _ADMIT_CHUNK):
-        chunk: list[Op] = []
-        for i in range(lo, min(lo + _ADMIT_CHUNK, len(blobs))):
-            try:
-                op, header_cbor = decode_op_with_header(blobs[i])
-            except DecodeError as e:
-                raise DecodeError(f"op #{i}: {e}") from None
-            if op_id_of(header_cbor) != op.op_id:
-                bad.append(Rejection(op.op_id, REASON_ID_MISMATCH))
-            else:
-                chunk.append(op)
-        checks.append((chunk, submit_sigs([(op.author_pk, op.sig, op.op_id) for op in chunk])))
-    forged: list[Rejection] = []
-    for chunk, check in checks:
-        oks = check.result()
-        if all(oks):
-            ops += chunk
-            continue
-        ops += [op for op, ok in zip(chunk, oks, strict=True) if ok]
-        forged += [Rejection(op.op_id, REASON_BAD_SIG) for op, ok in zip(chunk, oks, strict=True) if not ok]
-    return ops, bad + forged
-
-
-#: ops decoded per signature batch in ``decode_and_admit``
-_ADMIT_CHUNK = 2048
+    return sig.decode_and_admit(blobs, verify)
 
 
 # ---------------------------------------------------------------------- incremental replay (core §8.4)
@@ -274,6 +261,12 @@ class Replayer:
     saved ``ResumePoint``s to fall back to when the live state cannot be continued. With
     ``auto_every > 0`` a point is saved whenever that many ops were processed since the
     last one. ``apply`` mutates the live state in place.
+
+    Write gates come from ``gates`` (default: a new ``policy.GateBuilder`` with its own
+    ``VcMemo``): when the live state is continued the previous gate is extended over the
+    new ops, so a write that only appends Data costs no policy work; a rebuilt gate takes
+    the verdicts of credentials seen before from the memo. Either way the gate equals
+    ``policy.build_write_gate(order)``.
     """
 
     __slots__ = (
@@ -285,18 +278,25 @@ class Replayer:
         "_since_point",
         "auto_every",
         "digest",
+        "gate",
+        "gates",
         "last_start",
         "max_points",
         "points",
         "state",
     )
 
-    def __init__(self, *, max_points: int = 8, auto_every: int = 0) -> None:
+    def __init__(
+        self, *, max_points: int = 8, auto_every: int = 0, gates: policy.GateSource | None = None
+    ) -> None:
         self.state = State()
         self.digest = self.state.digest()
         self.points: list[ResumePoint] = []
         self.max_points = max_points
         self.auto_every = auto_every
+        self.gates: policy.GateSource = policy.GateBuilder() if gates is None else gates
+        #: the write gate of the last apply (None: allow-all)
+        self.gate: policy.Gate | None = None
         self.last_start = 0
         self._live_order: Sequence[Op] | None = []
         self._live_dag: weakref.ref[Dag] | None = None
@@ -306,9 +306,16 @@ class Replayer:
         self._since_point = 0
 
     @classmethod
-    def from_point(cls, point: ResumePoint, *, max_points: int = 8, auto_every: int = 0) -> Replayer:
+    def from_point(
+        cls,
+        point: ResumePoint,
+        *,
+        max_points: int = 8,
+        auto_every: int = 0,
+        gates: policy.GateSource | None = None,
+    ) -> Replayer:
         """Continue from a stored point (e.g. a store checkpoint with its resume record)."""
-        r = cls(max_points=max_points, auto_every=auto_every)
+        r = cls(max_points=max_points, auto_every=auto_every, gates=gates)
         r.add_point(point)
         r.state = point.restore()
         r.digest = point.digest
@@ -349,25 +356,39 @@ class Replayer:
                 return None
         elif order_hash(order, k) != self._live_hash:
             return None
-        if not suffix_keeps_verdicts(order[k:], self._live_policy):
-            return None
-        return k
+        if suffix_keeps_verdicts(order[k:], self._live_policy):
+            return k
+        # the gate source knows the live order's VCs: a new VC with its Grant changes nothing earlier
+        if self._live_order is not None and self.gates.keeps_verdicts(order, k):
+            return k
+        return None
 
     def apply(self, dag: Dag, observer: Observer | None = None) -> tuple[State, bytes]:
-        """Bring the state up to ``dag``'s current order; returns ``(state, digest)``."""
+        """Bring the state up to ``dag``'s current order; returns ``(state, digest)``.
+
+        If anything raises, the live state is dropped (the next apply starts from a saved
+        point or from empty), so a half-applied state is never continued.
+        """
         order = dag.topo_order()
         start = self._live_start(dag, order)
-        if start is None:
-            ids = b"".join(map(_OP_ID, order)) if self.points else b""
-            point = next((p for p in reversed(self.points) if p.valid_for(order, ids)), None)
-            if point is None:
-                self.state = State()
-                start = 0
-            else:
-                self.state = point.restore()
-                start = point.k
-            self._live_policy = point.has_policy if point is not None else False
-        self.digest = apply_over_order(dag, self.state, order, start, observer)
+        # the gate source's previous order is the live order; restored points have none
+        keep = start if start is not None and self._live_order is not None else 0
+        try:
+            if start is None:
+                ids = b"".join(map(_OP_ID, order)) if self.points else b""
+                point = next((p for p in reversed(self.points) if p.valid_for(order, ids)), None)
+                if point is None:
+                    self.state = State()
+                    start = 0
+                else:
+                    self.state = point.restore()
+                    start = point.k
+                self._live_policy = point.has_policy if point is not None else False
+            self.gate = self.gates.gate_for(order, keep)
+            self.digest = apply_gated(dag, self.state, order, start, self.gate, observer)
+        except BaseException:
+            self._drop_live()
+            raise
         self._live_policy = self._live_policy or policy.has_policy(order[start:])
         self._live_order = order
         self._live_dag = weakref.ref(dag)
@@ -378,3 +399,14 @@ class Replayer:
         if self.auto_every > 0 and self._since_point >= self.auto_every:
             self.save_point()
         return self.state, self.digest
+
+    def _drop_live(self) -> None:
+        self.gate = None
+        self.state = State()
+        self.digest = self.state.digest()
+        self._live_order = []
+        self._live_dag = None
+        self._live_hash = None
+        self._live_k = 0
+        self._live_policy = False
+        self._since_point = 0

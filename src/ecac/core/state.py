@@ -9,7 +9,7 @@ happens-before semantics for later incremental applies.
 
 from __future__ import annotations
 
-from json.encoder import encode_basestring  # type: ignore[attr-defined]
+from json.encoder import encode_basestring
 from typing import Any
 
 import blake3
@@ -85,7 +85,7 @@ class State:
             parts = []
             for name in sorted(fields):
                 f = fields[name]
-                if type(f) is MVReg:
+                if isinstance(f, MVReg):
                     parts.append('{"name":' + json_str(name) + "," + f.json_body())
                 else:
                     parts.append(
@@ -112,7 +112,7 @@ class State:
             out: dict[str, Any] = {}
             for name in sorted(fields):
                 f = fields[name]
-                if type(f) is MVReg:
+                if isinstance(f, MVReg):
                     winners = {tuple(t): b2l(v) for t, v in sorted(f.winners.items())}
                     out[name] = {"MV": {"winners": winners}}
                 else:
@@ -229,7 +229,7 @@ def project_field_json(state: State, obj: str, field: str) -> str:
     f = fields.get(field)
     if f is None:
         return '{"error":"field not found","obj":' + json_str(obj) + ',"field":' + json_str(field) + "}"
-    if type(f) is MVReg:
+    if isinstance(f, MVReg):
         vals = f.sorted_values()
         proj = f'"{vals[0].hex()}"' if vals else "null"
         winners = ",".join(f'"{v.hex()}"' for v in vals)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Protocol
@@ -220,9 +220,15 @@ class TrustView:
         ``admin_idx`` is the M4 epoch index (``policy.epochs_m4``), or None when the log
         has no Grant/Revoke/KeyGrant, in which case every trust op counts (bootstrap).
         """
+        return cls.build_from(enumerate(order), admin_idx)
+
+    @classmethod
+    def build_from(cls, items: Iterable[tuple[int, Op]], admin_idx: AdminIndex | None = None) -> TrustView:
+        """``build`` from ``(position, op)`` pairs in position order; pairs whose op is not a
+        trust op may be left out (the policy builders pass only an order's policy ops)."""
         keys: dict[tuple[str, str], IssuerKeyRecord] = {}
         chunk_sets: dict[tuple[str, str, int], _ChunkSet] = {}
-        for pos, op in enumerate(order):
+        for pos, op in items:
             p = op.payload
             if not isinstance(p, _GATED):
                 continue

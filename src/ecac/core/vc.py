@@ -24,9 +24,10 @@ import binascii
 import json
 import math
 import re
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeGuard
 
 import blake3
 from nacl.signing import SigningKey
@@ -304,7 +305,7 @@ def _str_claim(payload: Any, name: str) -> str:
     return v
 
 
-def is_u64(v: Any) -> bool:
+def is_u64(v: Any) -> TypeGuard[int]:
     """A JSON integer in [0, 2**64-1]; bools and floats (``1e4``, ``10000.0``, ``-0``) fail."""
     return type(v) is int and 0 <= v < U64_LIMIT
 
@@ -504,6 +505,145 @@ def try_verify(verify: Callable[[], VerifiedClaims]) -> VerifiedClaims | None:
         return verify()
     except VcError:
         return None
+
+
+# --------------------------------------------------------------------------- memoised verdicts (replay)
+
+#: default bound on each table of a ``VcMemo`` (entries; the least recently used go first)
+MEMO_MAX_ENTRIES = 65_536
+
+
+@dataclass(frozen=True, slots=True)
+class KeyAnswer:
+    """All the in-band verifier sees of a selected issuer key (``inband_resolver``)."""
+
+    algo: str
+    pubkey: bytes
+
+
+def _key_answer(rec: IssuerKeyLike | None) -> KeyAnswer | None:
+    return None if rec is None else KeyAnswer(rec.algo, bytes(rec.pubkey))
+
+
+@dataclass(frozen=True, slots=True)
+class KeyQuery:
+    """``select_key(issuer_id, kid, t_ms)`` was asked and answered ``answer``."""
+
+    issuer_id: str
+    kid: str | None
+    t_ms: int
+    answer: KeyAnswer | None
+
+    def holds(self, trust: InbandTrust) -> bool:
+        return _key_answer(trust.select_key(self.issuer_id, self.kid, self.t_ms)) == self.answer
+
+
+@dataclass(frozen=True, slots=True)
+class StatusQuery:
+    """``is_revoked(list_id, index)`` was asked and answered ``answer``."""
+
+    list_id: str
+    index: int
+    answer: bool
+
+    def holds(self, trust: InbandTrust) -> bool:
+        return trust.is_revoked(self.list_id, self.index) == self.answer
+
+
+TrustQuery = KeyQuery | StatusQuery
+
+
+class _RecordingTrust:
+    """An ``InbandTrust`` that answers from ``trust``, records each query with its answer, and
+    shows the verifier only a ``KeyAnswer`` of a key, so nothing unrecorded can reach the verdict."""
+
+    __slots__ = ("_trust", "queries")
+
+    def __init__(self, trust: InbandTrust) -> None:
+        self._trust = trust
+        self.queries: list[TrustQuery] = []
+
+    def select_key(self, issuer_id: str, kid: str | None, t_ms: int) -> KeyAnswer | None:
+        answer = _key_answer(self._trust.select_key(issuer_id, kid, t_ms))
+        self.queries.append(KeyQuery(issuer_id, kid, t_ms, answer))
+        return answer
+
+    def is_revoked(self, list_id: str, index: int) -> bool:
+        answer = bool(self._trust.is_revoked(list_id, index))
+        self.queries.append(StatusQuery(list_id, index, answer))
+        return answer
+
+
+class VcMemo:
+    """Credential verdicts for replay, remembered across incremental applies.
+
+    Owned by one replayer (``policy.GateBuilder``), never module-level; not thread-safe.
+
+    * ``m4(token, author_pk)``: the M4 verdict depends on nothing else (core §12.3), so that
+      pair is the key.
+    * ``inband(token, trust)``: the in-band verdict depends on the token and on the answers
+      of the trust it asks: ``select_key`` at the VC's own ``nbf``, then ``is_revoked``
+      (core §12.2). Per token the memo keeps the queries the verifier made with the answers
+      it saw, and reuses the verdict only when ``trust`` gives the same answers to the same
+      queries: the verifier is a deterministic function of the token and those answers, so
+      it would take the same path to the same verdict. An issuer key added, replaced or
+      revoked, or a status bit set, changes an answer, and the token is verified again.
+
+    Each table holds at most ``max_entries`` (least recently used first out; 0 disables the
+    memo): eviction costs a re-verification, it never changes a verdict.
+    """
+
+    __slots__ = ("_inband", "_m4", "hits", "max_entries", "misses")
+
+    def __init__(self, max_entries: int = MEMO_MAX_ENTRIES) -> None:
+        if max_entries < 0:
+            raise ValueError(f"max_entries must be >= 0, not {max_entries}")
+        self.max_entries = max_entries
+        self._m4: OrderedDict[tuple[bytes, bytes], VerifiedClaims | None] = OrderedDict()
+        self._inband: OrderedDict[bytes, tuple[tuple[TrustQuery, ...], VerifiedClaims | None]] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._m4) + len(self._inband)
+
+    def clear(self) -> None:
+        self._m4.clear()
+        self._inband.clear()
+
+    def m4(self, token: bytes, author_pk: bytes) -> VerifiedClaims | None:
+        """``verify_vc_m4(token, author_pk)``, None when it fails."""
+        key = (bytes(token), bytes(author_pk))
+        table = self._m4
+        if key in table:
+            table.move_to_end(key)
+            self.hits += 1
+            return table[key]
+        self.misses += 1
+        vc = try_verify(lambda: verify_vc_m4(key[0], key[1]))
+        self._keep(table, key, vc)
+        return vc
+
+    def inband(self, token: bytes, trust: InbandTrust) -> VerifiedClaims | None:
+        """``verify_vc_inband(token, trust)``, None when it fails."""
+        tok = bytes(token)
+        table = self._inband
+        entry = table.get(tok)
+        if entry is not None and all(q.holds(trust) for q in entry[0]):
+            table.move_to_end(tok)
+            self.hits += 1
+            return entry[1]
+        self.misses += 1
+        rec = _RecordingTrust(trust)
+        vc = try_verify(lambda: verify_vc_inband(tok, rec))
+        self._keep(table, tok, (tuple(rec.queries), vc))
+        return vc
+
+    def _keep(self, table: OrderedDict[Any, Any], key: Any, value: Any) -> None:
+        table[key] = value
+        table.move_to_end(key)
+        while len(table) > self.max_entries:
+            table.popitem(last=False)
 
 
 # --------------------------------------------------------------------------- minting

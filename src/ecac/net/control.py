@@ -10,6 +10,8 @@ Endpoints (all JSON unless noted):
 ==========================  =====================================================================
 ``GET /status``             op/complete/pending/head counts, heads, watermark, state digest (and
                             how many ops it covers), peers, PeerId, listen addresses, counters
+                            (task failures and restarts, writer queue, limiter usage, ...): read
+                            from the writer's latest snapshot, never from the store
 ``GET /api/health``         ``{"ok": true, "version": …}``
 ``GET /api/state/digest``   ``{"digest": <first 8 bytes, hex>, "ops": <complete ops>}`` (spec §6 tooling)
 ``GET /api/node/peers``     ``{"peers": [{"peer_id", "connected"}], "networking_enabled": true}``
@@ -32,15 +34,13 @@ import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
 from ecac import __version__
 from ecac.core.errors import EcacError
-
-if TYPE_CHECKING:
-    from ecac.net.node import Node
+from ecac.net.api import NodeApi
 
 log = logging.getLogger("ecac.control")
 
@@ -125,7 +125,7 @@ class Request:
         return obj
 
 
-Handler = Callable[["Node", Request], Awaitable[tuple[int, Any]]]
+Handler = Callable[[NodeApi, Request], Awaitable[tuple[int, Any]]]
 
 
 async def read_request(stream: trio.abc.ReceiveStream) -> Request:
@@ -192,18 +192,19 @@ def render_response(status: int, payload: Any, allow: str | None = None) -> byte
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
-async def serve_control(
-    node: Node, host: str, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
-) -> None:
-    """Listen on ``host:port``; reports the bound port through ``task_status``."""
+async def open_control_listeners(host: str, port: int) -> list[trio.SocketListener]:
+    """Listen on ``host:port`` (an ``EcacError`` naming the address when that fails)."""
     try:
-        listeners = await trio.open_tcp_listeners(port, host=host)
+        return list(await trio.open_tcp_listeners(port, host=host))
     except OSError as e:
         raise EcacError(f"cannot listen for the control API on {host}:{port}: {e.strerror or e}") from None
-    bound = listeners[0].socket.getsockname()[1]
+
+
+async def serve_control_listeners(node: NodeApi, listeners: list[trio.SocketListener]) -> None:
+    """Serve the control API on open ``listeners`` (at most ``MAX_CONNECTIONS`` at a time)."""
     limiter = trio.CapacityLimiter(MAX_CONNECTIONS)
-    log.info("control API on http://%s:%d", host, bound)
-    task_status.started(bound)
+    name = listeners[0].socket.getsockname()
+    log.info("control API on http://%s:%d", name[0], name[1])
 
     async def handle(stream: trio.SocketStream) -> None:
         async with limiter:
@@ -212,7 +213,7 @@ async def serve_control(
     await trio.serve_listeners(handle, listeners)
 
 
-async def _handle(node: Node, stream: trio.SocketStream) -> None:
+async def _handle(node: NodeApi, stream: trio.SocketStream) -> None:
     allow = None
     try:
         try:
@@ -237,7 +238,7 @@ async def _handle(node: Node, stream: trio.SocketStream) -> None:
             await stream.aclose()
 
 
-async def dispatch(node: Node, req: Request) -> tuple[int, Any]:
+async def dispatch(node: NodeApi, req: Request) -> tuple[int, Any]:
     methods = ROUTES.get(req.path)
     if methods is None:
         raise HttpError(404, f"no endpoint {req.path}")
@@ -250,20 +251,21 @@ async def dispatch(node: Node, req: Request) -> tuple[int, Any]:
 # --------------------------------------------------------------------------- endpoints
 
 
-async def _status(node: Node, req: Request) -> tuple[int, Any]:
+async def _status(node: NodeApi, req: Request) -> tuple[int, Any]:
     return 200, node.status()
 
 
-async def _health(node: Node, req: Request) -> tuple[int, Any]:
+async def _health(node: NodeApi, req: Request) -> tuple[int, Any]:
     return 200, {"ok": True, "version": __version__}
 
 
-async def _digest(node: Node, req: Request) -> tuple[int, Any]:
-    return 200, {"digest": node.digest.digest[:8].hex(), "ops": node.digest.ops}
+async def _digest(node: NodeApi, req: Request) -> tuple[int, Any]:
+    digest, ops = node.digest_info()
+    return 200, {"digest": digest[:8].hex(), "ops": ops}
 
 
-async def _peers(node: Node, req: Request) -> tuple[int, Any]:
-    connected = set(node.host.connected_peers())
+async def _peers(node: NodeApi, req: Request) -> tuple[int, Any]:
+    connected = set(node.connected_peers())
     return 200, {
         "peers": [{"peer_id": p, "connected": p in connected} for p in node.known_peers()],
         "networking_enabled": True,
@@ -277,29 +279,30 @@ def _int_field(obj: dict[str, Any], name: str) -> int:
     return v
 
 
-async def _inject(node: Node, req: Request) -> tuple[int, Any]:
+async def _inject(node: NodeApi, req: Request) -> tuple[int, Any]:
     from ecac.testing.demo_ops import check_demo_args, demo_ops_for
 
     obj = req.json()
     count, seed = _int_field(obj, "count"), _int_field(obj, "seed")
     check_demo_args(count, seed)
-    ops, result = await node.write_local(lambda: demo_ops_for(node.store, count, seed))
+    done = await node.write_local(lambda store: demo_ops_for(store, count, seed))  # on the writer thread
+    ops = done.ops
     return 200, {
         "ok": True,
         "count": len(ops),
-        "stored": len(result.stored),
+        "stored": len(done.result.stored),
         "op_ids": [ops[0].op_id.hex(), ops[-1].op_id.hex()],
-        "op_count": node.store.op_count(),
+        "op_count": done.snapshot.op_count,
     }
 
 
-async def _append(node: Node, req: Request) -> tuple[int, Any]:
+async def _append(node: NodeApi, req: Request) -> tuple[int, Any]:
     from ecac.core.opcodec import read_log
     from ecac.testing.demo_ops import check_frame
 
     if not req.body:
         raise HttpError(400, "empty body: send a CBOR op log")
-    ops = await trio.to_thread.run_sync(read_log, req.body, "request body")
+    ops = await trio.to_thread.run_sync(read_log, req.body, "request body", limiter=node.decode_limiter)
     rejected: list[dict[str, Any]] = []
     ok_ops = []
     for i, op in enumerate(ops):
@@ -309,7 +312,8 @@ async def _append(node: Node, req: Request) -> tuple[int, Any]:
             rejected.append({"index": i, "op_id": op.op_id.hex(), "error": str(e)})
             continue
         ok_ops.append((i, op))
-    result = await node.append_local([op for _, op in ok_ops])
+    done = await node.append_local([op for _, op in ok_ops])
+    result = done.result
     for r in result.rejected:
         i, op = ok_ops[r.index]
         rejected.append({"index": i, "op_id": op.op_id.hex(), "error": r.message})
@@ -324,11 +328,11 @@ async def _append(node: Node, req: Request) -> tuple[int, Any]:
         "stored": len(result.stored),
         "duplicates": result.duplicates,
         "rejected": rejected,
-        "op_count": node.store.op_count(),
+        "op_count": done.snapshot.op_count,
     }
 
 
-async def _add_peer(node: Node, req: Request) -> tuple[int, Any]:
+async def _add_peer(node: NodeApi, req: Request) -> tuple[int, Any]:
     from ecac.net.host import DialError
 
     addr = req.json().get("multiaddr")
@@ -343,12 +347,12 @@ async def _add_peer(node: Node, req: Request) -> tuple[int, Any]:
     return 200, {"ok": True, "peer_id": peer}
 
 
-async def _block_peer(node: Node, req: Request) -> tuple[int, Any]:
+async def _block_peer(node: NodeApi, req: Request) -> tuple[int, Any]:
     obj = req.json()
     peer, seconds = obj.get("peer_id"), obj.get("seconds")
     if not isinstance(peer, str) or not peer:
         raise HttpError(400, '"peer_id" must be a non-empty string')
-    if type(seconds) not in (int, float) or not 0 <= seconds <= 86_400:
+    if not isinstance(seconds, int | float) or isinstance(seconds, bool) or not 0 <= seconds <= 86_400:
         raise HttpError(400, '"seconds" must be a number between 0 and 86400')
     node.block_peer(peer, float(seconds))
     return 200, {"ok": True, "peer_id": peer, "seconds": seconds}

@@ -162,8 +162,8 @@ def policy_outcome(plan: DemoPlan) -> PolicyOutcome:
     decisions = policy.explain(order)
     ids = {op.op_id for op in plan.side_writes}
     mine = [(v, r) for op, v, r in decisions if op.op_id in ids]
-    reasons = Counter(r for v, r in mine if v == policy.DENIED)
-    verdicts = Counter(v for _, v, _ in decisions)
+    reasons: Counter[str] = Counter(r for v, r in mine if v == policy.DENIED and r is not None)
+    verdicts: Counter[str] = Counter(v for _, v, _ in decisions)
     return PolicyOutcome(
         len(mine),
         sum(reasons.values()),

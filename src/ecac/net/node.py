@@ -1,35 +1,40 @@
-"""The long-lived network node: RocksDB store + libp2p host + the sans-I/O sync coordinator.
+"""The long-lived network node: one store writer + libp2p host + the sans-I/O sync coordinator.
 
-``Node.run()`` is one trio task tree. It carries out the ``SyncCoordinator``'s effects in
-order, feeds it host events, and follows ``ecac.sync.peersync``'s integration guide:
+``Node.run()`` is one trio task tree around three kinds of work:
 
-* gossip: topic ``ecac/v1/<project>/announce``; the topic validator is
-  ``coord.validate_announce(data, expected_vk=<originator's public key>)`` (rejected ones
-  are counted by the coordinator and never delivered or forwarded);
-* ``/ecac/sync/1``: one request frame (≤ 64 KiB) per stream, answered with
-  ``syncserve`` (the paint-down walk and op reads run in worker threads), one stream
-  write per batch of 512 frames;
-* requests: one task per ``SendRequest``; frames are decoded in a worker thread, and the
-  reader stops while ``coord.accepting`` is false (back-pressure on commits);
-* commits: ``CommitOps`` go through one FIFO worker (``apply_commit`` in a thread) so they
-  land in emission order; ``commit_finished`` then reports back;
-* timers: ``coord.timer`` whenever ``coord.next_wakeup()`` passes (checked ≥ every 100 ms);
-* dialling: every bootstrap peer is dialled at start and re-dialled with 500 ms doubling
-  backoff (max 30 s) while disconnected; a peer the coordinator banned is not re-dialled
-  before its ban ends;
-* the state digest: a ``Dag`` plus ``replay.Replayer`` updated incrementally after each
-  commit or local write, in one worker thread that alone touches the DAG.
+* **the store writer** (``ecac.store.writer``): a dedicated thread owns every store
+  mutation. The node hands it ``CommitOps`` (one FIFO commit worker, so they land in
+  emission order), local writes and appends; after each commit the writer publishes an
+  immutable ``StoreSnapshot``. The event loop never calls a store method that locks or
+  waits for an fsync: it reads ``writer.snapshot`` and the index's monotone facts only.
+* **the coordinator** (``ecac.sync``): called from the trio thread only, with the latest
+  snapshot; its effects are carried out by ``_apply``. If a coordinator call raises, the
+  coordinator is rebuilt from the latest snapshot (its requests are cancelled, connected
+  peers reported again) instead of being left half-updated.
+* **I/O tasks**: serving ``/ecac/sync/1`` (``ecac.net.serve``), one task per outgoing
+  request, the announce publisher, timers, the reconciliation loop, dialling, the digest
+  (``ecac.net.digest``) and the control API. Each long-lived one is supervised
+  (``ecac.net.supervise``): failures are logged with their traceback, counted in
+  ``/status`` and the task restarts; past its restart budget the node exits non-zero.
 
-The coordinator is not thread-safe: it is only ever called from the trio thread. The
-store is (writes take its lock); worker threads only read their arguments and the store.
+Bounds: the commit channel holds at most ``COMMIT_CHANNEL`` commits (the coordinator keeps
+≤ 1 outstanding per request, so it only fills if requests do; a commit that finds it full
+fails as a local error and its request is retried); announces coalesce in one slot (only
+the newest matters); writer, serving, decoding and the digest each have their own
+``trio.CapacityLimiter`` (nothing uses trio's default one).
+
+Gossip: topic ``ecac/v1/<project>/announce``; the topic validator is
+``coord.validate_announce(data, expected_vk=<originator's public key>)``. Dialling, bans
+and operator blocks: ``ecac.net.dialer``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import math
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -41,9 +46,20 @@ from nacl.signing import SigningKey
 
 from ecac.core.errors import EcacError, ProtocolError
 from ecac.core.op import Op
-from ecac.store.memory import PutResult
+from ecac.core.replay import Replayer
+from ecac.core.snapshot import StoreSnapshot
+from ecac.net.control import open_control_listeners, serve_control_listeners
+from ecac.net.counters import NodeCounters
+from ecac.net.dialer import Dialer, check_peer_addr
+from ecac.net.digest import DigestTracker
+from ecac.net.serve import READ_CHUNK, SyncServer
+from ecac.net.supervise import Supervisor
+from ecac.net.writeio import AsyncWriter
+from ecac.store.memory import IndexedOpStore
 from ecac.store.rocks import Store
-from ecac.sync.peersync import (
+from ecac.store.writer import LocalWritten, StoreWriter, WriterFailedError, Written
+from ecac.sync.coordinator import SyncConfig, SyncCoordinator
+from ecac.sync.effects import (
     CancelRequest,
     CommitOps,
     CommitOutcome,
@@ -52,33 +68,38 @@ from ecac.sync.peersync import (
     Penalise,
     PublishAnnounce,
     SendRequest,
-    SyncConfig,
-    SyncCoordinator,
-    apply_commit,
-    decode_frames,
 )
-from ecac.sync.syncserve import plan_response, response_blobs
-from ecac.sync.wire import (
-    MAX_REQUEST_FRAME,
-    SYNC_PROTOCOL_ID,
-    FrameReader,
-    SignedAnnounce,
-    SyncRequest,
-    announce_topic,
-)
+from ecac.sync.frames import decode_frames
+from ecac.sync.wire import SYNC_PROTOCOL_ID, FrameReader, SignedAnnounce, announce_topic
+
+__all__ = [
+    "Node",
+    "NodeFailure",
+    "NodeOptions",
+    "check_peer_addr",
+    "configure_logging",
+    "load_or_create_key",
+    "run_node",
+]
 
 log = logging.getLogger("ecac.node")
 
 KEY_FILE_NAME = "node_key"
-DIAL_BACKOFF_BASE = 0.5
-DIAL_BACKOFF_MAX = 30.0
-SERVE_READ_TIMEOUT = 15.0  # the request frame must arrive within this
 TIMER_MAX_SLEEP = 0.1
-READ_CHUNK = 256 * 1024  # = yamux's receive window: one read takes all that is buffered
 RECONCILE_PERIOD = 0.2
-STABLE_CONNECTION = 2.0  # a connection that dropped sooner counts as a failed dial
 JOIN_PULL_DELAY = 0.5  # > announce debounce + gossip latency
-DECODE_INLINE_MAX = 16  # frames decoded in the trio thread; more go to a worker thread
+DECODE_INLINE_MAX = 16  # frames decoded in the trio thread; more go to a decode thread
+#: commits waiting for the writer (one per request at most: the coordinator's back-pressure)
+COMMIT_CHANNEL = 256
+#: threads decoding sync frames and uploaded op logs, for all requests together
+DECODE_THREADS = 2
+#: the node process's GIL switch interval (Python's default is 5 ms): when the writer, decode
+#: and digest threads run Python, the event loop gets the GIL back within ~1 ms, not 5 ms per wake-up
+NODE_SWITCH_INTERVAL = 0.001
+
+
+class NodeFailure(EcacError):
+    """The node stopped because of an unrecoverable failure (the message says which)."""
 
 
 # --------------------------------------------------------------------------- identity
@@ -120,7 +141,7 @@ def load_or_create_key(path: Path) -> bytes:
     raise EcacError(f"node key {path} must hold 32 raw bytes or 64 hex characters (found {len(data)} bytes)")
 
 
-# --------------------------------------------------------------------------- options and counters
+# --------------------------------------------------------------------------- options
 
 
 @dataclass(frozen=True)
@@ -142,134 +163,20 @@ class NodeOptions:
         return SyncConfig(anti_entropy_period=self.anti_entropy_ms / 1000.0, **self.sync_overrides)
 
 
-@dataclass(slots=True)
-class NodeCounters:
-    """I/O-level counters (the coordinator keeps the sync ones)."""
-
-    requests_served: int = 0
-    ops_served: int = 0
-    serve_errors: int = 0
-    commits: int = 0
-    ops_committed: int = 0
-    commit_rejections: int = 0
-    local_ops_written: int = 0
-    penalties: int = 0
-    dials: int = 0
-    dial_failures: int = 0
-    announces_published: int = 0
-    announces_dropped_no_peer: int = 0
-    # payload bytes of /ecac/sync/1 streams, both roles (requests and responses), and gossip
-    # announces (received: every message the topic validator saw; sent: our own publishes)
-    sync_bytes_sent: int = 0
-    sync_bytes_received: int = 0
-    gossip_messages_in: int = 0
-    gossip_bytes_in: int = 0
-    gossip_messages_out: int = 0
-    gossip_bytes_out: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return {k: getattr(self, k) for k in self.__slots__}  # type: ignore[attr-defined]
-
-
 def _now() -> float:
     return trio.current_time()
-
-
-def _dial_backoff(failures: int) -> float:
-    return min(DIAL_BACKOFF_MAX, DIAL_BACKOFF_BASE * 2 ** min(failures - 1, 30))
 
 
 def _drop_connect_errors(record: logging.LogRecord) -> bool:
     return not str(record.msg).startswith("Failed to open TCP stream")
 
 
-def check_peer_addr(addr: str) -> str:
-    """Validate a bootstrap multiaddr (``…/p2p/<PeerId>``); returns its PeerId or raises ValueError."""
-    import multiaddr
-
-    peer = _peer_of(addr)
-    try:
-        multiaddr.Multiaddr(addr)
-    except Exception as e:
-        raise ValueError(f"invalid multiaddr {addr!r}: {e}") from None
-    return peer
-
-
-def _peer_of(addr: str) -> str:
-    """The ``/p2p/<PeerId>`` part of a multiaddr (ValueError when absent)."""
-    parts = addr.rstrip("/").split("/")
-    for i in range(len(parts) - 1):
-        if parts[i] in ("p2p", "ipfs"):
-            return parts[i + 1]
-    raise ValueError(f"multiaddr {addr!r} must end with /p2p/<peer-id>")
-
-
-# --------------------------------------------------------------------------- digest maintenance
-
-
-class DigestTracker:
-    """State digest of the store's complete ops, kept up to date incrementally.
-
-    ``add(ops)`` queues newly stored ops (any order; the DAG holds orphans back until
-    their parents arrive); ``run`` applies them in one worker thread with
-    ``Replayer.apply``, which continues from the live state when the new ops only append
-    to the order (the usual case) and replays otherwise.
-    """
-
-    def __init__(self, store: Store) -> None:
-        from ecac.core.dag import Dag
-        from ecac.core.replay import Replayer
-
-        self._store = store
-        self._dag = Dag()
-        self._replayer = Replayer(max_points=2, auto_every=50_000)
-        self._queue: list[Op] = []
-        self._wake = trio.Event()
-        self.digest: bytes = self._replayer.digest
-        self.ops = 0  # complete ops the digest covers
-        self.ready = False
-        self.updates = 0
-        self.update_ms_total = 0.0
-
-    def add(self, ops: Sequence[Op]) -> None:
-        if ops:
-            self._queue.extend(ops)
-            self._wake.set()
-
-    def _load(self) -> None:
-        from ecac.store.resume import load_dag
-
-        dag = load_dag(self._store)
-        pending = self._store.index.pending_ids()
-        if pending:
-            dag.insert_many(self._store.ops_for(pending))
-        self._dag = dag
-        self._apply()
-
-    def _apply_ops(self, ops: list[Op]) -> None:
-        before = len(self._dag)
-        self._dag.insert_many(ops)
-        if len(self._dag) != before:
-            self._apply()
-
-    def _apply(self) -> None:
-        t0 = time.perf_counter()
-        _, digest = self._replayer.apply(self._dag)
-        self.digest = digest
-        self.ops = len(self._dag)
-        self.updates += 1
-        self.update_ms_total += (time.perf_counter() - t0) * 1000
-
-    async def run(self) -> None:
-        await trio.to_thread.run_sync(self._load)
-        self.ready = True
-        log.info("state digest %s over %d ops", self.digest.hex()[:16], self.ops)
-        while True:
-            await self._wake.wait()
-            self._wake = trio.Event()
-            batch, self._queue = self._queue, []
-            if batch:
-                await trio.to_thread.run_sync(self._apply_ops, batch)
+def _limiter_usage(limiter: trio.CapacityLimiter) -> dict[str, int]:
+    return {
+        "borrowed": limiter.borrowed_tokens,
+        "total": int(limiter.total_tokens),
+        "waiting": limiter.statistics().tasks_waiting,
+    }
 
 
 # --------------------------------------------------------------------------- the node
@@ -278,15 +185,26 @@ class DigestTracker:
 class Node:
     """One ECAC network node (see the module docstring). Construct, then ``await run()``."""
 
-    def __init__(self, opts: NodeOptions, store: Store, seed: bytes) -> None:
+    def __init__(self, opts: NodeOptions, store: IndexedOpStore, seed: bytes) -> None:
         from ecac.net.host import HostConfig, P2PHost
 
         self.opts = opts
-        self.store = store
+        self.store = store  # owned by the writer thread: the event loop never calls it
         self.seed = seed
         self.sk = SigningKey(seed)
         self.cfg = opts.sync_config()
-        self.coord = SyncCoordinator(store, self.sk, self.cfg)
+        self.counters = NodeCounters()
+        self.supervisor = Supervisor(self._fatal)
+        self.writer: StoreWriter[IndexedOpStore] = StoreWriter(store, on_fatal=self._writer_fatal)
+        self.aw = AsyncWriter(self.writer)
+        self.decode_limiter = trio.CapacityLimiter(DECODE_THREADS)
+        self.digest = DigestTracker(self.aw, trio.CapacityLimiter(1))
+        self.server = SyncServer(
+            self.cfg, self.writer.facts, self._snap, store.load_ops_cbor, self.counters, self._is_blocked
+        )
+        self.coord = SyncCoordinator(self.sk, self.writer.facts, self.cfg, self.writer.snapshot)
+        self._coord_gen = 0  # bumped when the coordinator is rebuilt
+        self._coord_base: dict[str, int] = {}  # counters of the coordinators before this one
         self.topic = announce_topic(opts.project)
         self.host = P2PHost(seed, config=HostConfig(heartbeat_interval=opts.heartbeat_interval))
         self.peer_id = self.host.peer_id
@@ -294,52 +212,66 @@ class Node:
             # libp2p logs every refused TCP connect at ERROR; our dial loop reports it already.
             # A filter, because the host resets libp2p logger levels when it starts.
             logging.getLogger("libp2p.transport.tcp.tcp").addFilter(_drop_connect_errors)
-        self.counters = NodeCounters()
-        self.digest = DigestTracker(store)
+        self._empty_digest = Replayer().digest
         self.listen_addrs: list[str] = []
         self.control_url: str | None = None
         self._nursery: trio.Nursery | None = None
-        self._commit_send, self._commit_recv = trio.open_memory_channel[CommitOps](math.inf)
-        self._publish_send, self._publish_recv = trio.open_memory_channel[bytes](math.inf)
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._fatal_reason: str | None = None
+        self._commit_send, self._commit_recv = trio.open_memory_channel[tuple[int, CommitOps]](COMMIT_CHANNEL)
+        self._announce: bytes | None = None  # the one announce waiting for the publisher
+        self._announce_ready = trio.Event()
         self._req_scopes: dict[int, trio.CancelScope] = {}
         self._changed = trio.Event()
         self._timer_kick = trio.Event()
-        self._bans: dict[str, float] = {}  # coordinator bans (penalties)
-        self._blocked: dict[str, float] = {}  # operator blocks (POST /peers/block)
-        self._dialled: dict[str, str] = {}  # peer id -> address we keep dialled
-        self._disconnected: dict[str, trio.Event] = {}
-        self._write_lock = trio.Lock()
+        self.dialer = Dialer(self.host, self.peer_id, self.counters, self.supervisor)
         self.started_at = time.monotonic()
+
+    def _snap(self) -> StoreSnapshot:
+        return self.writer.snapshot
 
     # ------------------------------------------------------------------ lifecycle
 
     async def run(
         self, on_ready: Callable[[Node], None] | None = None, *, stop_on_signals: bool = True
     ) -> None:
-        """Run until cancelled or SIGINT/SIGTERM; ``on_ready`` is called once listening."""
+        """Run until cancelled or SIGINT/SIGTERM; ``on_ready`` is called once listening.
+
+        Raises ``NodeFailure`` when a task ran out of restarts or the store became unusable.
+        """
+        self._token = trio.lowlevel.current_trio_token()
+        self.writer.start()
+        try:
+            await self._run(on_ready, stop_on_signals)
+        finally:
+            with trio.CancelScope(shield=True):  # queued requests finish; the loop keeps running
+                await trio.to_thread.run_sync(self.writer.stop, limiter=trio.CapacityLimiter(1))
+        if self._fatal_reason is not None:
+            raise NodeFailure(f"node stopped: {self._fatal_reason}")
+
+    async def _run(self, on_ready: Callable[[Node], None] | None, stop_on_signals: bool) -> None:
         host = self.host
+        sup = self.supervisor
         host.set_stream_handler(SYNC_PROTOCOL_ID, self._serve)
         host.add_peer_listener(self._on_peer_event)
         await host.subscribe(self.topic, self._on_announce, validator=self._validate)
         async with host.run(list(self.opts.listen)), trio.open_nursery() as nursery:
-            self._nursery = nursery
+            self._nursery = self.dialer.nursery = nursery
             self.listen_addrs = host.listen_addrs()
             if self.opts.control is not None:
-                from ecac.net.control import serve_control
-
-                ctl_host, ctl_port = self.opts.control
-                port = await nursery.start(serve_control, self, ctl_host, ctl_port)
+                ctl_host, _ = self.opts.control
+                port = await nursery.start(self._control)
                 shown = f"[{ctl_host}]" if ":" in ctl_host else ctl_host
                 self.control_url = f"http://{shown}:{port}"
             if stop_on_signals:
                 nursery.start_soon(self._signals, nursery.cancel_scope)
             if self.opts.exit_on_stdin_eof:
                 nursery.start_soon(self._watch_stdin, nursery.cancel_scope)
-            nursery.start_soon(self.digest.run)
-            nursery.start_soon(self._commit_worker)
-            nursery.start_soon(self._publisher)
-            nursery.start_soon(self._timer_loop)
-            nursery.start_soon(self._reconcile_loop)
+            nursery.start_soon(sup.supervise, "digest", self.digest.run)
+            nursery.start_soon(sup.supervise, "commit_worker", self._commit_worker, self._rebuild)
+            nursery.start_soon(sup.supervise, "publisher", self._publisher)
+            nursery.start_soon(sup.supervise, "timer", self._timer_loop, self._rebuild)
+            nursery.start_soon(sup.supervise, "reconcile", self._reconcile_loop)
             log.info(
                 "node %s listening on %s (project %s, anti-entropy %d ms)",
                 self.peer_id,
@@ -347,12 +279,52 @@ class Node:
                 self.opts.project,
                 self.opts.anti_entropy_ms,
             )
-            self._apply(self.coord.start(_now()))
+            self._call(self.coord.start, _now())
             for addr in self.opts.peers:
                 self.add_bootstrap(addr)
             if on_ready is not None:
                 on_ready(self)
-        self._nursery = None
+        self._nursery = self.dialer.nursery = None
+
+    def _fatal(self, reason: str) -> None:
+        """Stop the node with a non-zero exit (``run`` raises ``NodeFailure``)."""
+        if self._fatal_reason is None:
+            self._fatal_reason = reason
+            log.critical("stopping the node: %s", reason)
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    def _writer_fatal(self, reason: str) -> None:
+        """The writer thread found the store unusable (called on that thread)."""
+        token = self._token
+        if token is None:
+            self._fatal_reason = self._fatal_reason or f"store writer: {reason}"
+            return
+        with contextlib.suppress(trio.RunFinishedError):
+            token.run_sync_soon(self._fatal, f"store writer: {reason}")
+
+    async def _control(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """The control API: listen (a failure to bind stops the start), then serve, supervised."""
+        assert self.opts.control is not None
+        ctl_host, ctl_port = self.opts.control
+        listeners: list[trio.SocketListener] | None = await open_control_listeners(ctl_host, ctl_port)
+        assert listeners is not None
+        bound = listeners[0].socket.getsockname()[1]
+        task_status.started(bound)
+
+        async def serve() -> None:
+            nonlocal listeners
+            if listeners is None:  # a restart: the same port again
+                listeners = await open_control_listeners(ctl_host, bound)
+            current, listeners = listeners, None
+            try:
+                await serve_control_listeners(self, current)
+            finally:
+                for li in current:
+                    with trio.CancelScope(shield=True):
+                        await li.aclose()
+
+        await self.supervisor.supervise("control", serve)
 
     async def _signals(self, scope: trio.CancelScope) -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -370,63 +342,161 @@ class Node:
         log.info("stdin closed (parent process gone?), shutting down")
         scope.cancel()
 
-    # ------------------------------------------------------------------ effects
+    # ------------------------------------------------------------------ the coordinator
+
+    def _call(self, event: Callable[..., Sequence[Effect]], *args: Any, **kwargs: Any) -> None:
+        """Feed one event to the coordinator and carry out its effects.
+
+        A raise means the coordinator may be half-way through a transition: it is counted
+        and the coordinator rebuilt from the latest snapshot (``_rebuild``), never used on.
+        """
+        try:
+            effects = event(*args, **kwargs)
+        except Exception as e:
+            if self.supervisor.record("coordinator", e):
+                self.supervisor.restarts["coordinator"] += 1
+                self._rebuild()
+            return
+        self._apply(effects)
+
+    def _rebuild(self) -> None:
+        """Replace the coordinator after it raised: ``restarted`` from the latest snapshot.
+
+        The replacement keeps counters, bans, connected peers and id counters (ids never
+        repeat); the old requests are cancelled here, and reports still arriving for them or
+        for the old commits are dropped (``_coord_gen``). Should ``restarted`` itself fail, a
+        blank coordinator is started and told about the connected peers.
+        """
+        now = _now()
+        snap = self._snap()
+        old = self.coord
+        self._coord_gen += 1
+        gen = self._coord_gen
+        for scope in self._req_scopes.values():
+            scope.cancel()
+        self._req_scopes.clear()
+        try:
+            self.coord, effects = old.restarted(snap, now)
+        except Exception as e:
+            if not self.supervisor.record("coordinator_restart", e):
+                return
+            for k, v in old.counters.as_dict().items():
+                self._coord_base[k] = self._coord_base.get(k, 0) + v
+            self.coord = SyncCoordinator(self.sk, self.writer.facts, self.cfg, snap)
+            log.warning("sync coordinator replaced by a blank one at snapshot %d", snap.seq)
+            self._call(self.coord.start, now)
+            if self._nursery is None:
+                return
+            subscribed = set(self.host.gossip_peers(self.topic))
+            for p in sorted(self.host.connected_peers()):
+                if gen != self._coord_gen:
+                    return  # replaced again meanwhile
+                if self._is_blocked(p) or self.dialer.is_banned(p, now):
+                    continue
+                self._call(self.coord.peer_connected, p, now)
+                if p in subscribed:
+                    self._call(self.coord.peer_subscribed, p, now)
+            return
+        log.warning("sync coordinator restarted from snapshot %d", snap.seq)
+        self._apply(effects)
 
     def _apply(self, effects: Sequence[Effect]) -> None:
         """Carry out the coordinator's effects in order (async ones start tasks or queue)."""
-        nursery = self._nursery
-        for e in effects:
-            if isinstance(e, SendRequest):
-                if nursery is not None:
-                    nursery.start_soon(self._request, e)
-            elif isinstance(e, CommitOps):
-                self._commit_send.send_nowait(e)
-            elif isinstance(e, PublishAnnounce):
-                self._publish_send.send_nowait(e.data)
-            elif isinstance(e, CancelRequest):
-                scope = self._req_scopes.get(e.request_id)
-                log.info("request %d to %s cancelled: %s", e.request_id, e.peer, e.reason)
-                if scope is not None:
-                    scope.cancel()
-            elif isinstance(e, Penalise):
-                self.counters.penalties += 1
-                log.warning("peer %s penalised: %s", e.peer, e.reason)
-            elif isinstance(e, Disconnect):
-                if e.ban_until is not None:
-                    self._bans[e.peer] = e.ban_until
-                log.warning("disconnecting %s: %s", e.peer, e.reason)
-                if nursery is not None:
-                    nursery.start_soon(self.host.disconnect, e.peer)
+        try:
+            for e in effects:
+                self._effect(e)
+        except Exception as exc:  # an effect lost: the coordinator's view is wrong now
+            if self.supervisor.record("effects", exc):
+                self.supervisor.restarts["effects"] += 1
+                self._rebuild()
         old = self._changed
         self._changed = trio.Event()
         old.set()
         self._timer_kick.set()
 
+    def _effect(self, e: Effect) -> None:
+        nursery = self._nursery
+        if isinstance(e, SendRequest):
+            if nursery is not None:
+                nursery.start_soon(self._request, e, self._coord_gen)
+        elif isinstance(e, CommitOps):
+            try:
+                self._commit_send.send_nowait((self._coord_gen, e))
+            except trio.WouldBlock:
+                self.counters.commits_dropped += 1
+                log.warning(
+                    "commit queue full (%d): commit %d from %s fails", COMMIT_CHANNEL, e.commit_id, e.peer
+                )
+                if nursery is not None:
+                    outcome = CommitOutcome(e.commit_id, error="the node's commit queue is full")
+                    nursery.start_soon(self._report_commit, outcome, self._coord_gen)
+        elif isinstance(e, PublishAnnounce):
+            if self._announce is not None:
+                self.counters.announces_coalesced += 1
+            self._announce = e.data
+            self._announce_ready.set()
+        elif isinstance(e, CancelRequest):
+            scope = self._req_scopes.get(e.request_id)
+            log.info("request %d to %s cancelled: %s", e.request_id, e.peer, e.reason)
+            if scope is not None:
+                scope.cancel()
+        elif isinstance(e, Penalise):
+            self.counters.penalties += 1
+            log.warning("peer %s penalised: %s", e.peer, e.reason)
+        elif isinstance(e, Disconnect):
+            if e.ban_until is not None:
+                self.dialer.ban(e.peer, e.ban_until)
+            log.warning("disconnecting %s: %s", e.peer, e.reason)
+            if nursery is not None:
+                nursery.start_soon(
+                    self.supervisor.run_once, "disconnect", lambda: self.host.disconnect(e.peer)
+                )
+        else:  # pragma: no cover - the Effect union is closed
+            raise TypeError(f"unknown effect {e!r}")
+
+    async def _report_commit(self, outcome: CommitOutcome, gen: int) -> None:
+        if gen == self._coord_gen:
+            self._call(self.coord.commit_finished, outcome, self._snap(), _now())
+
     async def _commit_worker(self) -> None:
-        """Commits run one at a time, in emission order, in a worker thread."""
-        async for commit in self._commit_recv:
-            outcome: CommitOutcome = await trio.to_thread.run_sync(apply_commit, self.store, commit)
+        """Commits run one at a time, in emission order, on the writer thread."""
+        async for gen, commit in self._commit_recv:
+            if gen != self._coord_gen:
+                self.counters.commits_dropped += 1  # of a coordinator that is gone
+                continue
+            try:
+                done = await self.aw.commit(commit)
+            except WriterFailedError:
+                await trio.sleep_forever()  # the writer's on_fatal stops the node
+            outcome = done.outcome
             if outcome.error is None:
                 self.counters.commits += 1
                 self.counters.ops_committed += len(outcome.stored)
-                if outcome.stored:
-                    stored = set(outcome.stored)
-                    self.digest.add([op for op in commit.ops if op.op_id in stored])
                 log.log(
                     logging.INFO if outcome.stored else logging.DEBUG,
                     "committed %d ops from %s (%d duplicates; %d stored)",
                     len(outcome.stored),
                     commit.peer,
                     outcome.duplicates,
-                    self.store.op_count(),
+                    done.snapshot.op_count,
                 )
             else:
                 self.counters.commit_rejections += 1
                 log.warning("commit %d from %s refused: %s", commit.commit_id, commit.peer, outcome.error)
-            self._apply(self.coord.commit_finished(outcome, _now()))
+            if gen == self._coord_gen:
+                self._call(self.coord.commit_finished, outcome, self._snap(), _now())
+            else:
+                self.counters.commits_dropped += 1
+                self._call(self.coord.snapshot_changed, self._snap(), _now())
 
     async def _publisher(self) -> None:
-        async for data in self._publish_recv:
+        """Publish the newest pending announce (older ones were coalesced into it)."""
+        while True:
+            await self._announce_ready.wait()
+            self._announce_ready = trio.Event()
+            data, self._announce = self._announce, None
+            if data is None:
+                continue
             if not self.host.gossip_peers(self.topic):
                 self.counters.announces_dropped_no_peer += 1
                 continue
@@ -443,7 +513,7 @@ class Node:
             wake = self.coord.next_wakeup()
             now = _now()
             if wake is not None and now >= wake:
-                self._apply(self.coord.timer(now))
+                self._call(self.coord.timer, now)
                 await trio.lowlevel.checkpoint()  # never spin without yielding
                 continue
             deadline = now + TIMER_MAX_SLEEP if wake is None else min(wake, now + TIMER_MAX_SLEEP)
@@ -456,19 +526,23 @@ class Node:
     def _validate(self, data: bytes, originator_key: bytes) -> bool:
         self.counters.gossip_messages_in += 1
         self.counters.gossip_bytes_in += len(data)
-        ok = self.coord.validate_announce(data, expected_vk=originator_key) is not None
+        try:
+            ok = self.coord.validate_announce(data, expected_vk=originator_key) is not None
+        except Exception as e:
+            self.supervisor.record("validator", e)
+            return False
         if not ok:
             log.info("rejected an announce (%d bytes) from key %s", len(data), originator_key.hex()[:16])
         return ok
 
     def _on_announce(self, msg: Any) -> None:
-        if self._blocked and (self._is_blocked(msg.originator) or self._is_blocked(msg.forwarder)):
+        if self.dialer.blocked and (self._is_blocked(msg.originator) or self._is_blocked(msg.forwarder)):
             return
         try:
             sa = SignedAnnounce.decode(msg.data)  # validated already; decode only
         except EcacError:
             return
-        self._apply(self.coord.announce_received(msg.originator, sa, msg.forwarder or None, _now()))
+        self._call(self.coord.announce_received, msg.originator, sa, msg.forwarder or None, _now())
 
     def _on_peer_event(self, ev: Any) -> None:
         now = _now()
@@ -477,20 +551,20 @@ class Node:
                 log.info("connected %s (blocked: ignored until the block ends)", ev.peer_id)
                 return
             log.info("connected %s", ev.peer_id)
-            self._apply(self.coord.peer_connected(ev.peer_id, now))
+            self._call(self.coord.peer_connected, ev.peer_id, now)
         elif ev.kind == "disconnected":
             log.info("disconnected %s", ev.peer_id)
-            self._apply(self.coord.peer_disconnected(ev.peer_id, now))
-            waiter = self._disconnected.get(ev.peer_id)
-            if waiter is not None:
-                waiter.set()
+            self._call(self.coord.peer_disconnected, ev.peer_id, now)
+            self.dialer.peer_gone(ev.peer_id)
         elif self._is_blocked(ev.peer_id):
             return
         elif ev.kind == "subscribed" and ev.topic == self.topic:
             log.debug("%s subscribed to %s", ev.peer_id, self.topic)
-            self._apply(self.coord.peer_subscribed(ev.peer_id, now))
+            self._call(self.coord.peer_subscribed, ev.peer_id, now)
             if self._nursery is not None:
-                self._nursery.start_soon(self._pull_if_silent, ev.peer_id)
+                self._nursery.start_soon(
+                    self.supervisor.run_once, "join_pull", lambda: self._pull_if_silent(ev.peer_id)
+                )
 
     async def _pull_if_silent(self, peer: str) -> None:
         """A peer joined the topic: pull from it soon unless its announce arrived meanwhile.
@@ -503,7 +577,7 @@ class Node:
         st = self.coord.peer(peer)
         if st is not None and st.connected and st.last_announce_id is None and not st.requests:
             log.debug("no announce from %s since it joined: anti-entropy round now", peer)
-            self._apply(self.coord.anti_entropy_tick(_now()))
+            self._call(self.coord.anti_entropy_tick, _now())
 
     async def _reconcile_loop(self) -> None:
         """Repair missed peer events and enforce blocks, every ``RECONCILE_PERIOD``.
@@ -522,86 +596,30 @@ class Node:
                 if st is not None and now < st.banned_until:
                     continue  # peer_connected would only re-send the Disconnect
                 log.info("connected %s (missed event)", p)
-                self._apply(self.coord.peer_connected(p, now))
+                self._call(self.coord.peer_connected, p, now)
                 if p in self.host.gossip_peers(self.topic):
-                    self._apply(self.coord.peer_subscribed(p, now))
+                    self._call(self.coord.peer_subscribed, p, now)
             for p in sorted(known - live):
                 log.info("disconnected %s (missed event)", p)
-                self._apply(self.coord.peer_disconnected(p, now))
-            for p, waiter in list(self._disconnected.items()):
-                if p not in live and not waiter.is_set():
-                    waiter.set()  # wake its dial loop, which may have missed the disconnect
+                self._call(self.coord.peer_disconnected, p, now)
+            self.dialer.wake_missing(live)
 
-    # ------------------------------------------------------------------ dialling
+    # ------------------------------------------------------------------ dialling and blocks
 
     def add_bootstrap(self, addr: str) -> str:
         """Keep ``addr`` dialled from now on; returns its PeerId (ValueError if malformed)."""
-        peer = _peer_of(addr)
-        if peer == self.peer_id:
-            raise ValueError("refusing to dial ourselves")
-        known = self._dialled.get(peer)
-        self._dialled[peer] = addr
-        if known is None and self._nursery is not None:
-            self._nursery.start_soon(self._keep_dialled, peer)
-        elif known is not None and known != addr:
-            waiter = self._disconnected.get(peer)
-            if waiter is not None:
-                waiter.set()  # dial the new address now
-        return peer
-
-    def known_peers(self) -> list[str]:
-        """Connected peers and the peers we keep dialled, sorted."""
-        connected = self.host.connected_peers() if self._nursery is not None else []
-        return sorted(set(connected) | set(self._dialled))
+        return self.dialer.add_bootstrap(addr)
 
     async def dial_now(self, addr: str) -> str:
         """Dial ``addr`` once (raises ``DialError``/ValueError) and keep it dialled afterwards."""
-        peer = _peer_of(addr)
-        await self.host.dial(addr)
-        self.add_bootstrap(addr)
-        return peer
+        return await self.dialer.dial_now(addr)
 
-    async def _keep_dialled(self, peer: str) -> None:
-        """Dial ``peer`` while it is disconnected: 500 ms doubling backoff (max 30 s) after failed
-        dials and after connections that dropped within ``STABLE_CONNECTION`` (refused, banned,
-        blocked or flapping); at once after a connection that lasted."""
-        from ecac.net.host import DialError
+    def connected_peers(self) -> list[str]:
+        return self.host.connected_peers() if self._nursery is not None else []
 
-        failures = 0
-        while True:
-            addr = self._dialled[peer]
-            hold = max(self._bans.get(peer, 0.0), self._blocked.get(peer, 0.0))
-            if _now() < hold:
-                await trio.sleep(min(hold - _now(), 0.5))  # re-checked: a block may be lifted early
-                continue
-            waiter = self._disconnected[peer] = trio.Event()
-            if not self.host.is_connected(peer):
-                self.counters.dials += 1
-                try:
-                    await self.host.dial(addr)
-                    log.info("dialled %s", addr)
-                except (DialError, ValueError) as e:
-                    failures += 1
-                    self.counters.dial_failures += 1
-                    delay = _dial_backoff(failures)
-                    log.log(
-                        logging.INFO if failures <= 3 else logging.DEBUG,
-                        "dial %s failed (%s); retry in %.1f s",
-                        addr,
-                        e,
-                        delay,
-                    )
-                    with trio.move_on_after(delay):
-                        await waiter.wait()  # an address change skips the wait
-                    continue
-            up_since = _now()
-            if self.host.is_connected(peer):
-                await waiter.wait()
-            if _now() - up_since >= STABLE_CONNECTION:
-                failures = 0
-            else:
-                failures += 1
-                await trio.sleep(_dial_backoff(failures))
+    def known_peers(self) -> list[str]:
+        """Connected peers and the peers we keep dialled, sorted."""
+        return sorted(set(self.connected_peers()) | set(self.dialer.dialled))
 
     def block_peer(self, peer: str, seconds: float) -> None:
         """Partition from ``peer`` for ``seconds`` (``<= 0`` lifts it): a test and demo tool.
@@ -613,29 +631,34 @@ class Node:
         reconciliation loop reports the peer connected again and sync resumes.
         """
         if seconds <= 0:
-            self._blocked.pop(peer, None)
+            self.dialer.block(peer, None)
             log.info("unblocked %s", peer)
             return
-        self._blocked[peer] = _now() + seconds
+        self.dialer.block(peer, _now() + seconds)
         log.info("blocking %s for %.1f s", peer, seconds)
-        self._apply(self.coord.peer_disconnected(peer, _now()))
+        self._call(self.coord.peer_disconnected, peer, _now())
 
     def _is_blocked(self, peer: str) -> bool:
-        until = self._blocked.get(peer)
-        if until is None:
-            return False
-        if _now() >= until:
-            del self._blocked[peer]
-            return False
-        return True
+        return self.dialer.is_blocked(peer)
 
     # ------------------------------------------------------------------ requests (client side)
 
-    async def _request(self, eff: SendRequest) -> None:
+    async def _request(self, eff: SendRequest, gen: int) -> None:
+        """One outgoing request, supervised: an unexpected error fails the request, not the node."""
+        await self.supervisor.run_once(
+            "request",
+            lambda: self._request_io(eff, gen),
+            lambda e: self._request_failed(
+                eff.request_id, eff.peer, f"internal error: {type(e).__name__}", gen
+            ),
+        )
+
+    async def _request_io(self, eff: SendRequest, gen: int) -> None:
         from ecac.net.host import P2PError, StreamResetError
 
         rid = eff.request_id
-        coord = self.coord
+        if gen != self._coord_gen:
+            return  # its coordinator is gone
         scope = trio.CancelScope()
         self._req_scopes[rid] = scope
         stream = None
@@ -657,19 +680,19 @@ class Node:
                     self.counters.sync_bytes_sent += len(frame)
                     await stream.close()
                 except P2PError as e:
-                    self._request_failed(rid, eff.peer, str(e))
+                    self._request_failed(rid, eff.peer, str(e), gen)
                     return
-                self._apply(coord.request_started(rid, _now()))
+                self._call(self.coord.request_started, rid, _now())
                 reader = FrameReader(self.cfg.max_frame)
                 while True:
-                    while not coord.accepting(rid):
-                        if rid not in coord.active_requests():
+                    while not self.coord.accepting(rid):
+                        if gen != self._coord_gen or rid not in self.coord.active_requests():
                             return  # trailer seen (or the request failed): nothing more to read
                         await self._changed.wait()
                     try:
                         chunk = await stream.read(READ_CHUNK)
                     except StreamResetError as e:
-                        self._request_failed(rid, eff.peer, str(e))
+                        self._request_failed(rid, eff.peer, str(e), gen)
                         return
                     self.counters.sync_bytes_received += len(chunk)
                     if not chunk:
@@ -677,33 +700,40 @@ class Node:
                             reader.eof()
                         except ProtocolError as e:
                             log.info("request %d to %s: %s", rid, eff.peer, e)
-                        if rid in coord.active_requests():
+                        if rid in self.coord.active_requests():
                             log.info("request %d to %s: stream ended without a trailer", rid, eff.peer)
-                        self._apply(coord.stream_closed(rid, _now()))
+                        self._call(self.coord.stream_closed, rid, _now())
                         return
                     try:
                         bodies = reader.feed(chunk)
                     except ProtocolError as e:
-                        self._request_failed(rid, eff.peer, str(e), violation=True)
+                        self._request_failed(rid, eff.peer, str(e), gen, violation=True)
                         return
                     if not bodies:
                         continue
                     if len(bodies) > DECODE_INLINE_MAX:
-                        decoded = await trio.to_thread.run_sync(decode_frames, bodies)
+                        decoded = await trio.to_thread.run_sync(
+                            decode_frames, bodies, limiter=self.decode_limiter
+                        )
                     else:
                         decoded = decode_frames(bodies)
+                    if gen != self._coord_gen:
+                        return
                     saw_trailer = saw_trailer or (decoded.trailer is not None and decoded.error is None)
-                    self._apply(coord.decoded_received(rid, decoded, _now()))
+                    self._call(self.coord.decoded_received, rid, decoded, _now())
         finally:
-            self._req_scopes.pop(rid, None)
+            if self._req_scopes.get(rid) is scope:
+                del self._req_scopes[rid]
             if stream is not None:
                 with trio.CancelScope(shield=True):
                     await self._finish_stream(stream, saw_trailer)
 
-    def _request_failed(self, rid: int, peer: str, reason: str, violation: bool = False) -> None:
+    def _request_failed(self, rid: int, peer: str, reason: str, gen: int, violation: bool = False) -> None:
+        if gen != self._coord_gen:
+            return
         if rid in self.coord.active_requests():
             log.info("request %d to %s failed: %s", rid, peer, reason)
-        self._apply(self.coord.request_failed(rid, reason, _now(), violation=violation))
+        self._call(self.coord.request_failed, rid, reason, _now(), violation=violation)
 
     @staticmethod
     async def _finish_stream(stream: Any, clean: bool) -> None:
@@ -725,116 +755,81 @@ class Node:
     # ------------------------------------------------------------------ serving /ecac/sync/1
 
     async def _serve(self, stream: Any) -> None:
-        from ecac.net.host import StreamResetError
-
-        peer = stream.peer_id
-        if self._is_blocked(peer):
-            await stream.reset()
-            return
-        reader = FrameReader(MAX_REQUEST_FRAME)
-        body: bytes | None = None
+        """The host's handler: ``SyncServer.handle``, with failures counted (the host resets the stream)."""
         try:
-            with trio.fail_after(SERVE_READ_TIMEOUT):
-                while body is None:
-                    chunk = await stream.read(READ_CHUNK)
-                    self.counters.sync_bytes_received += len(chunk)
-                    if not chunk:
-                        raise ProtocolError("stream ended before the request frame")
-                    bodies = reader.feed(chunk)
-                    if len(bodies) > 1:
-                        raise ProtocolError("more than one request frame")
-                    if bodies:
-                        body = bodies[0]
-            request = SyncRequest.decode(body)
-        except (ProtocolError, EcacError, trio.TooSlowError, StreamResetError) as e:
-            self.counters.serve_errors += 1
-            log.info("bad sync request from %s: %s", peer, e or "timeout")
-            await stream.reset()
-            return
-        cfg = self.cfg
-        plan = await trio.to_thread.run_sync(plan_response, self.store, request, cfg.server_max_ops)
-        self.counters.requests_served += 1
-        log.log(
-            logging.INFO if plan.ids else logging.DEBUG,
-            "serving %s: want %d, boundary %d -> %d ops (%s, visited %d)",
-            peer,
-            len(request.want),
-            len(request.boundary),
-            len(plan.ids),
-            plan.trailer.NAME,
-            plan.visited,
-        )
-        blobs = response_blobs(self.store, plan, cfg.batch_ops, cfg.max_frame)
-        sent = 0
-        try:
-            while True:
-                blob = await trio.to_thread.run_sync(next, blobs, None)
-                if blob is None:
-                    break
-                await stream.write(blob)
-                self.counters.sync_bytes_sent += len(blob)
-                sent += 1
-        except (ProtocolError, StreamResetError) as e:
-            self.counters.serve_errors += 1
-            log.info("response to %s aborted: %s", peer, e)
-            await stream.reset()
-            return
-        self.counters.ops_served += len(plan.ids)
-        await stream.close()
+            await self.server.handle(stream)
+        except Exception as e:
+            self.supervisor.record("serve", e)
+            with trio.CancelScope(shield=True), trio.move_on_after(1.0), contextlib.suppress(Exception):
+                await stream.reset()  # the stream may be broken already
 
     # ------------------------------------------------------------------ local writes (control API)
 
-    async def write_local(self, make: Callable[[], list[Op]]) -> tuple[list[Op], PutResult]:
-        """Build ops with ``make`` (in a thread, serialised with other local writes), store, announce."""
-        async with self._write_lock:
-            ops = await trio.to_thread.run_sync(make)
-            result = await trio.to_thread.run_sync(self.store.put_many, [op.cbor for op in ops])
-        if result.stored:
-            stored = set(result.stored)
-            self.counters.local_ops_written += len(stored)
-            self.digest.add([op for op in ops if op.op_id in stored])
-            self._apply(self.coord.local_write(_now()))
-        return ops, result
+    async def write_local(self, build: Callable[[IndexedOpStore], Sequence[Op]]) -> LocalWritten:
+        """Build ops with ``build(store)`` on the writer thread (so its parents are the current
+        heads), store them there, and announce."""
+        done = await self.aw.local(build)
+        if done.result.stored:
+            self.counters.local_ops_written += len(done.result.stored)
+            self._call(self.coord.snapshot_changed, self._snap(), _now(), local=True)
+        return done
 
-    async def append_local(self, ops: list[Op]) -> PutResult:
+    async def append_local(self, ops: Sequence[Op]) -> Written:
         """Store given ops (validated, invalid ones skipped and reported), announce."""
-        async with self._write_lock:
-            result = await trio.to_thread.run_sync(
-                lambda: self.store.put_many([op.cbor for op in ops], on_invalid="skip")
-            )
-        if result.stored:
-            stored = set(result.stored)
-            self.counters.local_ops_written += len(stored)
-            self.digest.add([op for op in ops if op.op_id in stored])
-            self._apply(self.coord.local_write(_now()))
-        return result
+        done = await self.aw.put(list(ops), on_invalid="skip")
+        if done.result.stored:
+            self.counters.local_ops_written += len(done.result.stored)
+            self._call(self.coord.snapshot_changed, self._snap(), _now(), local=True)
+        return done
 
     # ------------------------------------------------------------------ status
 
+    def digest_info(self) -> tuple[bytes, int]:
+        snap = self._snap()
+        return snap.digest or self._empty_digest, snap.digest_ops
+
     def status(self) -> dict[str, Any]:
-        st = self.store
-        counters = self.coord.counters.as_dict()
+        """``GET /status``: the latest snapshot and counters only (no store call, no lock)."""
+        snap = self._snap()
+        coord = self.coord
+        counters: dict[str, Any] = dict(self._coord_base)
+        for k, v in coord.counters.as_dict().items():
+            counters[k] = counters.get(k, 0) + v
         counters.update(self.counters.as_dict())
+        counters.update(self.supervisor.as_dict())
+        counters["writer_queue_depth"] = self.writer.queue_depth
+        counters["writer"] = self.writer.stats.as_dict()
+        counters["limiters"] = {
+            "writer": _limiter_usage(self.aw.limiter),
+            "serve": _limiter_usage(self.server.limiter),
+            "decode": _limiter_usage(self.decode_limiter),
+            "digest": _limiter_usage(self.digest.limiter),
+        }
+        counters["digest_pending_ops"] = self.digest.pending_ops
+        counters["digest_reloads"] = self.digest.reloads
+        running = self._nursery is not None
+        now = _now()
         return {
             "peer_id": self.peer_id,
             "listen": list(self.listen_addrs),
             "project": self.opts.project,
-            "op_count": st.op_count(),
-            "complete_count": st.complete_count(),
-            "pending_ops": st.pending_count(),
-            "head_count": st.index.head_count(),
-            "heads": [h.hex() for h in st.heads(8)],
-            "topo_watermark": st.complete_count(),
-            "state_digest": self.digest.digest.hex(),
-            "digest_ops": self.digest.ops,
+            "op_count": snap.op_count,
+            "complete_count": snap.complete_count,
+            "pending_ops": snap.pending_count,
+            "head_count": snap.head_count,
+            "heads": [h.hex() for h in snap.top_heads(8)],
+            "topo_watermark": snap.topo_watermark,
+            "snapshot_seq": snap.seq,
+            "state_digest": (snap.digest or self._empty_digest).hex(),
+            "digest_ops": snap.digest_ops,
             "digest_ready": self.digest.ready,
-            "peers": self.host.connected_peers() if self._nursery is not None else [],
-            "gossip_peers": self.host.gossip_peers(self.topic) if self._nursery is not None else [],
-            "bootstrap": sorted(self._dialled.values()),
-            "banned": sorted(p for p, t in self._bans.items() if t > _now()),
-            "blocked": sorted(p for p in list(self._blocked) if self._is_blocked(p)),
-            "active_requests": len(self.coord.active_requests()),
-            "sync_idle": self.coord.idle(),
+            "peers": self.host.connected_peers() if running else [],
+            "gossip_peers": self.host.gossip_peers(self.topic) if running else [],
+            "bootstrap": sorted(self.dialer.dialled.values()),
+            "banned": self.dialer.banned(now),
+            "blocked": self.dialer.blocked_peers(),
+            "active_requests": len(coord.active_requests()),
+            "sync_idle": coord.idle(),
             "counters": counters,
             "uptime_s": round(time.monotonic() - self.started_at, 3),
         }
@@ -858,12 +853,34 @@ def configure_logging(level: str) -> None:
 
 
 def run_node(opts: NodeOptions, on_ready: Callable[[Node], None] | None = None) -> None:
-    """Open the store and the identity, run the node until a signal; always close the store."""
+    """Open the store and the identity, run the node until a signal; always close the store.
+
+    Sets the process's GIL switch interval to ``NODE_SWITCH_INTERVAL`` (``ecac node`` is its
+    own process). A ``NodeFailure`` (a task out of restarts, an unusable store) propagates: exit 1.
+    """
+    sys.setswitchinterval(NODE_SWITCH_INTERVAL)
     store = Store.open(opts.db)
     try:
         seed = load_or_create_key(opts.key_file or (opts.db / KEY_FILE_NAME))
         node = Node(opts, store, seed)
-        trio.run(node.run, on_ready)
+        try:
+            trio.run(node.run, on_ready)
+        except BaseExceptionGroup as eg:  # a failure inside the task tree: report its first cause
+            failure = _first_failure(eg)
+            if failure is None:
+                raise
+            raise failure from None
     finally:
         store.close()
     log.info("node stopped, store closed")
+
+
+def _first_failure(eg: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    for e in eg.exceptions:
+        if isinstance(e, BaseExceptionGroup):
+            inner = _first_failure(e)
+            if inner is not None:
+                return inner
+        elif isinstance(e, EcacError):
+            return e
+    return None

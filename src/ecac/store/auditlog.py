@@ -54,7 +54,7 @@ from ecac.core.audit import (
 )
 from ecac.core.errors import DecodeError, EcacError
 from ecac.core.keys import public_key, signing_key_from_hex
-from ecac.core.sig import sig_ok
+from ecac.core.sig import Verify, check_sigs, sig_ok
 
 try:
     import fcntl
@@ -629,17 +629,18 @@ class AuditReader:
             raise AuditError(f"{path}: cannot read: {e.strerror or e}") from None
         return data, split_frames(data)
 
-    def verify(self) -> VerifyResult:
-        return self._verify(None)
+    def verify(self, verify: Verify = check_sigs) -> VerifyResult:
+        """Check the whole chain (``ChainVerifier``); signatures by ``verify`` (``VerifyPool.verify``...)."""
+        return self._verify(None, verify)
 
-    def verify_against_head(self, expected: bytes) -> VerifyResult:
+    def verify_against_head(self, expected: bytes, verify: Verify = check_sigs) -> VerifyResult:
         """``verify`` plus: the last entry hash must be ``expected`` (``HeadMismatch``)."""
-        return self._verify(bytes(expected))
+        return self._verify(bytes(expected), verify)
 
-    def _verify(self, expected_head: bytes | None) -> VerifyResult:
+    def _verify(self, expected_head: bytes | None, verify: Verify) -> VerifyResult:
         segs = self.segments()
         node_id, node_pk = self.identity()
-        v = ChainVerifier(node_id, node_pk)
+        v = ChainVerifier(node_id, node_pk, verify)
         repair: tuple[Path, int] | None = None
         for i, seg in enumerate(segs):
             path = self.dir / seg.path

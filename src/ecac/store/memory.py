@@ -9,7 +9,6 @@ and treat a second copy of a stored id as a duplicate (the first copy wins).
 
 from __future__ import annotations
 
-import gc
 import itertools
 import threading
 from abc import ABC, abstractmethod
@@ -23,7 +22,10 @@ from ecac.core.errors import DecodeError, StoreError
 from ecac.core.op import REASON_ID_MISMATCH, Op, header_cbor_of, op_id_of
 from ecac.core.opcodec import decode_op, decode_op_with_header, op_from_obj
 from ecac.core.opindex import OpIndex
-from ecac.core.sig import SigCheck, submit_sigs
+from ecac.core.sig import check_sigs, sig_items
+from ecac.core.snapshot import IndexFacts, StoreSnapshot, take_snapshot
+from ecac.store.bulk import bulk_load
+from ecac.store.verifypool import SigCheck, VerifyPool
 
 OnInvalid = Literal["raise", "skip"]
 
@@ -131,6 +133,7 @@ def _check_on_invalid(on_invalid: str) -> None:
 def validate_ops(
     items: Sequence[bytes | Op],
     stored_bytes: Callable[[bytes], bytes | None] = lambda _i: None,
+    pool: VerifyPool | None = None,
 ) -> tuple[list[tuple[int, Op, bool]], list[PutRejection]]:
     """Validate put input per store §1.4; each op is verified once.
 
@@ -142,13 +145,13 @@ def validate_ops(
     fields by construction, and its id is checked over the header cut from those bytes.
 
     Decoding (Python, holds the GIL) of one chunk overlaps signature checks of the
-    previous chunk (libsodium without the GIL, two threads via ``submit_sigs``).
+    previous chunk (libsodium without the GIL, on ``pool``'s threads; without a pool, inline).
     """
     ok: list[tuple[int, Op, bool]] = []
     rejected: list[PutRejection] = []
     prev: _Decoded | None = None
     for lo in range(0, len(items), _CHUNK):
-        cur = _decode_chunk(items[lo : lo + _CHUNK], lo, stored_bytes)  # while prev's signatures verify
+        cur = _decode_chunk(items[lo : lo + _CHUNK], lo, stored_bytes, pool)  # while prev's signatures verify
         if prev is not None:
             prev.verdicts(ok, rejected)
         prev = cur
@@ -189,37 +192,35 @@ class _Decoded:
 
 
 def _decode_chunk(
-    items: Sequence[bytes | Op], base: int, stored_bytes: Callable[[bytes], bytes | None]
+    items: Sequence[bytes | Op],
+    base: int,
+    stored_bytes: Callable[[bytes], bytes | None],
+    pool: VerifyPool | None,
 ) -> _Decoded:
     """Decode ``items`` (input indexes from ``base``), check ids, and submit their signature checks."""
     out = _Decoded([], [], [], None)
-    gc_was = gc.isenabled()
-    gc.disable()  # the decoded ops become long-lived: collections would only rescan the store's index
-    try:
-        for i, item in enumerate(items, base):
-            if isinstance(item, Op) and item.cbor:
-                # already decoded (or made) by ecac.core.op: its cbor is the canonical encoding of its
-                # fields, so only the id and the signature remain to check (no second decode)
-                op, data, header, canonical = item, item.cbor, header_cbor_of(item), True
-            else:
-                data = item.cbor if isinstance(item, Op) else bytes(item)
-                try:
-                    op, header, canonical = _decode_for_put(data)
-                except DecodeError as e:
-                    out.rejected.append(PutRejection(i, None, str(e)))
-                    continue
-            prev = stored_bytes(op.op_id)
-            if prev is not None and prev == data:
-                out.ok.append((i, op, True))
-            elif op_id_of(header) != op.op_id:
-                out.rejected.append(PutRejection(i, op.op_id, REASON_ID_MISMATCH, op))
-            else:
-                out.pending.append((i, op, canonical))
-    finally:
-        if gc_was:
-            gc.enable()
+    for i, item in enumerate(items, base):
+        if isinstance(item, Op) and item.cbor:
+            # already decoded (or made) by ecac.core.op: its cbor is the canonical encoding of its
+            # fields, so only the id and the signature remain to check (no second decode)
+            op, data, header, canonical = item, item.cbor, header_cbor_of(item), True
+        else:
+            data = item.cbor if isinstance(item, Op) else bytes(item)
+            try:
+                op, header, canonical = _decode_for_put(data)
+            except DecodeError as e:
+                out.rejected.append(PutRejection(i, None, str(e)))
+                continue
+        prev = stored_bytes(op.op_id)
+        if prev is not None and prev == data:
+            out.ok.append((i, op, True))
+        elif op_id_of(header) != op.op_id:
+            out.rejected.append(PutRejection(i, op.op_id, REASON_ID_MISMATCH, op))
+        else:
+            out.pending.append((i, op, canonical))
     if out.pending:
-        out.sigs = submit_sigs([(op.author_pk, op.sig, op.op_id) for _, op, _ in out.pending])
+        triples = sig_items(op for _, op, _ in out.pending)
+        out.sigs = pool.submit(triples) if pool is not None else SigCheck(check_sigs(triples))
     return out
 
 
@@ -232,12 +233,19 @@ class IndexedOpStore(ABC):
     Subclasses implement ``_read_bytes(id)`` and ``_write(ops)`` (one atomic write of
     all newly accepted ops, which must be durable before it returns). Validation runs
     outside the lock; the duplicate filter, the write and the index update run under
-    it, so concurrent callers (network threads) never write one id twice.
+    it, so concurrent callers never write one id twice.
+
+    In a running node one thread writes (``ecac.store.writer.StoreWriter``) and every other
+    reader uses its published snapshots and ``facts``; the whole-index queries here
+    (``heads``, ``topo_ids``, ``snapshot``, ...) are for single-threaded users (CLI, tests)
+    and for the writer's own thread.
     """
 
     def __init__(self) -> None:
         self._index = OpIndex()
         self._lock = threading.RLock()
+        #: verifies the signatures of puts (and of store replays that re-check them); closed with the store
+        self.verify_pool = VerifyPool()
         #: where puts log an ``IngestedOp`` per decoded input (core §14.1); None: no auditing
         self.audit: AuditSink | None = None
 
@@ -255,6 +263,16 @@ class IndexedOpStore(ABC):
     def index(self) -> OpIndex:
         """The in-memory index (read-only use: do not ``add`` to it directly)."""
         return self._index
+
+    @property
+    def facts(self) -> IndexFacts:
+        """Monotone point queries over the index (``IndexFacts``): safe from any thread."""
+        return self._index
+
+    def snapshot(self, seq: int = 0) -> StoreSnapshot:
+        """The store's current ``StoreSnapshot`` (single-threaded use, or the writer's thread)."""
+        with self._lock:
+            return take_snapshot(self._index, seq)
 
     def contains(self, op_id: bytes) -> bool:
         return self._index.contains(op_id)
@@ -324,7 +342,7 @@ class IndexedOpStore(ABC):
     # -- writes
     def put(self, op: bytes | Op) -> bytes:
         """Validate and store one op (store §1.4); returns its id, also for a duplicate."""
-        ok, rejected = validate_ops([op], self._stored_bytes)
+        ok, rejected = validate_ops([op], self._stored_bytes, self.verify_pool)
         self._store_validated(ok, rejected, "raise")
         return ok[0][1].op_id
 
@@ -335,7 +353,7 @@ class IndexedOpStore(ABC):
         nothing is written. ``"skip"``: refused items are reported in ``rejected``.
         """
         _check_on_invalid(on_invalid)
-        ok, rejected = validate_ops(items, self._stored_bytes)
+        ok, rejected = validate_ops(items, self._stored_bytes, self.verify_pool)
         return self._store_validated(ok, rejected, on_invalid)
 
     def put_stream(
@@ -358,7 +376,8 @@ class IndexedOpStore(ABC):
         prev: _Decoded | None = None
         while True:
             part = list(itertools.islice(it, batch))
-            cur = _decode_chunk(part, base, self._stored_bytes) if part else None
+            with bulk_load():  # a bulk import: the decoded ops are long-lived
+                cur = _decode_chunk(part, base, self._stored_bytes, self.verify_pool) if part else None
             base += len(part)
             if prev is not None:
                 ok: list[tuple[int, Op, bool]] = []

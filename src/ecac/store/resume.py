@@ -5,7 +5,6 @@ Reads the store through its snapshot of the index; never writes ops.
 
 from __future__ import annotations
 
-import gc
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -15,62 +14,82 @@ from ecac import _native
 from ecac.core.dag import Dag
 from ecac.core.errors import DecodeError, StoreError
 from ecac.core.op import Data, Op
+from ecac.core.order import first_difference
 from ecac.core.replay import Replayer, ResumePoint, replay_full, suffix_keeps_verdicts
-from ecac.core.sig import SigCheck, submit_sigs
+from ecac.core.sig import SigItem, check_sigs, sig_items
 from ecac.core.state import State
-from ecac.store.memory import OpStore
+from ecac.store.bulk import bulk_load
+from ecac.store.memory import IndexedOpStore, OpStore
 
 #: the eight column families, in the reference's order (store §1.2)
 from ecac.store.rocks import Store
 from ecac.store.rows import ResumeRecord
+from ecac.store.verifypool import SigCheck, VerifyPool
 
 # --------------------------------------------------------------------------- replay from the store
 
 
-def load_dag(store: OpStore, verify_sigs: bool = False) -> Dag:
+def load_dag(store: OpStore, verify_sigs: bool = False, pool: VerifyPool | None = None) -> Dag:
     """A DAG of the store's complete ops, streamed in the store's topo order.
 
     The store's index already computed the deterministic order, so the ops are appended
-    with ``Dag.extend_ordered`` (no second topological sort). Signatures were verified at
+    with ``Dag.extend_ordered`` (no second topological sort). With ``verify_sigs`` that order
+    is not trusted: a RocksDB store recomputes it from its ``edges`` rows first
+    (``Store.verify_order``), any other store's ops are inserted (the DAG orders them
+    itself) and the two orders compared; a mismatch is a StoreError naming the first
+    differing position. Signatures were verified at
     ingest and are not checked again unless ``verify_sigs``; then each chunk's signatures
-    are checked on the verify threads while the next chunk is decoded, and a failure is a
-    StoreError. With ``verify_sigs`` the store's decoder also recomputes every op id
-    (``Store.replay_ops(checked=True)``), so a signature is only ever checked over a true id.
+    are checked on the threads of ``pool`` (default: the store's) while the next chunk is
+    decoded, and a failure is a StoreError. With ``verify_sigs`` the store's decoder also
+    recomputes every op id (``Store.replay_ops(checked=True)``), so a signature is only ever
+    checked over a true id.
     """
     dag = Dag()
     pending: list[tuple[list[Op], SigCheck]] = []
+    if pool is None and isinstance(store, IndexedOpStore):
+        pool = store.verify_pool
+
+    def submit(items: list[SigItem]) -> SigCheck:
+        return pool.submit(items) if pool is not None else SigCheck(check_sigs(items))
 
     def checked(ops: Iterator[Op]) -> Iterator[Op]:
         chunk: list[Op] = []
         for op in ops:
             chunk.append(op)
             if len(chunk) >= _VERIFY_CHUNK:
-                pending.append(_submit_sigs(chunk))
+                pending.append((chunk, submit(sig_items(chunk))))
                 chunk = []
                 if len(pending) > 1:
                     _sigs_ok(*pending.pop(0))
             yield op
         if chunk:
-            pending.append(_submit_sigs(chunk))
+            pending.append((chunk, submit(sig_items(chunk))))
 
-    gc_was = gc.isenabled()
-    gc.disable()  # hundreds of thousands of long-lived objects: collections would only rescan them
-    try:
-        ops = store.replay_ops(checked=verify_sigs) if isinstance(store, Store) else store.iter_topo_ops()
-        dag.extend_ordered(checked(ops) if verify_sigs else ops)
+    with bulk_load():  # hundreds of thousands of long-lived objects: collections would only rescan them
+        if isinstance(store, Store):
+            if verify_sigs:
+                store.verify_order()
+            ops = store.replay_ops(checked=verify_sigs)
+            dag.extend_ordered(checked(ops) if verify_sigs else ops)
+        elif verify_sigs:
+            dag.insert_many(checked(store.iter_topo_ops()))
+            _same_order(store.topo_ids(), dag.topo_ids())
+        else:
+            dag.extend_ordered(store.iter_topo_ops())
         for entry in pending:
             _sigs_ok(*entry)
-    finally:
-        if gc_was:
-            gc.enable()
     return dag
 
 
+def _same_order(stored: list[bytes], computed: list[bytes]) -> None:
+    i = first_difference(stored, computed)
+    if i is not None:
+        got = stored[i].hex() if i < len(stored) else "nothing"
+        exp = computed[i].hex() if i < len(computed) else "nothing"
+        raise StoreError(f"order mismatch at position {i}: the store has {got}, its ops give {exp}")
+
+
 _VERIFY_CHUNK = 2048
-
-
-def _submit_sigs(ops: list[Op]) -> tuple[list[Op], SigCheck]:
-    return ops, submit_sigs([(op.author_pk, op.sig, op.op_id) for op in ops])
 
 
 def _sigs_ok(ops: list[Op], fut: SigCheck) -> None:
@@ -109,18 +128,13 @@ def replay_store(store: Store, from_checkpoint: bool = False, verify_sigs: bool 
     and are freed by reference counting when the replay ends, while each collection
     would rescan every one of them (and the store's index).
     """
-    gc_was = gc.isenabled()
-    gc.disable()
-    try:
+    with bulk_load():
         if from_checkpoint:
             res = _resume(store, verify_sigs)
             if res is not None:
                 return res
         state, digest = replay_full(load_dag(store, verify_sigs))
         return StoreReplay(state, digest, 0, None)
-    finally:
-        if gc_was:
-            gc.enable()
 
 
 def _resume(store: Store, verify_sigs: bool) -> StoreReplay | None:
@@ -174,13 +188,8 @@ def _resume_dag(store: Store, prefix: list[bytes], non_data: set[bytes], suffix:
         ops[i] = op
     ops.extend(suffix)
     dag = Dag()
-    gc_was = gc.isenabled()
-    gc.disable()
-    try:
+    with bulk_load():
         dag.extend_ordered(ops)
-    finally:
-        if gc_was:
-            gc.enable()
     return dag
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import gc
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +28,11 @@ from ecac.core.audit import Checkpoint as AuditCheckpoint
 from ecac.core.errors import DecodeError, EcacError, StoreError
 from ecac.core.op import Op, header_cbor_of, op_id_of
 from ecac.core.opcodec import decode_op
-from ecac.core.opindex import OpIndex, SortKey
-from ecac.core.sig import check_sigs
+from ecac.core.order import SortKey, first_difference, kahn_order
+from ecac.core.sig import Verify
 from ecac.core.state import State
 from ecac.store.auditlog import AuditWriter, store_writer
+from ecac.store.bulk import bulk_load
 from ecac.store.memory import IndexedOpStore
 from ecac.store.rows import (
     CF_NAMES,
@@ -124,6 +126,39 @@ def _crash_hook() -> None:
 # --------------------------------------------------------------------------- the store
 
 
+@dataclass(frozen=True, slots=True)
+class IntegrityReport:
+    """What ``Store.verify_integrity`` found in a store without corruption.
+
+    ``complete`` ops have every ancestor stored; the others (``waiting``) wait for
+    ``missing_parents`` ids that are not stored, named by ``missing_refs`` parent entries
+    (the reference's ``<n> missing parent references``). Waiting ops are legal: a sync or an
+    import in progress leaves them, and they complete when the parents arrive.
+    """
+
+    ops: int
+    complete: int
+    missing_parents: int
+    missing_refs: int
+
+    @property
+    def waiting(self) -> int:
+        return self.ops - self.complete
+
+    @property
+    def incomplete(self) -> bool:
+        return self.waiting > 0
+
+    def describe(self) -> str:
+        """``OK``, or ``incomplete: N ops wait for missing parents (…)``."""
+        if not self.incomplete:
+            return "OK"
+        return (
+            f"incomplete: {self.waiting} ops wait for missing parents "
+            f"({self.missing_parents} missing ops, {self.missing_refs} missing parent references)"
+        )
+
+
 class Store(IndexedOpStore):
     """A RocksDB-backed op store with checkpoints, VC caches, keyring and meta (store §1)."""
 
@@ -176,6 +211,7 @@ class Store(IndexedOpStore):
         self.audit = None
         self._h.clear()
         self._cf.clear()
+        self.verify_pool.close()
         gc.collect()
         db.close()
         del db
@@ -229,9 +265,7 @@ class Store(IndexedOpStore):
         ``OpIndex.load`` completes all ops in one pass; adding them one by one in the rows'
         (id) order would park most of them until their parent's row came by.
         """
-        gc_was = gc.isenabled()
-        gc.disable()  # one long-lived object graph: cyclic collections would only rescan it
-        try:
+        with bulk_load():  # one long-lived object graph: cyclic collections would only rescan it
             edges = self._edges
             parents: dict[bytes, tuple[bytes, ...]] = {}
             keys: dict[bytes, tuple[int, int, int, bytes]] = {}
@@ -250,9 +284,6 @@ class Store(IndexedOpStore):
                 parents[k] = e.parents
                 keys[k] = (e.hlc_ms, e.hlc_logical, e.hlc_node, k)
             self._index.load(parents, keys)
-        finally:
-            if gc_was:
-                gc.enable()
 
     def adopt_ready(self) -> int:
         """Write ``edges``/``by_author`` for ``ops`` rows lacking them whose parents are all stored.
@@ -574,8 +605,14 @@ class Store(IndexedOpStore):
 
     def verify_integrity(
         self, verify_sigs: bool = False, trust_dir: str | os.PathLike[str] = "trust"
-    ) -> None:
-        """Raise ``StoreError`` naming the first inconsistency; see store §1.10 for the checks."""
+    ) -> IntegrityReport:
+        """Raise ``StoreError`` naming the first inconsistency; see store §1.10 and docs/storage.md.
+
+        Ops waiting for a missing parent are not corruption (a sync or an import that has not
+        finished): they are counted in the returned report (``report.incomplete``) once every
+        check has passed. The total order is recomputed from the ``edges`` rows and compared
+        with the index's (``order mismatch at position <i>: …``).
+        """
         ops_cf, edges_cf = self._cfv("ops"), self._cfv("edges")
         stored: dict[bytes, tuple[tuple[bytes, ...], EdgeVal]] = {}
         pending: list[tuple[bytes, bytes, bytes]] = []
@@ -585,22 +622,23 @@ class Store(IndexedOpStore):
             hx = bytes(k).hex()
             try:
                 op = decode_op(bytes(v))
-            except DecodeError as e:
-                raise StoreError(f"undecodable op {hx}: {e}") from None
+            except DecodeError as err:
+                raise StoreError(f"undecodable op {hx}: {err}") from None
             if op.op_id != k or op.computed_id() != op.op_id:
                 raise StoreError(f"op_id mismatch for {hx}")
             stored[op.op_id] = (op.parents, EdgeVal.of(op))
             if verify_sigs:
                 pending.append((op.author_pk, op.sig, op.op_id))
                 if len(pending) >= 4096:
-                    _check_sig_chunk(pending)
+                    _check_sig_chunk(pending, self.verify_pool.verify)
                     pending = []
         if pending:
-            _check_sig_chunk(pending)
+            _check_sig_chunk(pending, self.verify_pool.verify)
         parents: dict[bytes, tuple[bytes, ...]] = {}
         keys: dict[bytes, SortKey] = {}
         n_edges = 0
-        missing = 0
+        missing_refs = 0
+        missing_ids: set[bytes] = set()
         for k, v in edges_cf.items():
             n_edges += 1
             hx = bytes(k).hex()
@@ -614,20 +652,52 @@ class Store(IndexedOpStore):
                 raise StoreError(f"edges parents mismatch for {hx}")
             if e != stored[k][1]:  # not in the reference's list: author or HLC differ from the op
                 raise StoreError(f"edges value mismatch for {hx}")
-            missing += sum(1 for p in e.parents if p not in stored)
             op_id = bytes(k)
+            absent = [p for p in e.parents if p not in stored]
+            if absent:
+                missing_refs += len(absent)
+                missing_ids.update(absent)
             parents[op_id] = e.parents
             keys[op_id] = (e.hlc_ms, e.hlc_logical, e.hlc_node, op_id)
-        if missing:
-            raise StoreError(f"{missing} missing parent references")
         if n_edges < n_ops:  # not in the reference's list; names the op instead of a bare count
             without = next(x for x in stored if x not in parents)
             raise StoreError(f"op without edges row {without.hex()}")
-        fresh = OpIndex()
-        fresh.load(parents, keys)
-        if not (len(fresh.topo_ids()) == n_ops == n_edges):
+        if len(self._index) != n_ops:
             raise StoreError("topo/ops/edges mismatch")
+        complete = self._check_order(parents, keys)
         self._verify_vc_caches(Path(trust_dir))
+        return IntegrityReport(n_ops, complete, len(missing_ids), missing_refs)
+
+    def verify_order(self) -> None:
+        """Recompute the total order from the ``edges`` rows and compare it with the index's.
+
+        For ``replay-from-store --verify-sigs``, which then replays the index's order: a
+        StoreError (``order mismatch at position <i>: …``) instead of trusting it.
+        """
+        edges = self._edges
+        parents = {op_id: e.parents for op_id, e in edges.items()}
+        keys: dict[bytes, SortKey] = {
+            op_id: (e.hlc_ms, e.hlc_logical, e.hlc_node, op_id) for op_id, e in edges.items()
+        }
+        self._check_order(parents, keys)
+
+    def _check_order(self, parents: dict[bytes, tuple[bytes, ...]], keys: dict[bytes, SortKey]) -> int:
+        """Compare a fresh order of ``parents``/``keys`` with the index's; returns the complete count.
+
+        The fresh order is ``kahn_order``: store §1.6's algorithm from scratch, which shares
+        no code with the index's incremental ``TotalOrder`` (nor with its bulk sweep).
+        """
+        want = kahn_order(parents, keys)
+        with self._lock:
+            have = self._index.topo_ids()
+        i = first_difference(have, want)
+        if i is not None:
+            got = have[i].hex() if i < len(have) else "nothing"
+            exp = want[i].hex() if i < len(want) else "nothing"
+            raise StoreError(
+                f"order mismatch at position {i}: the index has {got}, the edges rows give {exp}"
+            )
+        return len(want)
 
     def _verify_vc_caches(self, trust_dir: Path) -> None:
         """VC cache parity, only when ``<trust_dir>/issuers.toml`` loads (store §1.10 step 5)."""
@@ -658,7 +728,7 @@ class Store(IndexedOpStore):
                 raise StoreError(f"vc_verified without vc_raw for {bytes(k).hex()}")
 
 
-def _check_sig_chunk(items: list[tuple[bytes, bytes, bytes]]) -> None:
-    for (_, _, op_id), ok in zip(items, check_sigs(items), strict=True):
+def _check_sig_chunk(items: list[tuple[bytes, bytes, bytes]], verify: Verify) -> None:
+    for (_, _, op_id), ok in zip(items, verify(items), strict=True):
         if not ok:
             raise StoreError(f"signature invalid for {op_id.hex()}")

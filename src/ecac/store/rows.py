@@ -1,31 +1,23 @@
 """Row layouts of the RocksDB store, byte-exact with the reference (store §1.2).
 
-``edges`` rows (``EdgeVal``), checkpoint blobs, resume records, the ``by_author`` and keyring keys
-and the persisted verified-VC form: pure encoders and strict decoders, no database access.
+``edges`` rows (``EdgeVal``), checkpoint blobs, resume records, the persisted verified-VC form
+(``@serde`` structs of ``ecac.core.codec``) and the ``by_author`` and keyring keys: pure
+encoders and decoders, no database access. Stored rows are read the way the reference's serde
+reads them (``lenient``: the other forms serde accepts are read too); ops are decoded strictly
+by ``ecac.core.opcodec``.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ecac import _native
-from ecac.core.codec import (
-    b2l,
-    dumps,
-    encode_uint,
-    loads,
-    struct_fields,
-    to_bytes,
-    to_u32,
-    to_u64,
-    uint8_items,
-)
+from ecac.core.codec import Bytes32, ByteVec, Serde, U32Int, U64Int, encode_text, encode_uint, loads, serde
 from ecac.core.errors import DecodeError, StoreError
-from ecac.core.op import Data, Op, slot_constructor
-from ecac.core.opcodec import _ID_HEAD, _K_AUTHOR, _K_HEADER, _K_HLC, _K_PAYLOAD
+from ecac.core.hlc import Hlc
+from ecac.core.op import Data, Op, OpHeader, SignedOp, slot_constructor
 from ecac.core.policy import has_policy
 from ecac.core.replay import order_hash as replay_order_hash
 
@@ -43,149 +35,94 @@ META_RESUME_PREFIX = b"resume/"
 # --------------------------------------------------------------------------- row layouts
 
 
+@serde(lenient=True)
 @dataclass(frozen=True, slots=True)
-class EdgeVal:
+class EdgeVal(Serde):
     """The ``edges`` value: parents, author and HLC of an op (store §1.2)."""
 
-    parents: tuple[bytes, ...]
-    author_pk: bytes
-    hlc_ms: int
-    hlc_logical: int
-    hlc_node: int
+    parents: tuple[Bytes32, ...]
+    author_pk: Bytes32
+    hlc_ms: U64Int
+    hlc_logical: U32Int
+    hlc_node: U32Int
 
     @classmethod
     def of(cls, op: Op) -> EdgeVal:
         h = op.hlc
         return cls(op.parents, op.author_pk, h.physical_ms, h.logical, h.node_id)
 
-    def encode(self) -> bytes:
-        return dumps(
-            {
-                "parents": [b2l(p) for p in self.parents],
-                "author_pk": b2l(self.author_pk),
-                "hlc_ms": self.hlc_ms,
-                "hlc_logical": self.hlc_logical,
-                "hlc_node": self.hlc_node,
-            }
-        )
 
-    @classmethod
-    def decode(cls, data: bytes) -> EdgeVal:
-        f = struct_fields(
-            loads(data, "EdgeVal"), ("parents", "author_pk", "hlc_ms", "hlc_logical", "hlc_node"), "EdgeVal"
-        )
-        if not isinstance(f[0], list):
-            raise DecodeError("EdgeVal.parents: expected an array")
-        return cls(
-            tuple(to_bytes(p, "EdgeVal.parents[]", 32) for p in f[0]),
-            to_bytes(f[1], "EdgeVal.author_pk", 32),
-            to_u64(f[2], "EdgeVal.hlc_ms"),
-            to_u32(f[3], "EdgeVal.hlc_logical"),
-            to_u32(f[4], "EdgeVal.hlc_node"),
-        )
-
-
-_EDGE_KEYS = ["parents", "author_pk", "hlc_ms", "hlc_logical", "hlc_node"]
-
-
-def decode_edge_fast(data: bytes) -> EdgeVal:
-    """``EdgeVal.decode`` for the open path, parsing the canonical layout straight from the bytes.
-
-    A row in the layout ``edge_bytes`` writes (every row ``put`` writes) is parsed by
-    ``_edge_canonical`` with C-level bytes methods (about 3x cheaper than a CBOR decode);
-    any other row goes through ``_edge_cbor``, which accepts only what both the strict
-    decoder and the reference's field order accept. Either way the values are the ones a
-    CBOR decoder reads from ``data``; ``verify_integrity`` still compares every row
-    strictly with its op.
-    """
-    e = _edge_canonical(data) if type(data) is bytes else None
-    return e if e is not None else _edge_cbor(data)
-
-
-#: canonical uint items: below 2**32 (u32 fields) and below 2**64 (u64), shortest form only
-_EDGE_U32 = (
-    rb"([\x00-\x17]|\x18[\x18-\xff]|\x19[\x01-\xff][\x00-\xff]"
-    rb"|\x1a(?:[\x01-\xff][\x00-\xff]{3}|\x00[\x01-\xff][\x00-\xff]{2}))"
-)
-_EDGE_U64 = _EDGE_U32[:-1] + (
-    rb"|\x1b(?:[\x01-\xff][\x00-\xff]{7}|\x00[\x01-\xff][\x00-\xff]{6}"
-    rb"|\x00\x00[\x01-\xff][\x00-\xff]{5}|\x00\x00\x00[\x01-\xff][\x00-\xff]{4}))"
-)
-#: an edge row from its ``hlc_ms`` key to its end (``edge_bytes``' ``_K_EDGE_MS``/``_LOGICAL``/``_NODE``)
-_EDGE_TAIL = re.compile(
-    rb"\x66hlc_ms" + _EDGE_U64 + rb"\x6bhlc_logical" + _EDGE_U32 + rb"\x68hlc_node" + _EDGE_U32
-)
-#: a canonical uint item's value is its big-endian bytes less the head's bits (by item length)
-_EDGE_UINT_BIAS = (0, 0, 0x18 << 8, 0x19 << 16, 0, 0x1A << 32, 0, 0, 0, 0x1B << 64)
-_from_bytes = int.from_bytes  # big-endian by default
-#: author_pk items -> the key: a log has few authors (cleared when full)
-_EDGE_AUTHORS: dict[bytes, bytes] = {}
-_EDGE_AUTHORS_MAX = 4096
+_EDGE = EdgeVal.__serde__
+#: the reference writes the fields in this order; the open path reads only maps in it
+_EDGE_KEYS = list(EdgeVal.FIELDS)
+#: ``EdgeVal(...)`` without the dataclass ``__init__`` (the store builds one per stored op)
+_build_edge = slot_constructor(EdgeVal)
+#: the canonical row layout's first bytes
+_K_EDGE_PARENTS = EdgeVal.__serde__.prefix()
 
 
 def _edge_canonical(data: bytes) -> EdgeVal | None:
-    """The ``EdgeVal`` of a row in exactly ``edge_bytes``' layout, else None.
-
-    Every byte is checked: the fixed keys, the parents' array head, each id as its 0x98 0x20
-    head and 32 canonical uint items (``uint8_items``), the shortest-form uints to the end of
-    the row. Canonical items never contain that head or a key's bytes (a byte >= 0x18 only
-    follows the 0x18 prefix), so the searches below find the real boundaries.
-    """
-    a = data.find(_K_AUTHOR, 10)  # the author_pk key and its id head
-    m = data.find(_K_EDGE_MS, a + len(_K_AUTHOR))
-    if m < 0 or a < 0 or not data.startswith(_K_EDGE_PARENTS):
-        return None
-    items = data[a + len(_K_AUTHOR) : m]
-    pk = _EDGE_AUTHORS.get(items)
-    if pk is None:
-        pk = uint8_items(items)
-        if pk is None or len(pk) != 32:
-            return None
-        if len(_EDGE_AUTHORS) >= _EDGE_AUTHORS_MAX:
-            _EDGE_AUTHORS.clear()
-        _EDGE_AUTHORS[items] = pk
-    t = _EDGE_TAIL.fullmatch(data, m)
-    if t is None:
-        return None
-    n = data[9] - 0x80  # the parents' array head (up to 23 parents here)
-    if n == 1:
-        p = uint8_items(data[12:a]) if data.startswith(_ID_HEAD, 10) else None
-        if p is None or len(p) != 32:
-            return None
-        ps: tuple[bytes, ...] = (p,)
-    elif n == 0:
-        if a != 10:
-            return None
-        ps = ()
-    elif 1 < n < 24:
-        runs = data[10:a].split(_ID_HEAD)
-        if len(runs) != n + 1 or runs[0]:
-            return None
-        ps = ()
-        for r in runs[1:]:
-            p = uint8_items(r)
-            if p is None or len(p) != 32:
-                return None
-            ps += (p,)
-    else:
-        return None
-    ms, lg, nd = t.groups()
-    bias = _EDGE_UINT_BIAS
-    return _build_edge(
-        ps,
-        pk,
-        _from_bytes(ms) - bias[len(ms)],
-        _from_bytes(lg) - bias[len(lg)],
-        _from_bytes(nd) - bias[len(nd)],
-    )
+    """The ``EdgeVal`` a row in the canonical layout encodes (the codec's canonical parser), else None."""
+    return _EDGE.parse(data)
 
 
 def _edge_cbor(data: bytes) -> EdgeVal:
-    """A row not in the canonical layout: the strict decoder's checks plus the reference's field order."""
+    """A row not in the canonical layout: serde's reading, in the reference's field order only."""
     obj = loads(data, "EdgeVal")
     if type(obj) is not dict or list(obj) != _EDGE_KEYS:
         raise DecodeError("EdgeVal: unexpected keys")
-    return EdgeVal.decode(data)
+    return EdgeVal.from_obj(obj)
+
+
+def decode_edge_fast(data: bytes) -> EdgeVal:
+    """An ``edges`` row on the open path: the canonical parser, else ``_edge_cbor``.
+
+    Either way the values are the ones a CBOR decoder reads from ``data``;
+    ``verify_integrity`` still compares every row strictly with its op.
+    """
+    e = _EDGE.parse(data) if type(data) is bytes else None
+    return e if e is not None else _edge_cbor(data)
+
+
+# An op's canonical bytes hold the encodings of its parents array and author key, which are also
+# the edges row's (same field types): the put path cuts them out instead of encoding them again.
+assert OpHeader.FIELDS == ("parents", "hlc", "author_pk", "payload")
+assert EdgeVal.FIELDS == ("parents", "author_pk", "hlc_ms", "hlc_logical", "hlc_node")
+_OP_PREFIX = SignedOp.__serde__.prefix()  # a3 "header" a4 "parents": the parents array follows
+_OP_PARENTS_AT = len(_OP_PREFIX)
+_OP_HLC = encode_text("hlc") + Hlc.__serde__.prefix()  # what follows the parents array
+_OP_AUTHOR = encode_text("author_pk")
+_OP_PAYLOAD = encode_text("payload")  # what follows the author key's array
+_K_EDGE_AUTHOR, _K_EDGE_MS, _K_EDGE_LOGICAL, _K_EDGE_NODE = map(encode_text, EdgeVal.FIELDS[1:])
+
+
+def edge_bytes(op: Op) -> bytes:
+    """``EdgeVal.of(op).encode()``, the parents and author arrays cut from ``op.cbor`` (tested equal).
+
+    The keys searched for cannot occur inside canonical byte arrays (see ``ecac.core.codec``);
+    an op without canonical bytes is encoded instead.
+    """
+    data = op.cbor
+    i = data.find(_OP_HLC, _OP_PARENTS_AT)
+    j = data.find(_OP_AUTHOR, i)
+    k = data.find(_OP_PAYLOAD, j)
+    h = op.hlc
+    if i < 0 or j < 0 or k < 0 or not data.startswith(_OP_PREFIX):
+        return _EDGE.encode(_build_edge(op.parents, op.author_pk, h.physical_ms, h.logical, h.node_id))
+    return b"".join(
+        (
+            _K_EDGE_PARENTS,
+            data[_OP_PARENTS_AT:i],
+            _K_EDGE_AUTHOR,
+            data[j + len(_OP_AUTHOR) : k],
+            _K_EDGE_MS,
+            encode_uint(h.physical_ms),
+            _K_EDGE_LOGICAL,
+            encode_uint(h.logical),
+            _K_EDGE_NODE,
+            encode_uint(h.node_id),
+        )
+    )
 
 
 def by_author_key(op: Op) -> bytes:
@@ -218,35 +155,19 @@ def resume_key(checkpoint_id: int) -> bytes:
     return META_RESUME_PREFIX + f"{checkpoint_id:016x}".encode()
 
 
+@serde(lenient=True)
 @dataclass(frozen=True, slots=True)
-class CheckpointBlob:
+class CheckpointBlob(Serde):
     """``{topo_idx, state_digest, state_cbor}`` (core §10.4); ``state_cbor`` as an int array."""
 
-    topo_idx: int
-    state_digest: bytes
-    state_cbor: bytes
-
-    def encode(self) -> bytes:
-        return dumps(
-            {
-                "topo_idx": self.topo_idx,
-                "state_digest": b2l(self.state_digest),
-                "state_cbor": b2l(self.state_cbor),
-            }
-        )
-
-    @classmethod
-    def decode(cls, data: bytes) -> CheckpointBlob:
-        f = struct_fields(loads(data, "checkpoint"), ("topo_idx", "state_digest", "state_cbor"), "checkpoint")
-        return cls(
-            to_u64(f[0], "checkpoint.topo_idx"),
-            to_bytes(f[1], "checkpoint.state_digest", 32),
-            to_bytes(f[2], "checkpoint.state_cbor"),
-        )
+    topo_idx: U64Int
+    state_digest: Bytes32
+    state_cbor: ByteVec
 
 
+@serde(lenient=True)
 @dataclass(frozen=True, slots=True)
-class ResumeRecord:
+class ResumeRecord(Serde):
     """What core §8.4 needs to decide whether a checkpoint may be resumed from (store §1.9).
 
     ``k = len(P)`` for the order ``P`` that produced the state, ``order_hash`` = BLAKE3 of
@@ -257,104 +178,49 @@ class ResumeRecord:
     as CBOR ``{"k": u64, "order_hash": [32 ints], "has_policy": bool, "non_data": [[32 ints]…]}``.
     """
 
-    k: int
-    order_hash: bytes
+    k: U64Int
+    order_hash: Bytes32
     has_policy: bool
-    non_data: tuple[bytes, ...]
+    non_data: tuple[Bytes32, ...]
 
     @classmethod
     def of_order(cls, order: Sequence[Op]) -> ResumeRecord:
         non_data = sorted(op.op_id for op in order if type(op.payload) is not Data)
         return cls(len(order), replay_order_hash(order), has_policy(order), tuple(non_data))
 
-    def encode(self) -> bytes:
-        return dumps(
-            {
-                "k": self.k,
-                "order_hash": b2l(self.order_hash),
-                "has_policy": self.has_policy,
-                "non_data": [b2l(x) for x in self.non_data],
-            }
-        )
 
-    @classmethod
-    def decode(cls, data: bytes) -> ResumeRecord:
-        fields = ("k", "order_hash", "has_policy", "non_data")
-        f = struct_fields(loads(data, "resume record"), fields, "resume record")
-        if type(f[2]) is not bool:
-            raise DecodeError("resume record.has_policy: expected a bool")
-        if not isinstance(f[3], list):
-            raise DecodeError("resume record.non_data: expected an array")
-        return cls(
-            to_u64(f[0], "resume.k"),
-            to_bytes(f[1], "resume.order_hash", 32),
-            f[2],
-            tuple(to_bytes(x, "resume.non_data[]", 32) for x in f[3]),
-        )
+@serde
+@dataclass(frozen=True, slots=True)
+class VerifiedVcPersist(Serde):
+    """The ``vc_verified`` value (store §1.2; the field is ``scope``, ascending)."""
+
+    cred_id: str | None
+    issuer: str | None
+    subject_pk: Bytes32
+    role: str
+    scope: tuple[str, ...]
+    nbf_ms: U64Int
+    exp_ms: U64Int
+    status_list_id: str | None
+    status_index: U32Int | None
+    cred_hash: Bytes32
 
 
 def verified_vc_persist(claims: Any) -> bytes:
-    """``VerifiedVcPersist`` CBOR of verified VC claims (store §1.2; the field is ``scope``)."""
-    return dumps(
-        {
-            "cred_id": claims.cred_id,
-            "issuer": claims.issuer,
-            "subject_pk": b2l(claims.subject_pk),
-            "role": claims.role,
-            "scope": sorted(claims.scope),
-            "nbf_ms": claims.nbf_ms,
-            "exp_ms": claims.exp_ms,
-            "status_list_id": claims.status_list_id,
-            "status_index": claims.status_index,
-            "cred_hash": b2l(claims.cred_hash),
-        }
-    )
+    """``VerifiedVcPersist`` CBOR of verified VC claims (``ecac.core.vc.VerifiedClaims``)."""
+    return VerifiedVcPersist(
+        claims.cred_id,
+        claims.issuer,
+        claims.subject_pk,
+        claims.role,
+        tuple(sorted(claims.scope)),
+        claims.nbf_ms,
+        claims.exp_ms,
+        claims.status_list_id,
+        claims.status_index,
+        claims.cred_hash,
+    ).encode()
 
 
-# --------------------------------------------------------------------------- edges rows from op bytes
-
-#: canonical uints below 2**16 (HLC logical/node values and small physical times)
-_UINT16 = [encode_uint(v) for v in range(1 << 16)]
-
-
-def _uint(v: int) -> bytes:
-    return _UINT16[v] if v < 0x10000 else encode_uint(v)
-
-
-_build_edge = slot_constructor(EdgeVal)
-_native.configure_edges(EdgeVal)  # the bulk decoders read the header fields of these rows
-_K_EDGE_PARENTS = b"\xa5\x67parents"
-_K_EDGE_AUTHOR = b"\x69author_pk"
-_K_EDGE_MS = b"\x66hlc_ms"
-_K_EDGE_LOGICAL = b"\x6bhlc_logical"
-_K_EDGE_NODE = b"\x68hlc_node"
-
-
-def edge_bytes(op: Op) -> bytes:
-    """``EdgeVal.of(op).encode()``, cut from the op's canonical bytes (the same parents and author items).
-
-    Layout of both: the ``parents`` array, then ``author_pk``; the op has the HLC between
-    them (``hlc`` key, map, three uints), the edge has its three uints at the end. Falls
-    back to encoding when ``op.cbor`` does not have the canonical layout.
-    """
-    data = op.cbor
-    i = data.find(_K_HLC, len(_K_HEADER))
-    j = data.find(_K_AUTHOR, i) + len(_K_AUTHOR) - len(_ID_HEAD)
-    k = data.find(_K_PAYLOAD, j)
-    if i < 0 or k < 0 or j < i or not data.startswith(_K_HEADER):
-        return EdgeVal.of(op).encode()
-    h = op.hlc
-    return b"".join(
-        (
-            _K_EDGE_PARENTS,
-            data[len(_K_HEADER) : i],
-            _K_EDGE_AUTHOR,
-            data[j:k],
-            _K_EDGE_MS,
-            _uint(h.physical_ms),
-            _K_EDGE_LOGICAL,
-            _uint(h.logical),
-            _K_EDGE_NODE,
-            _uint(h.node_id),
-        )
-    )
+#: the C bulk decoders of the store replay (``ecac._native.scan``/``skeletons``) read these rows
+_native.configure_edges(EdgeVal)

@@ -114,6 +114,14 @@ class SyncPlanner:
     def request_ids(self, request_id: int) -> tuple[bytes, ...]:
         return self._requests.get(request_id, ())
 
+    def in_flight_ids(self) -> list[bytes]:
+        """Every id owned by a running request, ascending."""
+        return sorted(self._in_flight)
+
+    def owner(self, op_id: bytes) -> int | None:
+        """The request that owns ``op_id`` (None when it is not in flight)."""
+        return self._in_flight.get(op_id)
+
     def __len__(self) -> int:
         return len(self._wanted)
 

@@ -9,6 +9,14 @@ Given a ``SyncRequest`` (store §2.3.4) the server sends
 parent-first, capped at ``min(max_ops, server cap)``, followed by the trailer ``End``
 (all of S sent) or ``More`` (cut by the cap).
 
+**What it reads.** Point facts (``contains``, ``is_complete``, ``parents``, ``gen``,
+``key``) come from ``IndexFacts``, the live index: they are monotone, so a walk that
+meets an op committed after its snapshot only sees more of the same history. Whole
+views come from the ``StoreSnapshot`` the store's writer published: its heads seed an
+anti-entropy answer (``want`` empty) and build a requester's boundary. Op bytes are
+read through a loader the I/O layer passes in. Nothing here iterates the live index,
+touches a store or holds a lock.
+
 **Order.** S is sent sorted by ``(gen, hlc sort key)`` where ``gen = 1 + max(gen(parents))``
 (0 for roots) and the sort key is core §6's ``(physical_ms, logical, node_id, op_id)``.
 A parent's gen is strictly smaller than its child's, so the order is parent-first and
@@ -26,16 +34,17 @@ boundary close to the heads cheap. Memory is O(visited).
 
 Batches: at most ``BATCH_OPS`` (512) frames per blob; the I/O layer writes each blob
 with one stream write and waits for it (transport back-pressure), so a large response
-is never buffered whole. Pure: reads the store, no I/O of its own, no clock.
+is never buffered whole.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from ecac.store.memory import OpStore
+from ecac.core.errors import StoreError
+from ecac.core.snapshot import IndexFacts, StoreSnapshot
 from ecac.sync.wire import (
     END,
     MAX_BOUNDARY,
@@ -55,43 +64,40 @@ SERVER_MAX_OPS = 65_536
 #: ops per coalesced stream write and per commit batch (store §2.3.9)
 BATCH_OPS = 512
 
+#: reads the stored canonical bytes of each id, in order (the I/O layer's adapter; may block)
+LoadCbor = Callable[[Sequence[bytes]], list[bytes]]
+
 _WANT = 1
 _HAVE = 2
-
-SortKey = tuple[int, int, int, bytes]
 
 
 @dataclass(frozen=True, slots=True)
 class ResponsePlan:
-    """What one response will carry: ``ids`` (parent-first), the trailer, and walk statistics."""
+    """What one response will carry: ``ids`` (parent-first), the trailer, and walk statistics.
+
+    ``partial``: the walk was seeded with fewer heads than the store has (an anti-entropy
+    answer from a store with more than ``SNAPSHOT_HEADS_MAX`` heads), so the trailer is
+    ``More`` even when every op of S fitted under the cap.
+    """
 
     ids: tuple[bytes, ...]
     trailer: End | More
     total: int  # |S| before the cap
     visited: int  # ops the paint-down walk popped
+    partial: bool = False
 
 
-def _key_fn(store: OpStore):
-    """The store's sort-key lookup: the index's when it has one, else via the decoded op."""
-    index = getattr(store, "index", None)
-    key = getattr(index, "key", None)
-    if key is not None:
-        return key
+def response_set(
+    facts: IndexFacts, snapshot: StoreSnapshot, want: Sequence[bytes], boundary: Sequence[bytes]
+) -> tuple[list[bytes], int]:
+    """S in ``(gen, sort key)`` order, and the number of ops the walk visited.
 
-    def from_op(op_id: bytes) -> SortKey:
-        op = store.get_op(op_id)
-        if op is None:  # pragma: no cover - the walk only visits complete ops
-            raise KeyError(op_id)
-        return op.sort_key()
-
-    return from_op
-
-
-def response_set(store: OpStore, want: Sequence[bytes], boundary: Sequence[bytes]) -> tuple[list[bytes], int]:
-    """S in ``(gen, sort key)`` order, and the number of ops the walk visited."""
-    gen = store.gen
-    parents = store.parents
-    complete = store.is_complete
+    With ``want`` empty the walk is seeded with ``snapshot.heads`` (every complete op of
+    the snapshot is an ancestor-or-self of one of them, when the snapshot lists them all).
+    """
+    gen = facts.gen
+    parents = facts.parents
+    complete = facts.is_complete
     colour: dict[bytes, int] = {}
     heap: list[tuple[int, bytes]] = []
     want_only = 0
@@ -109,7 +115,7 @@ def response_set(store: OpStore, want: Sequence[bytes], boundary: Sequence[bytes
             if old == _WANT:
                 want_only -= 1
 
-    seeds: Iterable[bytes] = want if want else store.heads(max(1, store.complete_count()))
+    seeds: Sequence[bytes] = want if want else snapshot.heads
     for x in seeds:
         if complete(x):
             paint(x, _WANT)
@@ -127,29 +133,34 @@ def response_set(store: OpStore, want: Sequence[bytes], boundary: Sequence[bytes
             out.append(x)
         for p in parents(x):
             paint(p, c)
-    key = _key_fn(store)
+    key = facts.key
     out.sort(key=lambda x: (gen(x), key(x)))
     return out, visited
 
 
-def plan_response(store: OpStore, request: SyncRequest, server_max_ops: int = SERVER_MAX_OPS) -> ResponsePlan:
-    """The ids to send for ``request`` and its trailer (``More`` when the cap cut S)."""
+def plan_response(
+    facts: IndexFacts, snapshot: StoreSnapshot, request: SyncRequest, server_max_ops: int = SERVER_MAX_OPS
+) -> ResponsePlan:
+    """The ids to send for ``request`` and its trailer (``More`` when the cap cut S). Pure, CPU-bound."""
     if server_max_ops < 1:
         raise ValueError("server_max_ops must be at least 1")
     cap = server_max_ops if request.max_ops == 0 else min(request.max_ops, server_max_ops)
-    s, visited = response_set(store, request.want, request.boundary)
+    s, visited = response_set(facts, snapshot, request.want, request.boundary)
+    partial = not request.want and snapshot.head_count > len(snapshot.heads)
     if len(s) <= cap:
-        return ResponsePlan(tuple(s), END, len(s), visited)
-    return ResponsePlan(tuple(s[:cap]), MORE, len(s), visited)
+        return ResponsePlan(tuple(s), MORE if partial else END, len(s), visited, partial)
+    return ResponsePlan(tuple(s[:cap]), MORE, len(s), visited, partial)
 
 
 def response_blobs(
-    store: OpStore, plan: ResponsePlan, batch_ops: int = BATCH_OPS, max_frame: int = MAX_FRAME
+    plan: ResponsePlan, load_cbor: LoadCbor, batch_ops: int = BATCH_OPS, max_frame: int = MAX_FRAME
 ) -> Iterator[bytes]:
     """The response as coalesced blobs of at most ``batch_ops`` frames; the last one ends with the trailer.
 
-    Reads op bytes lazily, one batch at a time. An op too large for ``max_frame`` raises
-    ``ProtocolError`` (the I/O layer resets the stream); local writes refuse such ops.
+    Loads op bytes lazily, one batch per ``load_cbor`` call (run the iteration in a worker
+    thread when the loader reads a disk). An op too large for ``max_frame`` raises
+    ``ProtocolError`` (the I/O layer resets the stream); local writes refuse such ops. A
+    loader that returns a different number of blobs than ids raises ``StoreError``.
     """
     if batch_ops < 1:
         raise ValueError("batch_ops must be at least 1")
@@ -160,14 +171,19 @@ def response_blobs(
         return
     for start in range(0, len(ids), batch_ops):
         chunk = ids[start : start + batch_ops]
-        parts = [encode_frame(OpBytes(data).encode(), max_frame) for data in store.load_ops_cbor(chunk)]
+        blobs = load_cbor(chunk)
+        if len(blobs) != len(chunk):
+            raise StoreError(f"the op loader returned {len(blobs)} ops for {len(chunk)} ids")
+        parts = [encode_frame(OpBytes(data).encode(), max_frame) for data in blobs]
         if start + batch_ops >= len(ids):
             parts.append(trailer)
         yield b"".join(parts)
 
 
 def serve_sync(
-    store: OpStore,
+    facts: IndexFacts,
+    snapshot: StoreSnapshot,
+    load_cbor: LoadCbor,
     request_body: bytes,
     *,
     server_max_ops: int = SERVER_MAX_OPS,
@@ -176,16 +192,22 @@ def serve_sync(
 ) -> Iterator[bytes]:
     """Decode one request frame body and yield the response blobs (decode errors raise first)."""
     request = SyncRequest.decode(request_body)
-    plan = plan_response(store, request, server_max_ops)
-    return response_blobs(store, plan, batch_ops, max_frame)
+    plan = plan_response(facts, snapshot, request, server_max_ops)
+    return response_blobs(plan, load_cbor, batch_ops, max_frame)
 
 
-def serve_fetch_missing(store: OpStore, request_body: bytes) -> bytes:
-    """The reference's ``/ecac/fetch/1`` answer: one un-prefixed RpcFrame (first held id, or End)."""
+def serve_fetch_missing(
+    facts: IndexFacts, snapshot: StoreSnapshot, load_cbor: LoadCbor, request_body: bytes
+) -> bytes:
+    """The reference's ``/ecac/fetch/1`` answer: one un-prefixed RpcFrame (first stored id, or End).
+
+    ``snapshot`` is not needed (stored is a point fact); it keeps the servers' signatures alike.
+    """
+    del snapshot
     fm = FetchMissing.decode(request_body)
     for op_id in fm.want:
-        data = store.get_op_bytes(op_id)
-        if data is not None:
+        if facts.contains(op_id):
+            (data,) = load_cbor((op_id,))
             return OpBytes(data).encode()
     return END.encode()
 
@@ -193,51 +215,32 @@ def serve_fetch_missing(store: OpStore, request_body: bytes) -> bytes:
 # --------------------------------------------------------------------------- requester side
 
 
-def boundary_positions(n: int) -> list[int]:
-    """Topo positions sampled for a boundary: n−2, n−3, n−5, n−9, …, n−1−2^i (≥ 0)."""
-    out: list[int] = []
-    step = 1
-    while n - 1 - step >= 0:
-        out.append(n - 1 - step)
-        step *= 2
-    return out
-
-
 def build_boundary(
-    store: OpStore,
+    snapshot: StoreSnapshot,
+    facts: IndexFacts,
     extra: Sequence[bytes] = (),
     max_heads: int = MAX_BOUNDARY_HEADS,
     max_total: int = MAX_BOUNDARY,
 ) -> tuple[bytes, ...]:
     """The requester's boundary: heads (≤ 128, newest first), ``extra``, then exponentially spaced samples.
 
-    The samples let a server that does not know the requester's newest ops still find
-    the shared history, so it does not resend everything (store §2.3.4). ``extra`` are
-    held ids the requester knows the server would otherwise resend (the duplicates of
-    the previous response of a ``More`` chain); only complete ones are used.
+    Heads and samples (the ids at ``boundary_positions(complete_count)`` of the order) come
+    from the snapshot. The samples let a server that does not know the requester's newest
+    ops still find the shared history, so it does not resend everything (store §2.3.4).
+    ``extra`` are held ids the requester knows the server would otherwise resend (the
+    duplicates of the previous response of a ``More`` chain); only complete ones are used.
+    Every id is complete: the snapshot's by construction, ``extra`` by the monotone facts.
     """
-    if max_heads > max_total:
-        raise ValueError("max_heads must not exceed max_total")
-    out = dict.fromkeys(store.heads(max_heads))
+    if not 0 <= max_heads <= max_total <= MAX_BOUNDARY:
+        raise ValueError(f"need 0 <= max_heads <= max_total <= {MAX_BOUNDARY}")
+    out = dict.fromkeys(snapshot.top_heads(max_heads))
     for op_id in extra:
         if len(out) >= max_total:
             break
-        if store.is_complete(op_id):
+        if facts.is_complete(op_id):
             out.setdefault(op_id)
-    n = store.complete_count()
-    positions = boundary_positions(n)
-    if positions and len(out) < max_total:
-        for op_id in _topo_at(store, positions):
-            if len(out) >= max_total:
-                break
-            out.setdefault(op_id)
+    for op_id in snapshot.samples:
+        if len(out) >= max_total:
+            break
+        out.setdefault(op_id)
     return tuple(out)
-
-
-def _topo_at(store: OpStore, positions: Sequence[int]) -> list[bytes]:
-    index = getattr(store, "index", None)
-    topo_slice = getattr(index, "topo_slice", None)
-    if topo_slice is not None:
-        return [topo_slice(p, p + 1)[0] for p in positions]
-    ids = store.topo_ids()
-    return [ids[p] for p in positions]

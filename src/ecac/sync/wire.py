@@ -5,37 +5,37 @@ Byte-exact with store §2.1: ``Announce``, ``SignedAnnounce``, ``FetchMissing`` 
 declaration order, byte fields as arrays of ints). The M6 additions (store §2.3.4) are
 ``SyncRequest`` and the ``More`` trailer; docs/protocol.md documents every message.
 
-Every decoder is strict: decode one CBOR item, build the typed value, re-encode it and
-require identical bytes. That single check rejects trailing bytes, non-minimal ints,
-indefinite lengths, duplicate or unknown keys and every other malleability. Shape errors
-raise ``DecodeError``; well-formed input that breaks a protocol rule or limit raises
-``ProtocolError``. Pure: no I/O, no clock.
+The messages are ``@serde`` structs (``ecac.core.codec``), so every decoder is strict: only
+the canonical encoding of the typed value is accepted (the codec's canonical parser, else
+cbor2 plus re-encode comparison naming the first differing field). That rejects trailing
+bytes, non-minimal ints, indefinite lengths, duplicate or unknown keys and every other
+malleability. Shape errors raise ``DecodeError``; well-formed input that breaks a protocol
+rule or limit raises ``ProtocolError``. Pure: no I/O, no clock.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Annotated, ClassVar
 
 import blake3
 from nacl.bindings import crypto_core_ed25519_is_valid_point
 from nacl.signing import SigningKey
 
 from ecac.core.codec import (
-    b2l,
-    dumps,
-    encode_byte_array,
-    loads,
-    read_head,
-    struct_fields,
-    to_bytes,
-    to_text,
-    to_u32,
-    to_u64,
-    uint8_items,
+    U32_MAX,
+    ByteArray,
+    Bytes32,
+    ByteVec,
+    Serde,
+    TypeCodec,
+    U32Int,
+    U64Int,
+    serde,
+    variant,
 )
-from ecac.core.errors import DecodeError, EcacError, ProtocolError
+from ecac.core.errors import EcacError, ProtocolError
 from ecac.core.sig import sig_ok
 
 # --------------------------------------------------------------------------- constants
@@ -60,17 +60,7 @@ MAX_FRAME = 8 * 1024 * 1024
 MIN_MAX_FRAME = 1024 * 1024
 FRAME_HEADER = 4
 
-_U32 = 2**32 - 1
-
-
-def _ids_obj(ids: Sequence[bytes]) -> list[list[int]]:
-    return [b2l(i) for i in ids]
-
-
-def _ids(obj: Any, what: str) -> tuple[bytes, ...]:
-    if not isinstance(obj, list):
-        raise DecodeError(f"{what}: expected an array of op ids, got {type(obj).__name__}")
-    return tuple(to_bytes(x, f"{what}[]", ID_LEN) for x in obj)
+_U32 = U32_MAX
 
 
 def _check_ids(ids: Sequence[bytes], what: str) -> None:
@@ -79,27 +69,18 @@ def _check_ids(ids: Sequence[bytes], what: str) -> None:
             raise ValueError(f"{what}: every id must be {ID_LEN} bytes")
 
 
-def _strict(data: bytes, what: str) -> Any:
-    """Decode one CBOR item; callers re-encode and compare."""
-    return loads(bytes(data), what)
-
-
-def _require_canonical(encoded: bytes, data: bytes, what: str) -> None:
-    if encoded != bytes(data):
-        raise DecodeError(f"{what}: non-canonical encoding (re-encoding differs from the received bytes)")
-
-
 # --------------------------------------------------------------------------- announces
 
 
+@serde
 @dataclass(frozen=True, slots=True)
-class Announce:
+class Announce(Serde):
     """What a node advertises: identity, complete-op count, newest heads, recent bloom (store §2.1)."""
 
-    node_id: bytes
-    topo_watermark: int
-    head_ids: tuple[bytes, ...]
-    bloom16: bytes
+    node_id: Bytes32
+    topo_watermark: U64Int
+    head_ids: tuple[Bytes32, ...]
+    bloom16: Annotated[bytes, ByteArray(2)]
 
     def __post_init__(self) -> None:
         if len(self.node_id) != ID_LEN:
@@ -110,36 +91,9 @@ class Announce:
             raise ValueError("Announce.topo_watermark must be a u64")
         _check_ids(self.head_ids, "Announce.head_ids")
 
-    def to_obj(self) -> dict[str, Any]:
-        return {
-            "node_id": b2l(self.node_id),
-            "topo_watermark": self.topo_watermark,
-            "head_ids": _ids_obj(self.head_ids),
-            "bloom16": b2l(self.bloom16),
-        }
-
-    def encode(self) -> bytes:
-        return dumps(self.to_obj())
-
     def digest(self) -> bytes:
         """The signed digest: plain BLAKE3 of the Announce CBOR (no domain string)."""
         return blake3.blake3(self.encode()).digest()
-
-    @staticmethod
-    def from_obj(obj: Any) -> Announce:
-        f = struct_fields(obj, ("node_id", "topo_watermark", "head_ids", "bloom16"), "Announce")
-        return Announce(
-            to_bytes(f[0], "Announce.node_id", ID_LEN),
-            to_u64(f[1], "Announce.topo_watermark"),
-            _ids(f[2], "Announce.head_ids"),
-            to_bytes(f[3], "Announce.bloom16", 2),
-        )
-
-    @staticmethod
-    def decode(data: bytes) -> Announce:
-        a = Announce.from_obj(_strict(data, "Announce"))
-        _require_canonical(a.encode(), data, "Announce")
-        return a
 
 
 def node_id_of(vk: bytes) -> bytes:
@@ -147,8 +101,9 @@ def node_id_of(vk: bytes) -> bytes:
     return blake3.blake3(bytes(vk)).digest()
 
 
+@serde
 @dataclass(frozen=True, slots=True)
-class SignedAnnounce:
+class SignedAnnounce(Serde):
     """The gossip payload: an Announce, its Ed25519 signature over the digest, and the key.
 
     ``decode`` only checks the shape; ``validate_signed_announce`` applies every rule of
@@ -156,31 +111,16 @@ class SignedAnnounce:
     """
 
     announce: Announce
-    sig: bytes
-    vk: bytes
+    sig: ByteVec
+    vk: ByteVec
 
     @staticmethod
     def sign(sk: SigningKey, announce: Announce) -> SignedAnnounce:
         """Deterministic: the same announce and key always give the same bytes."""
         return SignedAnnounce(announce, sk.sign(announce.digest()).signature, bytes(sk.verify_key))
 
-    def to_obj(self) -> dict[str, Any]:
-        return {"announce": self.announce.to_obj(), "sig": b2l(self.sig), "vk": b2l(self.vk)}
-
-    def encode(self) -> bytes:
-        return dumps(self.to_obj())
-
     def message_id(self) -> bytes:
         return gossip_message_id(self.encode())
-
-    @staticmethod
-    def decode(data: bytes) -> SignedAnnounce:
-        a, s, v = struct_fields(_strict(data, "SignedAnnounce"), ("announce", "sig", "vk"), "SignedAnnounce")
-        sa = SignedAnnounce(
-            Announce.from_obj(a), to_bytes(s, "SignedAnnounce.sig"), to_bytes(v, "SignedAnnounce.vk")
-        )
-        _require_canonical(sa.encode(), data, "SignedAnnounce")
-        return sa
 
 
 def validate_signed_announce(
@@ -232,40 +172,39 @@ def gossip_message_id(data: bytes) -> bytes:
 # --------------------------------------------------------------------------- requests
 
 
+@serde
 @dataclass(frozen=True, slots=True)
-class FetchMissing:
+class FetchMissing(Serde):
     """The reference's one-shot request (``/ecac/fetch/1``, compatibility endpoint only)."""
 
-    want: tuple[bytes, ...]
+    want: tuple[Bytes32, ...]
 
     def __post_init__(self) -> None:
         _check_ids(self.want, "FetchMissing.want")
 
-    def encode(self) -> bytes:
-        return dumps({"want": _ids_obj(self.want)})
-
-    @staticmethod
-    def decode(data: bytes) -> FetchMissing:
-        (w,) = struct_fields(_strict(data, "FetchMissing"), ("want",), "FetchMissing")
-        fm = FetchMissing(_ids(w, "FetchMissing.want"))
-        _require_canonical(fm.encode(), data, "FetchMissing")
+    @classmethod
+    def decode(cls, data: bytes) -> FetchMissing:
+        """Strict decode, then the request limit (a well-formed request over it is a ``ProtocolError``)."""
+        fm = cls.__serde__.decode(data)
         if len(fm.want) > MAX_WANT:
             raise ProtocolError(f"FetchMissing: {len(fm.want)} wanted ids exceeds the limit of {MAX_WANT}")
-        return fm
+        return fm  # type: ignore[no-any-return]
 
 
+@serde
 @dataclass(frozen=True, slots=True)
-class SyncRequest:
+class SyncRequest(Serde):
     """The one request frame of ``/ecac/sync/1`` (store §2.3.4).
 
     ``want``: ids wanted (empty = everything the server has that the requester lacks).
     ``boundary``: ids the requester holds (its heads plus exponentially spaced topo
-    samples). ``max_ops``: most ops to send (0 = the server's cap).
+    samples). ``max_ops``: most ops to send (0 = the server's cap). The limits are checked
+    on construction, so a decoded request over them is a ``ProtocolError``.
     """
 
-    want: tuple[bytes, ...] = ()
-    boundary: tuple[bytes, ...] = ()
-    max_ops: int = 0
+    want: tuple[Bytes32, ...] = ()
+    boundary: tuple[Bytes32, ...] = ()
+    max_ops: U32Int = 0
 
     def __post_init__(self) -> None:
         _check_ids(self.want, "SyncRequest.want")
@@ -279,128 +218,60 @@ class SyncRequest:
         if type(self.max_ops) is not int or not 0 <= self.max_ops <= _U32:
             raise ProtocolError("SyncRequest: max_ops must be a u32")
 
-    def to_obj(self) -> dict[str, Any]:
-        return {"want": _ids_obj(self.want), "boundary": _ids_obj(self.boundary), "max_ops": self.max_ops}
-
-    def encode(self) -> bytes:
-        return dumps(self.to_obj())
-
     def frame(self) -> bytes:
         """The request as one length-prefixed frame, ready to write."""
         return encode_frame(self.encode(), MAX_REQUEST_FRAME)
 
-    @staticmethod
-    def decode(data: bytes) -> SyncRequest:
+    @classmethod
+    def decode(cls, data: bytes) -> SyncRequest:
+        """Strict decode of a request frame body, refused before decoding when over the frame limit."""
         if len(data) > MAX_REQUEST_FRAME:
             raise ProtocolError(
                 f"SyncRequest: {len(data)}-byte frame exceeds the {MAX_REQUEST_FRAME}-byte limit"
             )
-        obj = _strict(data, "SyncRequest")
-        w, b, m = struct_fields(obj, ("want", "boundary", "max_ops"), "SyncRequest")
-        want = _ids(w, "SyncRequest.want")
-        boundary = _ids(b, "SyncRequest.boundary")
-        req = SyncRequest(want, boundary, to_u32(m, "SyncRequest.max_ops"))
-        _require_canonical(req.encode(), data, "SyncRequest")
-        return req
+        return cls.__serde__.decode(data)  # type: ignore[no-any-return]
 
 
 # --------------------------------------------------------------------------- response frames
 
 
+@variant(newtype=True)
 @dataclass(frozen=True, slots=True)
-class OpBytes:
-    """``RpcFrame::OpBytes``: one op's exact stored bytes."""
+class OpBytes(Serde):
+    """``RpcFrame::OpBytes``: one op's exact stored bytes, ``{"OpBytes": [uint…]}``."""
 
-    data: bytes
-
-    def encode(self) -> bytes:
-        """``{"OpBytes": [uint…]}``: the fixed prefix, the array head, then each byte as a CBOR uint.
-
-        Byte-identical to ``dumps({"OpBytes": b2l(data)})`` (tested), without a Python list of ints.
-        """
-        data = bytes(self.data)
-        return _OPBYTES_PREFIX + encode_byte_array(data)
+    data: ByteVec
+    NAME: ClassVar[str] = "OpBytes"
 
 
+@variant
 @dataclass(frozen=True, slots=True)
-class End:
+class End(Serde):
     """``RpcFrame::End``: the whole response set was sent."""
 
     NAME: ClassVar[str] = "End"
 
-    def encode(self) -> bytes:
-        return _END_CBOR
 
-
+@variant
 @dataclass(frozen=True, slots=True)
-class More:
+class More(Serde):
     """``RpcFrame::More`` (added in M6): the response was cut by the op cap; ask again."""
 
     NAME: ClassVar[str] = "More"
-
-    def encode(self) -> bytes:
-        return _MORE_CBOR
 
 
 RpcFrame = OpBytes | End | More
 Trailer = End | More
 END = End()
 MORE = More()
-_END_CBOR = dumps("End")
-_MORE_CBOR = dumps("More")
-_OPBYTES_PREFIX = dumps({"OpBytes": []})[:-1]  # a1 67 "OpBytes"
+_RPC_FRAME: TypeCodec[RpcFrame] = TypeCodec(RpcFrame, "RpcFrame")
 
 _SMALL = bytes(range(24))
 
 
-def _fast_op_bytes(b: bytes) -> bytes | None:
-    """The op bytes of a canonical ``OpBytes`` frame body, or None for anything else.
-
-    Exact: bytes only when ``b`` is the canonical encoding of ``OpBytes(result)`` (prefix,
-    shortest array head, every item a shortest-form uint, as many items as the head
-    says), checked with the codec's C-level ``uint8_items``. None sends the caller to the
-    general decoder, which then names the problem.
-    """
-    if not b.startswith(_OPBYTES_PREFIX):
-        return None
-    got = read_head(b, len(_OPBYTES_PREFIX), 4)
-    if got is None:
-        return None
-    n, start = got
-    out = uint8_items(b[start:])
-    return out if out is not None and len(out) == n else None
-
-
 def decode_rpc_frame(data: bytes) -> RpcFrame:
     """Strictly decode one RpcFrame body (without the length prefix)."""
-    b = bytes(data)
-    if b == _END_CBOR:
-        return END
-    if b == _MORE_CBOR:
-        return MORE
-    raw = _fast_op_bytes(b)
-    if raw is not None:
-        return OpBytes(raw)
-    obj = _strict(b, "RpcFrame")
-    if b.startswith(_OPBYTES_PREFIX) and type(obj) is dict and type(obj.get("OpBytes")) is list:
-        # fast path (every op of a response): C-level conversion, then re-encode equality
-        try:
-            raw = bytes(obj["OpBytes"])
-        except (TypeError, ValueError):
-            raise DecodeError("RpcFrame.OpBytes: array element is not a byte") from None
-        frame = OpBytes(raw)
-        _require_canonical(frame.encode(), b, "RpcFrame")
-        return frame
-    if isinstance(obj, str):
-        raise DecodeError(f"RpcFrame: unknown unit variant {obj!r}")
-    if not isinstance(obj, dict) or len(obj) != 1:
-        raise DecodeError("RpcFrame: expected OpBytes, End or More")
-    ((name, body),) = obj.items()
-    if to_text(name, "RpcFrame variant") != "OpBytes":
-        raise DecodeError(f"RpcFrame: unknown variant {name!r}")
-    frame = OpBytes(to_bytes(body, "RpcFrame.OpBytes"))
-    _require_canonical(frame.encode(), b, "RpcFrame")
-    return frame
+    return _RPC_FRAME.decode(data)
 
 
 def op_frame_size(op_cbor_len_or_bytes: int | bytes) -> int:

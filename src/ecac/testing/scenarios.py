@@ -13,25 +13,20 @@ with parents ``[credential]``; VCs with ``jti "test-cred-1"`` and status
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 
 from nacl.signing import SigningKey
 
+from ecac.core import policyops
 from ecac.core.hlc import U64_MAX, Hlc
 from ecac.core.keys import key_pair
 from ecac.core.op import (
-    Credential,
     Data,
-    Grant,
-    IssuerKey,
     IssuerKeyRevoke,
     Op,
-    Revoke,
-    StatusListChunk,
     make_op,
 )
-from ecac.core.vc import cred_hash, editor_claims, mint_vc
+from ecac.core.vc import editor_claims, mint_vc
 
 ADMIN = key_pair(1, b"policy/admin")
 USER = key_pair(1, b"policy/user")
@@ -60,10 +55,16 @@ def issuer_key_op(
     parents: Sequence[bytes] = (),
 ) -> Op:
     """Publish ``pubkey`` (default: the signer's own key) for ``issuer_id`` at ``{ms, 0, 0}``."""
-    payload = IssuerKey(
-        issuer_id, key_id, "EdDSA", pk(signer) if pubkey is None else pubkey, valid_from_ms, valid_until_ms
+    return policyops.issuer_key_op(
+        signer,
+        parents,
+        Hlc(ms, 0, 0),
+        issuer_id,
+        key_id,
+        pubkey=pubkey,
+        valid_from_ms=valid_from_ms,
+        valid_until_ms=valid_until_ms,
     )
-    return make_op(signer, parents, Hlc(ms, 0, 0), payload)
 
 
 def vc_token(
@@ -87,15 +88,13 @@ def vc_token(
 
 def credential_op(token: bytes, nbf_ms: int, issuer: SigningKey = ADMIN, cred_id: str = "test-cred-1") -> Op:
     """The Credential op carrying ``token``: a root at ``{nbf, 0, 1}`` by the issuer."""
-    return make_op(issuer, (), Hlc(nbf_ms, 0, 1), Credential(cred_id, token))
+    return policyops.credential_op(issuer, (), Hlc(nbf_ms, 0, 1), token, cred_id)
 
 
 def grant_op(cred: Op, subject: SigningKey = USER, grantor: SigningKey = ADMIN) -> Op:
     """The Grant of ``cred``'s VC to ``subject``: child of the credential at ``{nbf, 0, 2}``."""
     token = cred.payload.cred_bytes  # type: ignore[union-attr]
-    return make_op(
-        grantor, (cred.op_id,), Hlc(cred.hlc.physical_ms, 0, 2), Grant(pk(subject), cred_hash(token))
-    )
+    return policyops.grant_op(grantor, (cred.op_id,), Hlc(cred.hlc.physical_ms, 0, 2), pk(subject), token)
 
 
 def grant_pair(
@@ -141,7 +140,7 @@ def revoke_op(
 ) -> Op:
     """A Revoke with ``at`` equal to its own HLC (``at`` is ignored by policy anyway)."""
     ps = () if parent is None else (parent.op_id,)
-    return make_op(revoker, ps, hlc, Revoke(pk(subject), role, scope, hlc))
+    return policyops.revoke_op(revoker, ps, hlc, pk(subject), role, scope)
 
 
 def status_chunk_op(
@@ -154,8 +153,7 @@ def status_chunk_op(
     signer: SigningKey = ADMIN,
 ) -> Op:
     """A one-chunk status list (LSB-first bits) with its correct SHA-256, as a root."""
-    payload = StatusListChunk(list_id, issuer_id, version, 0, hashlib.sha256(bits).digest(), bits)
-    return make_op(signer, (), Hlc(ms, 0, 0), payload)
+    return policyops.status_chunk_op(signer, (), Hlc(ms, 0, 0), list_id, issuer_id, version, bits)
 
 
 # --------------------------------------------------------------------------- S1–S4 (core §16.2)

@@ -1,4 +1,5 @@
-"""The sans-I/O coordinator: ingestion rules, trailers, failures, backoff, anti-entropy, announces."""
+"""The sans-I/O coordinator: ingestion rules, trailers, failures, backoff, anti-entropy, announces,
+snapshots, budgets and restarts."""
 
 from __future__ import annotations
 
@@ -9,28 +10,30 @@ import pytest
 from ecac.core.codec import b2l, dumps
 from ecac.core.keys import key_pair
 from ecac.core.op import Data, Op, header_obj
+from ecac.core.snapshot import StoreSnapshot, take_snapshot
 from ecac.store.memory import MemoryOpStore
-from ecac.sync.peersync import (
+from ecac.sync.coordinator import SyncConfig, SyncCoordinator, local_announce
+from ecac.sync.effects import (
     CancelRequest,
     CommitOps,
     CommitOutcome,
-    DecodedFrames,
     Disconnect,
     Effect,
     Penalise,
     PublishAnnounce,
     SendRequest,
-    SyncConfig,
-    SyncCoordinator,
-    apply_commit,
-    decode_frames,
-    local_announce,
 )
+from ecac.sync.frames import DecodedFrames, decode_frames
 from ecac.sync.syncserve import serve_sync
 from ecac.sync.wire import END, MORE, FrameReader, OpBytes, SignedAnnounce
 from sim.dags import chain
+from sim.simnet import apply_commit
 
 SERVER_SK = key_pair(1, b"server")
+
+
+def snap(store: MemoryOpStore, seq: int = 0) -> StoreSnapshot:
+    return take_snapshot(store.index, seq)
 
 
 class Node:
@@ -38,8 +41,23 @@ class Node:
 
     def __init__(self, config: SyncConfig | None = None, ops: Sequence[Op] = ()) -> None:
         self.store = MemoryOpStore(ops)
-        self.coord = SyncCoordinator(self.store, key_pair(2, b"requester"), config)
+        self.seq = 0
+        self.coord = SyncCoordinator(key_pair(2, b"requester"), self.store.index, config, self.snap())
         self.log: list[Effect] = []
+
+    def snap(self) -> StoreSnapshot:
+        """The snapshot the writer publishes after each commit."""
+        self.seq += 1
+        return snap(self.store, self.seq)
+
+    def finish(self, commit: CommitOps, now: float = 0.0) -> list[Effect]:
+        """Commit through the store and report it, as the node's writer does."""
+        return self.coord.commit_finished(apply_commit(self.store, commit), self.snap(), now)
+
+    def local_write(self, now: float, ops: Sequence[Op] = ()) -> list[Effect]:
+        if ops:
+            self.store.put_many(list(ops))
+        return self.coord.snapshot_changed(self.snap(), now, local=True)
 
     def run(self, effects: Sequence[Effect], now: float = 0.0) -> list[Effect]:
         """Carry out commits (recursively); return every other effect, in order."""
@@ -49,7 +67,7 @@ class Node:
             e = queue.pop(0)
             if isinstance(e, CommitOps):
                 self.log.append(e)
-                queue = self.coord.commit_finished(apply_commit(self.store, e), now) + queue
+                queue = self.finish(e, now) + queue
             else:
                 out.append(e)
         self.log += out
@@ -65,11 +83,12 @@ class Node:
 def respond(store: MemoryOpStore, send: SendRequest, **kw) -> list[bytes]:
     """The server's answer to ``send`` as frame bodies."""
     reader = FrameReader()
-    return [b for blob in serve_sync(store, send.request.encode(), **kw) for b in reader.feed(blob)]
+    blobs = serve_sync(store.index, snap(store), store.load_ops_cbor, send.request.encode(), **kw)
+    return [b for blob in blobs for b in reader.feed(blob)]
 
 
 def announce_of(store: MemoryOpStore, sk=SERVER_SK) -> SignedAnnounce:
-    return local_announce(store, sk)
+    return local_announce(snap(store), sk)
 
 
 def start_fetch(node: Node, server: MemoryOpStore, peers: Sequence[str] = ("P",), now: float = 0.0):
@@ -216,7 +235,8 @@ def test_local_store_failure_is_not_the_peers_fault() -> None:
     send = start_fetch(node, server)
     effects = node.coord.frames_received(send.request_id, respond(server, send), 1.0)
     (commit,) = [e for e in effects if isinstance(e, CommitOps)]
-    after = node.coord.commit_finished(CommitOutcome(commit.commit_id, error="store error: disk full"), 1.0)
+    failed = CommitOutcome(commit.commit_id, error="store error: disk full")
+    after = node.coord.commit_finished(failed, node.snap(), 1.0)
     assert not any(isinstance(e, Penalise | Disconnect) for e in after)
     assert node.coord.peer("P").failures == 0 and node.coord.counters.requests_failed == 1
     # the head is wanted again and re-requested from the same (healthy) peer
@@ -389,14 +409,14 @@ def test_announce_on_start_debounced_and_only_when_changed() -> None:
     sa = SignedAnnounce.decode(first)
     assert sa.announce.topo_watermark == 2 and sa.announce.head_ids == tuple(node.store.heads(16))
     assert sa.vk == node.coord.vk
-    node.store.put_many(chain(1, b"more", node.store.get_op(node.store.heads(1)[0])))
-    assert publishes(node.run(node.coord.local_write(0.1), 0.1)) == []  # within 250 ms
+    more = chain(1, b"more", node.store.get_op(node.store.heads(1)[0]))
+    assert publishes(node.run(node.local_write(0.1, more), 0.1)) == []  # within 250 ms
     assert node.coord.next_wakeup() == pytest.approx(0.25)
     (second,) = publishes(node.run(node.coord.timer(0.25), 0.25))
     assert SignedAnnounce.decode(second).announce.topo_watermark == 3
     assert publishes(node.run(node.coord.timer(1.0), 1.0)) == []
     assert publishes(node.run(node.coord.anti_entropy_tick(6.0), 6.0)) == []  # unchanged: not re-published
-    assert publishes(node.run(node.coord.local_write(7.0), 7.0)) == []  # nothing new to say
+    assert publishes(node.run(node.local_write(7.0), 7.0)) == []  # nothing new to say
     assert publishes(node.run(node.coord.peer_subscribed("P", 8.0), 8.0)) == [second]  # a new peer
     assert node.coord.counters.announces_sent == 3
 
@@ -406,7 +426,7 @@ def test_own_and_duplicate_announces() -> None:
     server = MemoryOpStore(ops)
     node = Node()
     node.run(node.coord.peer_connected("P", 0.0))
-    own = local_announce(server, node.coord.sk)
+    own = announce_of(server, node.coord.sk)
     assert node.run(node.coord.announce_received("me", own, "P", 0.0)) == []
     sa = announce_of(server)
     sends: list[SendRequest] = []
@@ -478,6 +498,24 @@ def test_config_validation() -> None:
         SyncConfig(max_held_ops=10)
     with pytest.raises(ValueError):
         SyncConfig(idle_timeout=0)
+    with pytest.raises(ValueError):
+        SyncConfig(batch_bytes=1000, max_held_bytes=999)
+    with pytest.raises(ValueError):
+        SyncConfig(max_held_bytes_total=SyncConfig().max_held_bytes - 1)
+    with pytest.raises(ValueError):
+        SyncConfig(max_serves_per_peer=0)
+    with pytest.raises(ValueError):
+        SyncConfig(bloom_window=128)  # the snapshot's bloom covers 256 ids
+    with pytest.raises(ValueError):
+        SyncConfig(announce_heads=65)
+    cfg = SyncConfig()
+    assert (cfg.max_held_bytes, cfg.max_held_bytes_total, cfg.max_serves_per_peer) == (64 << 20, 256 << 20, 2)
+    with pytest.raises(ValueError):
+        local_announce(StoreSnapshot(), SERVER_SK, bloom_window=128)
+    with pytest.raises(ValueError):
+        CommitOutcome(1, rejected_index=0)  # a refusal names the store's error
+    with pytest.raises(ValueError):
+        CommitOutcome(1, stored=(b"\x00" * 32,), error="store error")
 
 
 def test_counters_dict() -> None:
@@ -500,7 +538,7 @@ def test_peer_states_are_bounded() -> None:
     node.run(node.coord.peer_connected("A", 0.0))
     for i in range(6):
         store = MemoryOpStore(chain(1, b"o%d" % i))
-        node.run(node.coord.announce_received(f"far{i}", local_announce(store, key_pair(i, b"o")), "A", 0.0))
+        node.run(node.coord.announce_received(f"far{i}", announce_of(store, key_pair(i, b"o")), "A", 0.0))
     assert node.coord.peer("A") is not None and node.coord.peer("A").connected
     remembered = [f"far{i}" for i in range(6) if node.coord.peer(f"far{i}") is not None]
     assert remembered == ["far4", "far5"]
@@ -592,3 +630,200 @@ def test_anti_entropy_hint_needs_every_head_listed() -> None:
     few = announce_of(MemoryOpStore(roots[:3]), key_pair(7, b"p"))
     node.run(node.coord.announce_received("P", few, "P", 1.3), 1.3)
     assert node.sends(node.run(node.coord.anti_entropy_tick(1.4), 1.4)) == []
+
+
+# --------------------------------------------------------------------------- budgets in bytes
+
+
+def test_commits_are_cut_by_bytes_too() -> None:
+    ops = chain(12)
+    size = max(len(o.cbor) for o in ops[1:])  # the root has no parent: shorter
+    server = MemoryOpStore(ops)
+    node = Node(SyncConfig(batch_ops=8, batch_bytes=3 * size + 10, max_held_bytes=20 * size))
+    send = start_fetch(node, server)
+    node.run(node.coord.frames_received(send.request_id, respond(server, send), 1.0), 1.0)
+    assert [len(c.ops) for c in node.commits()] == [3, 3, 3, 3]
+    assert all(c.nbytes <= 3 * size + 10 for c in node.commits())
+    assert node.store.topo_ids() == server.topo_ids()
+
+
+def test_held_bytes_budget_fails_a_reader_that_ignores_back_pressure() -> None:
+    ops = chain(40)
+    size = max(len(o.cbor) for o in ops)
+    server = MemoryOpStore(ops)
+    cfg = SyncConfig(batch_ops=4, max_held_ops=1000, batch_bytes=4 * size, max_held_bytes=8 * size)
+    node = Node(cfg)
+    send = start_fetch(node, server, ("P", "Q"))
+    rid = send.request_id
+    bodies = respond(server, send)
+    first = node.coord.frames_received(rid, bodies[:4], 1.0)  # one batch: commit outstanding
+    assert [len(e.ops) for e in first if isinstance(e, CommitOps)] == [4]
+    assert node.coord.accepting(rid)
+    node.coord.frames_received(rid, bodies[4:8], 1.0)  # a full batch waits: stop reading
+    assert not node.coord.accepting(rid)
+    assert node.coord.request_info(rid).held_bytes == sum(len(o.cbor) for o in ops[4:8])
+    flood = node.coord.frames_received(rid, bodies[8:20], 1.0)  # read on anyway: 16 ops held > 8 ops' bytes
+    assert any(isinstance(e, CancelRequest) and "back-pressure" in e.reason for e in flood)
+    assert not any(isinstance(e, Penalise | Disconnect) for e in flood)
+    c = node.coord.counters
+    assert c.requests_over_budget == 1 and c.peers_penalised == 0
+    assert node.coord.peer("P").failures == 0  # a local fault: no backoff
+    assert node.coord.request_info(rid).held_ops == 0  # the buffer is dropped, the commit still pending
+    node.run(first, 1.0)  # the outstanding commit lands; the request drains and the id is re-planned
+    assert node.store.op_count() == 4
+    assert node.coord.check_invariants() == []
+
+
+def test_total_held_bytes_pause_reading_and_drain_every_buffer() -> None:
+    a_ops, b_ops = chain(10, b"a"), chain(10, b"b")
+    size = max(len(o.cbor) for o in a_ops + b_ops)
+    cfg = SyncConfig(
+        batch_ops=8, batch_bytes=8 * size, max_held_bytes=8 * size, max_held_bytes_total=8 * size
+    )
+    node = Node(cfg)
+    pa, pb = MemoryOpStore(a_ops), MemoryOpStore(b_ops)
+    for p in ("A", "B"):
+        node.run(node.coord.peer_connected(p, 0.0))
+    (ra,) = node.sends(node.run(node.coord.announce_received("A", announce_of(pa), "A", 0.0)))
+    (rb,) = node.sends(
+        node.run(node.coord.announce_received("B", announce_of(pb, key_pair(4, b"b")), "B", 0.0))
+    )
+    # A's first frames stay below a batch: buffered, no commit
+    assert node.coord.frames_received(ra.request_id, respond(pa, ra)[:5], 0.1) == []
+    assert node.coord.accepting(rb.request_id)
+    # B's frames bring the total to the budget: reading pauses everywhere, and both buffers commit now
+    effects = node.coord.frames_received(rb.request_id, respond(pb, rb)[:4], 0.1)
+    commits = [e for e in effects if isinstance(e, CommitOps)]
+    assert sorted(len(c.ops) for c in commits) == [4, 5]
+    assert node.coord.held_bytes_total() == 0
+    assert node.coord.check_invariants() == []
+    node.run(commits, 0.2)
+    assert node.coord.accepting(ra.request_id) and node.coord.accepting(rb.request_id)
+
+
+# --------------------------------------------------------------------------- snapshots
+
+
+def test_stale_snapshots_are_ignored_and_new_ones_replan() -> None:
+    ops = chain(6)
+    server = MemoryOpStore(ops)
+    node = Node()
+    send = start_fetch(node, server)
+    head = ops[-1].op_id
+    assert node.coord.planner.is_wanted(head)
+    newer = node.coord.snapshot
+    assert node.run(node.coord.snapshot_changed(StoreSnapshot(seq=0), 1.0), 1.0) == []
+    assert node.coord.snapshot is newer  # older than the one it holds
+    # the ops arrive by another path (a local import); the snapshot after it drops the want
+    node.store.put_many(ops)
+    node.run(node.coord.snapshot_changed(node.snap(), 1.0), 1.0)
+    assert not node.coord.planner.is_wanted(head)
+    assert node.coord.snapshot.complete_count == 6
+    node.run(node.coord.frames_received(send.request_id, respond(server, send), 1.1), 1.1)
+    assert node.coord.counters.ops_duplicates_dropped == 6 and node.coord.idle()
+
+
+def test_facts_newer_than_the_snapshot() -> None:
+    """The writer stored ops the coordinator was not told about yet: the live facts stop it from
+    fetching them, and its boundary comes from the snapshot it has (never a stale claim)."""
+    ops = chain(8)
+    node = Node()
+    old = node.coord.snapshot
+    node.store.put_many(ops[:5])  # committed, not reported
+    node.run(node.coord.peer_connected("P", 0.0))
+    sends = node.sends(
+        node.run(node.coord.announce_received("P", announce_of(MemoryOpStore(ops[:5])), "P", 0.0))
+    )
+    assert sends == [] and node.coord.snapshot is old  # stored: nothing to fetch
+    (send,) = node.sends(
+        node.run(node.coord.announce_received("P", announce_of(MemoryOpStore(ops)), "P", 0.1))
+    )
+    assert send.request.want == (ops[-1].op_id,) and send.request.boundary == ()  # the old (empty) snapshot
+    server = MemoryOpStore(ops)
+    node.run(node.coord.frames_received(send.request_id, respond(server, send), 0.2), 0.2)
+    assert node.store.topo_ids() == server.topo_ids()
+    assert node.coord.counters.ops_duplicates_dropped == 5  # sent again, dropped by the facts
+
+
+# --------------------------------------------------------------------------- never half-updated, restarts
+
+
+def state_of(coord: SyncCoordinator) -> tuple:
+    return (
+        coord.requests(),
+        coord.outstanding_commits(),
+        coord.planner.wanted_ids(),
+        coord.counters.as_dict(),
+    )
+
+
+def test_bad_events_raise_before_changing_anything() -> None:
+    ops = chain(6)
+    server = MemoryOpStore(ops)
+    node = Node()
+    send = start_fetch(node, server)
+    (commit,) = [
+        e
+        for e in node.coord.frames_received(send.request_id, respond(server, send), 1.0)
+        if isinstance(e, CommitOps)
+    ]
+    before = state_of(node.coord)
+    bad_events = [
+        lambda: node.coord.commit_finished(
+            CommitOutcome(commit.commit_id, stored=(b"\x01" * 32,)), node.snap(), 1.0
+        ),
+        lambda: node.coord.commit_finished(
+            CommitOutcome(commit.commit_id, rejected_index=9, error="x"), node.snap(), 1.0
+        ),
+        lambda: node.coord.commit_finished(CommitOutcome(commit.commit_id), "not a snapshot", 1.0),
+        lambda: node.coord.decoded_received(send.request_id, [OpBytes(ops[0].cbor).encode()], 1.0),
+        lambda: node.coord.timer(float("nan")),
+        lambda: node.coord.peer_connected(b"P", 1.0),
+        lambda: node.coord.snapshot_changed(None, 1.0),
+        lambda: node.coord.announce_received("P", b"announce bytes", None, 1.0),
+    ]
+    for bad in bad_events:
+        with pytest.raises((TypeError, ValueError)):
+            bad()
+        assert state_of(node.coord) == before
+        assert node.coord.check_invariants() == []
+    node.run([commit], 1.0)  # still usable: the real outcome completes the sync
+    assert node.store.topo_ids() == server.topo_ids() and node.coord.idle()
+
+
+def test_restart_keeps_counters_bans_and_peers_and_forgets_requests() -> None:
+    ops = chain(20)
+    server = MemoryOpStore(ops)
+    node = Node(SyncConfig(batch_ops=4, ban_period=10.0))
+    node.run(node.coord.start(0.0))
+    for p in ("B", "P", "Q"):
+        node.run(node.coord.peer_connected(p, 0.0))
+    (send,) = node.sends(node.run(node.coord.announce_received("P", announce_of(server), "P", 0.0)))
+    bad_send = node.sends(node.run(node.coord.anti_entropy_tick(0.0)))  # to B: the first idle peer
+    assert [x.peer for x in bad_send] == ["B"]
+    node.run(node.coord.request_failed(bad_send[0].request_id, "garbage", 0.0, violation=True))
+    effects = node.coord.frames_received(send.request_id, respond(server, send)[:6], 0.5)
+    (old_commit,) = [e for e in effects if isinstance(e, CommitOps)]
+    counters = node.coord.counters.as_dict()
+    old = node.coord
+    node.coord, restart_effects = old.restarted(node.snap(), 1.0)
+    assert node.coord is not old
+    cancels = [e for e in restart_effects if isinstance(e, CancelRequest)]
+    assert [c.request_id for c in cancels] == [send.request_id]
+    assert node.coord.counters.coordinator_restarts == 1
+    carried = node.coord.counters.as_dict()
+    assert all(carried[k] >= v for k, v in counters.items())  # kept (the restart pulls and announces)
+    assert carried["peers_penalised"] == counters["peers_penalised"] == 1
+    assert carried["requests_failed"] == counters["requests_failed"] == 1
+    assert node.coord.connected_peers() == ["P", "Q"]
+    assert node.run(node.coord.peer_connected("B", 2.0), 2.0) == [Disconnect("B", "banned", 10.0)]
+    # the new one pulls at once (anti-entropy), with fresh ids; late reports for the old ones change nothing
+    new_sends = node.sends(restart_effects)
+    assert [s.request.want for s in new_sends] == [()]
+    assert all(s.request_id > send.request_id for s in new_sends)
+    assert node.coord.frames_received(send.request_id, [END.encode()], 1.1) == []
+    node.run(node.coord.commit_finished(apply_commit(node.store, old_commit), node.snap(), 1.1), 1.1)
+    assert node.coord.snapshot.complete_count == 4  # the old commit's snapshot is still news
+    node.run(node.coord.frames_received(new_sends[0].request_id, respond(server, new_sends[0]), 1.2), 1.2)
+    assert node.store.topo_ids() == server.topo_ids()
+    assert node.coord.check_invariants() == [] and node.coord.idle()
