@@ -300,6 +300,9 @@ class TotalOrder:
     def _resume_batch(self, fresh: list[bytes]) -> int:
         """Place ``fresh`` (activation order) by resuming Kahn at the first position they change."""
         ids = self._ids
+        if len(ids) * 4 < len(fresh):  # finding where they start costs more than re-placing the order
+            self._resume(0, fresh)
+            return 0
         pos = self._positions()
         key = self._key
         parents = self._parents
