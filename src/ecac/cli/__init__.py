@@ -42,7 +42,8 @@ _register_all()
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: maps EcacError to exit 1 with a one-line message."""
     try:
-        cli.main(args=argv, prog_name="ecac", standalone_mode=False)
+        # without standalone mode click returns ctx.exit(n)'s code instead of exiting
+        rv = cli.main(args=argv, prog_name="ecac", standalone_mode=False)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except click.ClickException as e:
@@ -56,4 +57,4 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(1)
     except BrokenPipeError:
         sys.exit(1)
-    sys.exit(0)
+    sys.exit(rv if isinstance(rv, int) else 0)

@@ -256,7 +256,7 @@ def verify_store_cmd(db: Path, verify_sigs: bool) -> None:
         report = st.verify_integrity(verify_sigs=verify_sigs)
     click.echo(report.describe())
     if report.incomplete:
-        sys.exit(EXIT_INCOMPLETE)  # not click's Exit: ``main`` runs click with standalone_mode=False
+        sys.exit(EXIT_INCOMPLETE)
 
 
 # --------------------------------------------------------------------------- status

@@ -397,7 +397,8 @@ class Store(IndexedOpStore):
             return [by_id[x] for x in ids]
         edges = self._edges
         out: list[Op | None] = [None] * len(ids)
-        placed, rest = _native.scan(rows, edges, at, out)
+        # the C scan looks positions up with PyDict_GetItem: the index's live map is a dict already
+        placed, rest = _native.scan(rows, edges, at if isinstance(at, dict) else dict(at), out)
         if checked:
             for op in out:
                 if op is not None and op_id_of(header_cbor_of(op)) != op.op_id:
