@@ -4,7 +4,7 @@
 PY=${PY:-$PWD/.venv/bin/python}
 run() { # tree scenario ops extra...
   local tree=$1; shift; local sc=$1; shift; local ops=$1; shift
-  if [ "$tree" = old ]; then pp=${OLD_SRC:?set OLD_SRC to an old checkout's src (with _native built in place)}; else pp=${NEW_SRC:-$PWD/src}; fi
+  if [ "$tree" = old ]; then pp=${OLD_SRC:?set OLD_SRC to the old tree src dir, with _native built in place}; else pp=${NEW_SRC:-$PWD/src}; fi
   out=$(cd /tmp && PYTHONPATH=$pp $PY -m ecac bench --scenario $sc --ops $ops --seed 42 "$@" --json 2>/dev/null | tail -1)
   echo "$tree $sc $ops $* $out"
 }
