@@ -49,6 +49,7 @@ import dataclasses
 import io
 import sys
 import types
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import (
     Annotated,
@@ -397,24 +398,27 @@ class _Parse:
         self.line(f"    {out}, p = r")
 
 
-class _Node:
-    """One schema node: emits the code of the encoder, the lenient decoder and the canonical parser."""
+class _Node(ABC):
+    """One schema node: emits the code of the encoder, the lenient decoder and the canonical parser.
+
+    Each concrete node kind implements all three emitters (abstract here).
+    """
 
     def lit(self) -> bytes:
         """A literal every canonical encoding of this node starts with."""
         return b""
 
+    @abstractmethod
     def enc(self, env: _Env, x: str) -> str:
         """An expression: the canonical bytes of the value of expression ``x``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def dec(self, env: _Env, x: str, w: str) -> str:
         """An expression: the typed value of decoded CBOR ``x``; ``w`` is the expression naming it."""
-        raise NotImplementedError
 
+    @abstractmethod
     def parse(self, g: _Parse, out: str, term: _Term | None) -> None:
         """Statements: parse this node's canonical encoding at p into ``out``, advancing p."""
-        raise NotImplementedError
 
     def default(self) -> Any:
         raise TypeError(f"{self!r} has no default value")
