@@ -24,6 +24,10 @@ events, stream handlers) and re-exports the public names of the others:
 * ``ecac.net.p2pkeys``: identity (key pairs, PeerIds from the node seed).
 * ``ecac.net.streams``: :class:`P2PStream` and the inbound-handler guard.
 * ``ecac.net.gossip``: gossipsub, topic validation and delivery (:class:`GossipMessage`).
+* ``ecac.net.connguard`` (policy, no libp2p) and ``ecac.net.p2ppatch`` (its libp2p glue):
+  inbound connection slots, per-peer and total limits with fair eviction, handshake timeout,
+  churn rate limits, and yamux flow control (receive window, buffered-bytes budgets, stream
+  cap); the limits are ``HostConfig`` fields, the counters ``P2PHost.conn_stats()``.
 
 Public API (all ``async`` methods must be called inside ``run()``; peers are PeerId strings):
 
@@ -31,7 +35,8 @@ Public API (all ``async`` methods must be called inside ``run()``; peers are Pee
   :func:`peer_id_from_public_key`, :func:`public_key_from_peer_id` (32-byte Ed25519 keys).
 * :class:`P2PHost`: ``peer_id``, ``public_key``, ``run(listen_addrs)``, ``listen_addrs()``,
   ``dial(addr)``, ``disconnect(peer)``, ``connected_peers()``, ``is_connected(peer)``,
-  ``add_peer_listener(cb)``, ``set_stream_handler(proto, handler)``,
+  ``add_peer_listener(cb)``, ``protect_peer(peer)``, ``conn_stats()``,
+  ``set_stream_handler(proto, handler)``,
   ``remove_stream_handler(proto)``, ``open_stream(peer, proto)``,
   ``subscribe(topic, on_message, validator=None)``, ``unsubscribe(topic)``,
   ``publish(topic, data)``, ``gossip_peers(topic)``, ``mesh_peers(topic)``.
@@ -59,7 +64,9 @@ contract test ``test_contract_*`` in ``tests/net/test_host.py``; why and how to 
 code and in ``docs/libp2p-notes.md``): the swarm's dial retries and auto-connector
 (:func:`_tune_swarm`), the negative dial cache and first-address-only dialling (``dial``),
 shielded teardown (:func:`_close_host`) and the ``SO_REUSEPORT`` port probe
-(:func:`_check_port_free`). Module-level mutable state: none of ours; :func:`quiet_libp2p_logging`
+(:func:`_check_port_free`); the inbound-slot leak and yamux flow control are patched in
+``ecac.net.p2ppatch`` (contracts in ``tests/net/test_p2ppatch.py``). Module-level mutable
+state: none of ours; :func:`quiet_libp2p_logging`
 changes the process-wide ``libp2p.*`` logger settings because py-libp2p pins them at import.
 """
 
@@ -87,6 +94,8 @@ from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.tools.anyio_service import background_trio_service
 
+from ecac.net import p2ppatch
+from ecac.net.connguard import ConnGuard, GuardLimits
 from ecac.net.gossip import (
     GOSSIP_PROTOCOL,
     Gossip,
@@ -99,6 +108,7 @@ from ecac.net.gossip import (
 from ecac.net.p2perrors import (
     DialError,
     P2PError,
+    ProtocolNotSupportedError,
     StreamClosedError,
     StreamOpenError,
     StreamResetError,
@@ -124,6 +134,7 @@ __all__ = [
     "P2PHost",
     "P2PStream",
     "PeerEvent",
+    "ProtocolNotSupportedError",
     "StreamClosedError",
     "StreamOpenError",
     "StreamResetError",
@@ -178,7 +189,21 @@ class HostConfig:
     seen_ttl: int = 120
     rpc_queue_size: int = 1024  # per-peer outbound gossip RPCs (libp2p default 32 drops silently)
     subscription_buffer: int = 1024  # delivered-but-undrained messages per topic (libp2p: 32)
-    max_connections: int = 128
+    # inbound connection policy (ecac.net.connguard; limits table in docs/protocol.md)
+    max_connections: int = 128  # established, both directions; inbound beyond it evicts or is refused
+    max_connections_per_peer: int = 8
+    max_pending_handshakes: int = 64  # accepted TCP connections still in Noise/muxer negotiation
+    max_pending_per_ip: int = 32
+    pending_evict_after: float = 1.0  # a full pending table evicts the oldest handshake this old
+    handshake_timeout: float = 10.0  # Noise + muxer negotiation of an inbound connection
+    conn_rate_per_ip: float = 50.0  # token bucket: new inbound TCP connections per second per IP
+    conn_burst_per_ip: float = 100.0
+    conn_rate_per_peer: float = 1.0  # token bucket: new inbound connections per second per PeerId
+    conn_burst_per_peer: float = 16.0
+    # yamux flow control (ecac.net.p2ppatch.FlowGuard): unread received bytes
+    buffer_per_connection: int = 32 << 20
+    buffer_total: int = 128 << 20
+    max_inbound_streams: int = 256  # open inbound streams per connection; more are reset
     dial_timeout: float = 10.0
     dial_retries: int = 0  # libp2p's own retries; the node does its own backoff
     negotiate_timeout: int = 10
@@ -186,6 +211,20 @@ class HostConfig:
     shutdown_timeout: float = 5.0
     write_stall_timeout: float = 15.0  # a peer that reads nothing this long gets its stream reset
     event_buffer: int = 1024
+
+    def guard_limits(self) -> GuardLimits:
+        """The connection-policy part, for :class:`~ecac.net.connguard.ConnGuard`."""
+        return GuardLimits(
+            max_connections=self.max_connections,
+            max_connections_per_peer=self.max_connections_per_peer,
+            max_pending=self.max_pending_handshakes,
+            max_pending_per_ip=self.max_pending_per_ip,
+            pending_evict_after=self.pending_evict_after,
+            ip_rate=self.conn_rate_per_ip,
+            ip_burst=self.conn_burst_per_ip,
+            peer_rate=self.conn_rate_per_peer,
+            peer_burst=self.conn_burst_per_peer,
+        )
 
 
 @dataclass(frozen=True)
@@ -345,6 +384,8 @@ class P2PHost:
         self._listeners: list[PeerListener] = []
         self._connected: set[str] = set()
         self._gossip = Gossip(self._id)
+        self._guard = ConnGuard(self.config.guard_limits())  # counters persist across runs
+        self._budget: p2ppatch.BufferBudget | None = None
         self._host: IHost | None = None
         self._events_send: trio.MemorySendChannel[PeerEvent] | None = None
         quiet_libp2p_logging()
@@ -363,6 +404,7 @@ class P2PHost:
         maddrs = [multiaddr.Multiaddr(a) for a in listen_addrs]
         for maddr in maddrs:
             _check_port_free(maddr)
+        swarm_cap = cfg.max_connections + cfg.max_pending_handshakes + 16
         host = new_host(
             key_pair=self._key_pair,
             sec_opt={NOISE_PROTOCOL_ID: NoiseTransport(self._key_pair, noise_privkey=fresh_noise_key())},
@@ -371,15 +413,23 @@ class P2PHost:
             negotiate_timeout=cfg.negotiate_timeout,
             connection_config=ConnectionConfig(
                 max_connections_per_peer=1,  # avoids a 250 ms happy-eyeballs wait per dial
-                max_connections=cfg.max_connections,
-                high_watermark=cfg.max_connections,  # the pruner trims above this
+                # libp2p's own caps sit above ours (ConnGuard decides inbound; the headroom is for
+                # pending handshakes and evictions in progress), so it never refuses first
+                max_connections=swarm_cap,
+                high_watermark=swarm_cap,  # the pruner trims above this
                 low_watermark=0,  # both only drive the (disabled) auto-connector and
                 min_connections=0,  # reserve inbound slots for its outbound dials
                 dial_timeout=cfg.dial_timeout,
+                inbound_upgrade_timeout=cfg.handshake_timeout,
             ),
         )
         swarm: Any = host.get_network()
         _tune_swarm(swarm, cfg)
+        budget = p2ppatch.BufferBudget(
+            cfg.buffer_per_connection, cfg.buffer_total, self._guard.counters, cfg.max_inbound_streams
+        )
+        p2ppatch.install(swarm, self._guard, budget, handshake_timeout=cfg.handshake_timeout)
+        self._budget = budget
         quiet_libp2p_logging()
 
         router = build_router(cfg)
@@ -499,6 +549,25 @@ class P2PHost:
         host = self._require()
         return bool(host.get_network().get_connections(ID.from_base58(peer_id)))
 
+    def protect_peer(self, peer_id: str, protected: bool = True) -> None:
+        """Never evict ``peer_id``'s connections to make room (bootstrap peers); peers we
+        dialled are protected anyway while an outbound connection to them is open."""
+        if protected:
+            self._guard.protected.add(peer_id)
+        else:
+            self._guard.protected.discard(peer_id)
+
+    def conn_stats(self) -> dict[str, int]:
+        """Connection and flow-control counters and gauges (``/status`` ``counters.conn``)."""
+        out = self._guard.counters.as_dict()
+        host = self._host
+        live = p2ppatch.live_connections(host.get_network()) if host is not None else []
+        out["connections"] = len(live)
+        out["connections_inbound"] = sum(1 for c in live if c.inbound)
+        out["pending_handshakes"] = self._guard.pending_count
+        out["buffered_bytes"] = self._budget.buffered if self._budget is not None and host is not None else 0
+        return out
+
     def add_peer_listener(self, listener: PeerListener) -> None:
         """Call ``listener(PeerEvent)`` (sync or async) for every peer event, in order.
 
@@ -575,7 +644,10 @@ class P2PHost:
         except trio.TooSlowError as exc:
             raise StreamOpenError(f"opening {protocol} to {peer_id} timed out") from exc
         except Exception as exc:
-            raise StreamOpenError(f"opening {protocol} to {peer_id} failed: {root_cause(exc)}") from exc
+            cause = root_cause(exc)
+            if "protocols not supported" in cause or "protocol not supported" in cause:
+                raise ProtocolNotSupportedError(f"{peer_id} does not speak {protocol}") from exc
+            raise StreamOpenError(f"opening {protocol} to {peer_id} failed: {cause}") from exc
         return P2PStream(raw, write_stall_timeout=self.config.write_stall_timeout)
 
     # ---- gossip (ecac.net.gossip) -------------------------------------------------------

@@ -39,6 +39,11 @@ class StreamOpenError(P2PError):
     """Opening a stream failed (no connection, protocol not supported by the peer, timeout)."""
 
 
+class ProtocolNotSupportedError(StreamOpenError):
+    """The peer answered that it does not speak the protocol (multistream ``na``): not a failure
+    to retry, a fact about that peer (e.g. a js-libp2p peer without ``/ecac/reconcile/1``)."""
+
+
 class StreamResetError(P2PError):
     """The stream was reset (locally, by the peer, or because the connection died)."""
 
