@@ -31,6 +31,9 @@
  *    parent is the tail of its chain extends that chain -- for a run of ops or a single one.
  *    The rule lives only here; ecac.dag keeps the general case in Python.
  *
+ * 4. CBOR structure bounds (cbor_extent), checked before any untrusted CBOR is decoded: see its
+ *    section below.
+ *
  * Pure: no I/O, no clock, no randomness. Module state: the classes configured at import and the
  * libsodium function found on the first verify_batch call; nothing else is kept between calls.
  */
@@ -713,6 +716,287 @@ done:
     return out;
 }
 
+/* ------------------------------------------------------------------------------------------------
+ * 4. CBOR structure bounds (cbor_extent): ecac.core.codec.cbor_extent, for every decode of
+ *    untrusted bytes. Walks one item without building anything and returns (end, items, cost),
+ *    cost estimating the bytes of the objects cbor2 would build (the COST_* constants of
+ *    ecac.core.codec, repeated below); refuses malformed or truncated input, declared lengths
+ *    longer than the rest of the input, nesting deeper than max_depth, tags, and a cost above
+ *    max_cost (as soon as it is reached). Same results and messages as the Python version
+ *    (_cbor_extent_py), which the tests compare it with. The GIL is released while it scans.
+ */
+enum {
+    COST_SLOT = 8, COST_INT = 32, COST_FLOAT = 24, COST_SIMPLE = 48, COST_BYTES = 33, COST_ASCII = 49,
+    COST_TEXT = 80, COST_LIST = 56, COST_LIST_SLACK = 32, COST_DICT = 64, COST_DICT_KEYS = 160, COST_ENTRY = 48
+};
+enum { SCAN_OK, SCAN_TRUNC, SCAN_TRUNC_HEAD, SCAN_TRUNC_STR, SCAN_LONG, SCAN_BREAK_KEY, SCAN_BREAK, SCAN_RESERVED, SCAN_CHUNK, SCAN_DEEP,
+       SCAN_TAG, SCAN_COST };
+#define MAX_SCAN_DEPTH 4096
+
+typedef struct {
+    int code;
+    Py_ssize_t at, at2;
+    unsigned long long val;
+} ScanErr;
+
+static int is_ascii(const unsigned char *s, unsigned long long n) {
+    for (unsigned long long i = 0; i < n; i++)
+        if (s[i] & 0x80)
+            return 0;
+    return 1;
+}
+
+/* Reads the argument of the head at d[*p] (info already known < 28); returns 0 if truncated. */
+static int scan_arg(const unsigned char *d, Py_ssize_t end, Py_ssize_t *p, int info, unsigned long long *v) {
+    if (info < 24) {
+        *v = (unsigned long long)info;
+        return 1;
+    }
+    int w = 1 << (info - 24);
+    if (end - *p < w)
+        return 0;
+    unsigned long long x = 0;
+    for (int i = 0; i < w; i++)
+        x = (x << 8) | d[*p + i];
+    *p += w;
+    *v = x;
+    return 1;
+}
+
+static Py_ssize_t scan_item(const unsigned char *d, Py_ssize_t end, Py_ssize_t p, long long *stack, int max_depth,
+                            unsigned long long max_cost, unsigned long long *items_out,
+                            unsigned long long *cost_out, ScanErr *err) {
+    unsigned long long items = 0, cost = 0;
+    int depth = 0;
+    long long remaining = 1; /* -1 indefinite array, -2/-3 indefinite map before a key/value */
+    for (;;) {
+        while (remaining == 0) {
+            if (depth == 0) {
+                *items_out = items;
+                *cost_out = cost;
+                return p;
+            }
+            remaining = stack[--depth];
+        }
+        if (p >= end) {
+            err->code = SCAN_TRUNC;
+            err->at = p;
+            return -1;
+        }
+        unsigned char ib = d[p];
+        if (ib == 0xFF && remaining < 0) {
+            if (remaining == -3) {
+                err->code = SCAN_BREAK_KEY;
+                err->at = p;
+                return -1;
+            }
+            p += 1;
+            remaining = stack[--depth];
+            continue;
+        }
+        Py_ssize_t at = p;
+        int major = ib >> 5, info = ib & 0x1F, indefinite = 0;
+        unsigned long long arg = 0;
+        p += 1;
+        if (info < 28) {
+            if (!scan_arg(d, end, &p, info, &arg)) {
+                err->code = SCAN_TRUNC_HEAD;
+                err->at = at;
+                err->val = 1ULL << (info - 24);
+                return -1;
+            }
+        } else if (info == 31 && major >= 2 && major <= 5) {
+            indefinite = 1;
+        } else if (info == 31 && major == 7) {
+            err->code = SCAN_BREAK;
+            err->at = at;
+            return -1;
+        } else {
+            err->code = SCAN_RESERVED;
+            err->at = at;
+            err->val = ib;
+            return -1;
+        }
+        items += 1;
+        cost += COST_SLOT;
+        if (remaining > 0)
+            remaining -= 1;
+        else if (remaining == -2) {
+            remaining = -3;
+            cost += COST_ENTRY;
+        } else if (remaining == -3)
+            remaining = -2;
+        if (major <= 1) {
+            if (arg > (major == 0 ? 256ULL : 4ULL))
+                cost += COST_INT;
+        } else if (major <= 3) {
+            unsigned long long n = 0;
+            int ascii = 1;
+            if (indefinite) {
+                for (;;) {
+                    if (p >= end) {
+                        err->code = SCAN_TRUNC_STR;
+                        err->at = at;
+                        return -1;
+                    }
+                    unsigned char c = d[p];
+                    if (c == 0xFF) {
+                        p += 1;
+                        break;
+                    }
+                    if ((c >> 5) != major || (c & 0x1F) > 27) {
+                        err->code = SCAN_CHUNK;
+                        err->at = p;
+                        err->at2 = at;
+                        err->val = c;
+                        return -1;
+                    }
+                    Py_ssize_t q = p + 1;
+                    unsigned long long k;
+                    if (!scan_arg(d, end, &q, c & 0x1F, &k)) {
+                        err->code = SCAN_TRUNC_HEAD;
+                        err->at = p;
+                        err->val = 1ULL << ((c & 0x1F) - 24);
+                        return -1;
+                    }
+                    if (k > (unsigned long long)(end - q)) {
+                        err->code = SCAN_LONG;
+                        err->at = p;
+                        err->val = k;
+                        return -1;
+                    }
+                    if (major == 3 && ascii)
+                        ascii = is_ascii(d + q, k);
+                    n += k;
+                    p = q + (Py_ssize_t)k;
+                }
+            } else {
+                if (arg > (unsigned long long)(end - p)) {
+                    err->code = SCAN_LONG;
+                    err->at = at;
+                    err->val = arg;
+                    return -1;
+                }
+                n = arg;
+                if (major == 3)
+                    ascii = is_ascii(d + p, n);
+                p += (Py_ssize_t)n;
+            }
+            cost += major == 2 ? COST_BYTES + n : ascii ? COST_ASCII + n : COST_TEXT + 4 * n;
+        } else if (major <= 5) {
+            if (depth >= max_depth) {
+                err->code = SCAN_DEEP;
+                err->at = at;
+                err->val = (unsigned long long)max_depth;
+                return -1;
+            }
+            if (indefinite) {
+                stack[depth++] = remaining;
+                remaining = major == 4 ? -1 : -2;
+                cost += major == 4 ? COST_LIST_SLACK : COST_DICT_KEYS;
+            } else {
+                unsigned long long width = major == 4 ? 1 : 2;
+                if (arg > (unsigned long long)(end - p) / width) {
+                    err->code = SCAN_LONG;
+                    err->at = at;
+                    err->val = arg;
+                    return -1;
+                }
+                stack[depth++] = remaining;
+                remaining = (long long)(arg * width);
+                if (arg && major == 4)
+                    cost += COST_LIST_SLACK;
+                else if (arg)
+                    cost += COST_DICT_KEYS + COST_ENTRY * arg;
+            }
+            cost += major == 4 ? COST_LIST : COST_DICT;
+        } else if (major == 6) {
+            err->code = SCAN_TAG;
+            err->at = at;
+            return -1;
+        } else {
+            cost += (info >= 20 && info <= 23) ? 0 : info >= 25 ? COST_FLOAT : COST_SIMPLE;
+        }
+        if (cost > max_cost) {
+            err->code = SCAN_COST;
+            err->at = at;
+            err->val = items;
+            return -1;
+        }
+    }
+}
+
+static PyObject *scan_error(const ScanErr *e, unsigned long long max_cost) {
+    switch (e->code) {
+    case SCAN_TRUNC:
+        return PyErr_Format(PyExc_ValueError, "truncated: the input ends at byte %zd inside an item", e->at);
+    case SCAN_TRUNC_HEAD:
+        return PyErr_Format(PyExc_ValueError, "truncated: the head at byte %zd needs %llu more bytes", e->at,
+                            e->val);
+    case SCAN_TRUNC_STR:
+        return PyErr_Format(PyExc_ValueError, "truncated: the indefinite string at byte %zd has no break",
+                            e->at);
+    case SCAN_LONG:
+        return PyErr_Format(PyExc_ValueError, "declared length %llu at byte %zd exceeds the input", e->val,
+                            e->at);
+    case SCAN_BREAK_KEY:
+        return PyErr_Format(PyExc_ValueError, "break at byte %zd after a map key without its value", e->at);
+    case SCAN_BREAK:
+        return PyErr_Format(PyExc_ValueError, "unexpected break at byte %zd", e->at);
+    case SCAN_RESERVED:
+        return PyErr_Format(PyExc_ValueError, "reserved head 0x%02x at byte %zd", (int)e->val, e->at);
+    case SCAN_CHUNK:
+        return PyErr_Format(PyExc_ValueError, "bad chunk 0x%02x at byte %zd of the string at byte %zd",
+                            (int)e->val, e->at, e->at2);
+    case SCAN_DEEP:
+        return PyErr_Format(PyExc_ValueError, "nesting deeper than %llu at byte %zd", e->val, e->at);
+    case SCAN_TAG:
+        return PyErr_Format(PyExc_ValueError, "CBOR tag at byte %zd: no ecac format uses tags", e->at);
+    default:
+        return PyErr_Format(PyExc_ValueError,
+                            "decoding would take more than %llu bytes of memory (at byte %zd, %llu items)",
+                            max_cost, e->at, e->val);
+    }
+}
+
+PyDoc_STRVAR(cbor_extent_doc,
+             "cbor_extent(data, pos, max_depth, max_cost) -> (end, items, cost) of the CBOR item at pos;\n"
+             "ValueError naming the byte when malformed, truncated, too deep, tagged or over max_cost.");
+
+static PyObject *cbor_extent(PyObject *self, PyObject *args) {
+    Py_buffer buf;
+    Py_ssize_t pos;
+    int max_depth;
+    unsigned long long max_cost;
+    if (!PyArg_ParseTuple(args, "y*niK", &buf, &pos, &max_depth, &max_cost))
+        return NULL;
+    PyObject *out = NULL;
+    if (pos < 0 || pos > buf.len || max_depth < 0 || max_depth > MAX_SCAN_DEPTH) {
+        PyErr_Format(PyExc_ValueError, "cbor_extent: pos must be within the input and max_depth in 0..%d",
+                     MAX_SCAN_DEPTH);
+        goto done;
+    }
+    long long *stack = PyMem_Malloc(sizeof(long long) * (size_t)(max_depth + 1));
+    if (stack == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    ScanErr err = {SCAN_OK, 0, 0, 0};
+    unsigned long long items = 0, cost = 0;
+    Py_ssize_t end;
+    Py_BEGIN_ALLOW_THREADS
+    end = scan_item((const unsigned char *)buf.buf, buf.len, pos, stack, max_depth, max_cost, &items, &cost, &err);
+    Py_END_ALLOW_THREADS
+    PyMem_Free(stack);
+    if (end < 0)
+        scan_error(&err, max_cost);
+    else
+        out = Py_BuildValue("nKK", end, items, cost);
+done:
+    PyBuffer_Release(&buf);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"configure_ops", configure_ops, METH_VARARGS,
      "configure_ops(Op, Hlc, Data): the classes the decoders build."},
@@ -722,11 +1006,12 @@ static PyMethodDef methods[] = {
     {"configure_dag", configure_dag, METH_O, "configure_dag(_Node): the DAG node class extend_chains builds."},
     {"extend_chains", extend_chains, METH_VARARGS, extend_chains_doc},
     {"verify_batch", verify_batch, METH_O, verify_batch_doc},
+    {"cbor_extent", cbor_extent, METH_VARARGS, cbor_extent_doc},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "ecac._native",
-                                    "Bulk decoding of stored Data ops and batch Ed25519 verification (see the source's header).", -1,
+                                    "Bulk decoding of stored Data ops, batch Ed25519 verification, CBOR bounds (see the source's header).", -1,
                                     methods};
 
 PyMODINIT_FUNC PyInit__native(void) { return PyModule_Create(&module); }

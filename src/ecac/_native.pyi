@@ -68,3 +68,12 @@ def verify_batch(items: Iterable[tuple[bytes, bytes, bytes]], /) -> list[bool]:
 
     libsodium is resolved on the first call (from the copy PyNaCl loaded), not at import.
     """
+
+def cbor_extent(
+    data: bytes | bytearray | memoryview, pos: int, max_depth: int, max_cost: int, /
+) -> tuple[int, int, int]:
+    """``(end, items, cost)`` of the CBOR item at ``pos`` (``ecac.core.codec.cbor_extent``), GIL released.
+
+    ValueError naming the byte for malformed or truncated input, a declared length beyond the input,
+    nesting deeper than ``max_depth``, a tag, or an estimated decoded size above ``max_cost``.
+    """

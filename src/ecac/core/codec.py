@@ -69,6 +69,7 @@ from typing import (
 
 import cbor2
 
+from ecac import _native
 from ecac.core.errors import DecodeError
 
 U32_MAX = 2**32 - 1
@@ -274,7 +275,7 @@ class TypeCodec(Generic[T]):
         got = self.parse(raw)
         if got is not None:
             return got
-        value = self.from_obj(loads(raw, self.what), self.what)
+        value = self.from_obj(loads(raw, self.what, max_cost=naming_budget(len(raw))), self.what)
         self.require_canonical(value, raw)
         return value
 
@@ -1243,13 +1244,205 @@ def _items_end(data: bytes, pos: int, n: int) -> int:
     return pos
 
 
-# --------------------------------------------------------------------------- building blocks
+# --------------------------------------------------------------------------- decoder bounds
+
+#: deepest nesting of arrays and maps accepted from untrusted bytes (ecac formats use at most ~10)
+MAX_DEPTH = 64
+#: ``loads`` refuses an input whose decoded objects would take more than this many bytes per input
+#: byte (plus ``COST_FLOOR``): ecac's formats take 8 to 10 (byte fields are arrays of small ints:
+#: an 8-byte slot per 1 or 2 input bytes; short key strings), while a run of empty maps takes 72
+COST_FACTOR = 16
+COST_FLOOR = 64 * 1024
+#: the Python objects ``cbor2`` builds, in bytes (64-bit CPython; measured with tracemalloc): every
+#: item takes an 8-byte slot in its container; an int outside the small-int cache, a float, a simple
+#: value; bytes, ASCII text, other text (at most 4 bytes per character) plus their length; a list
+#: (and its over-allocation once non-empty); a dict (and its keys table once non-empty, and per entry)
+COST_SLOT, COST_INT, COST_FLOAT, COST_SIMPLE = 8, 32, 24, 48
+COST_BYTES, COST_ASCII, COST_TEXT = 33, 49, 80
+COST_LIST, COST_LIST_SLACK, COST_DICT, COST_DICT_KEYS, COST_ENTRY = 56, 32, 64, 160, 48
 
 
-def loads(data: bytes, what: str = "CBOR") -> Any:
-    """Decode exactly one CBOR item; trailing bytes and malformed input raise DecodeError."""
+class CborBoundsError(ValueError):
+    """Raised by ``cbor_extent``: malformed, too deep, or over the decoded-size budget (says where)."""
+
+
+def _cbor_extent_py(data: bytes, pos: int, max_depth: int, max_cost: int) -> tuple[int, int, int]:
+    """The pure-Python ``cbor_extent`` (the C one in ``ecac._native`` is tested against it)."""
+    end = len(data)
+    items = cost = 0
+    stack: list[int] = []  # the enclosing containers' remaining counts
+    # items still to read at this level; -1: an indefinite array, -2 / -3: an indefinite map
+    # before a key / before a value
+    remaining = 1
+    p = pos
+    while True:
+        while remaining == 0:
+            if not stack:
+                return p, items, cost
+            remaining = stack.pop()
+        if p >= end:
+            raise CborBoundsError(f"truncated: the input ends at byte {p} inside an item")
+        ib = data[p]
+        if ib == 0xFF and remaining < 0:
+            if remaining == -3:
+                raise CborBoundsError(f"break at byte {p} after a map key without its value")
+            p += 1
+            remaining = stack.pop()
+            continue
+        at = p
+        major, info = ib >> 5, ib & 0x1F
+        p += 1
+        arg = 0
+        indefinite = False
+        if info < 24:
+            arg = info
+        elif info < 28:
+            w = 1 << (info - 24)
+            if p + w > end:
+                raise CborBoundsError(f"truncated: the head at byte {at} needs {w} more bytes")
+            arg = int.from_bytes(data[p : p + w], "big")
+            p += w
+        elif info == 31 and major in (2, 3, 4, 5):
+            indefinite = True
+        elif info == 31 and major == 7:
+            raise CborBoundsError(f"unexpected break at byte {at}")
+        else:
+            raise CborBoundsError(f"reserved head 0x{ib:02x} at byte {at}")
+        items += 1
+        cost += COST_SLOT
+        if remaining > 0:
+            remaining -= 1
+        elif remaining == -2:
+            remaining = -3
+            cost += COST_ENTRY
+        elif remaining == -3:
+            remaining = -2
+        if major <= 1:
+            if arg > (256 if major == 0 else 4):
+                cost += COST_INT
+        elif major <= 3:
+            if indefinite:
+                n, ascii_ = 0, True
+                while True:
+                    if p >= end:
+                        raise CborBoundsError(f"truncated: the indefinite string at byte {at} has no break")
+                    c = data[p]
+                    if c == 0xFF:
+                        p += 1
+                        break
+                    if c >> 5 != major or c & 0x1F > 27:
+                        raise CborBoundsError(f"bad chunk 0x{c:02x} at byte {p} of the string at byte {at}")
+                    q = p + 1
+                    k = c & 0x1F
+                    if k >= 24:
+                        w = 1 << (k - 24)
+                        if q + w > end:
+                            raise CborBoundsError(f"truncated: the head at byte {p} needs {w} more bytes")
+                        k = int.from_bytes(data[q : q + w], "big")
+                        q += w
+                    if k > end - q:
+                        raise CborBoundsError(f"declared length {k} at byte {p} exceeds the input")
+                    ascii_ = ascii_ and data[q : q + k].isascii()
+                    n += k
+                    p = q + k
+            else:
+                if arg > end - p:
+                    raise CborBoundsError(f"declared length {arg} at byte {at} exceeds the input")
+                n = arg
+                ascii_ = major == 2 or data[p : p + n].isascii()
+                p += n
+            cost += (COST_BYTES + n) if major == 2 else (COST_ASCII + n) if ascii_ else (COST_TEXT + 4 * n)
+        elif major <= 5:
+            if len(stack) >= max_depth:
+                raise CborBoundsError(f"nesting deeper than {max_depth} at byte {at}")
+            if indefinite:  # charged as if non-empty
+                stack.append(remaining)
+                remaining = -1 if major == 4 else -2
+                cost += COST_LIST_SLACK if major == 4 else COST_DICT_KEYS
+            else:
+                width = 1 if major == 4 else 2
+                if arg > (end - p) // width:
+                    raise CborBoundsError(f"declared length {arg} at byte {at} exceeds the input")
+                stack.append(remaining)
+                remaining = arg * width
+                if arg and major == 4:
+                    cost += COST_LIST_SLACK
+                elif arg:
+                    cost += COST_DICT_KEYS + COST_ENTRY * arg
+            cost += COST_LIST if major == 4 else COST_DICT
+        elif major == 6:
+            raise CborBoundsError(f"CBOR tag at byte {at}: no ecac format uses tags")
+        else:
+            cost += 0 if 20 <= info <= 23 else COST_FLOAT if info >= 25 else COST_SIMPLE
+        if cost > max_cost:
+            raise CborBoundsError(
+                f"decoding would take more than {max_cost} bytes of memory (at byte {at}, {items} items)"
+            )
+
+
+_cbor_extent_c = getattr(_native, "cbor_extent", None)
+
+
+def cbor_extent(
+    data: bytes, pos: int = 0, max_depth: int = MAX_DEPTH, max_cost: int = U64_MAX
+) -> tuple[int, int, int]:
+    """``(end, items, cost)`` of the one well-formed CBOR item at ``pos``, without decoding it.
+
+    ``cost`` estimates the bytes of the objects ``cbor2`` would build for it (``COST_*``).
+    Raises ``CborBoundsError`` (a ``ValueError`` naming the byte) for malformed or truncated
+    input, a declared length longer than what is left (nothing is allocated for it), nesting
+    deeper than ``max_depth``, a tag, or as soon as ``cost`` exceeds ``max_cost``. Linear time,
+    constant memory beyond the ``max_depth`` stack; the C version (``ecac._native``) when built.
+    """
+    if _cbor_extent_c is not None:
+        try:
+            return _cbor_extent_c(data, pos, max_depth, max_cost)  # type: ignore[no-any-return]
+        except ValueError as e:
+            raise CborBoundsError(str(e)) from None
+    return _cbor_extent_py(data, pos, max_depth, max_cost)
+
+
+#: how ``cbor_extent`` messages start when a limit (not malformed input) refused the bytes
+_LIMIT_MESSAGES = ("nesting deeper", "decoding would take", "CBOR tag")
+
+
+def decode_budget(n: int) -> int:
+    """The most memory ``loads`` lets the decoded value of ``n`` input bytes take."""
+    return COST_FACTOR * n + COST_FLOOR
+
+
+#: strict decoders fall back to cbor2 only to name what is wrong with a non-canonical input (which is
+#: refused anyway): at most this much memory for it, so a hostile 8 MiB frame costs no more
+NAMING_COST = 32 * 1024 * 1024
+
+
+def naming_budget(n: int) -> int:
+    """The ``max_cost`` of a strict decoder's cbor2 fallback for ``n`` input bytes."""
+    return min(decode_budget(n), NAMING_COST)
+
+
+def loads(data: bytes, what: str = "CBOR", *, max_depth: int = MAX_DEPTH, max_cost: int | None = None) -> Any:
+    """Decode exactly one CBOR item; trailing bytes and malformed input raise DecodeError.
+
+    Bounded for untrusted input: the structure is checked first by ``cbor_extent`` (nesting at
+    most ``max_depth``, declared lengths within the input, no tags, decoded size at most
+    ``max_cost``, by default ``decode_budget(len(data))``), so a hostile input is refused before
+    anything is allocated for it.
+    """
     if not isinstance(data, bytes | bytearray | memoryview):
         raise DecodeError(f"{what}: expected bytes, got {type(data).__name__}")
+    budget = decode_budget(len(data)) if max_cost is None else max_cost
+    try:
+        end, _, _ = cbor_extent(data, 0, max_depth, budget)
+    except CborBoundsError as e:
+        msg = str(e)
+        if msg.startswith("truncated"):
+            raise DecodeError(f"{what}: truncated CBOR ({msg})") from None
+        if msg.startswith(_LIMIT_MESSAGES):
+            raise DecodeError(f"{what}: refused CBOR ({msg})") from None
+        raise DecodeError(f"{what}: malformed CBOR ({msg})") from None
+    if end != len(data):
+        raise DecodeError(f"{what}: {len(data) - end} trailing bytes after the CBOR item")
     fp = io.BytesIO(data)
     try:
         obj = cbor2.CBORDecoder(fp).decode()
@@ -1260,6 +1453,9 @@ def loads(data: bytes, what: str = "CBOR") -> Any:
     if fp.tell() != len(data):
         raise DecodeError(f"{what}: {len(data) - fp.tell()} trailing bytes after the CBOR item")
     return obj
+
+
+# --------------------------------------------------------------------------- building blocks
 
 
 def b2l(data: bytes) -> list[int]:

@@ -152,10 +152,11 @@ def plan_response(
     return ResponsePlan(tuple(s[:cap]), MORE, len(s), visited, partial)
 
 
-def response_blobs(
+def response_batches(
     plan: ResponsePlan, load_cbor: LoadCbor, batch_ops: int = BATCH_OPS, max_frame: int = MAX_FRAME
-) -> Iterator[bytes]:
-    """The response as coalesced blobs of at most ``batch_ops`` frames; the last one ends with the trailer.
+) -> Iterator[tuple[bytes, int, int]]:
+    """The response's ops as ``(blob, ops, op bytes)`` per batch of at most ``batch_ops`` frames, without
+    the trailer (``response_blobs`` appends it; a server under a quota may stop early and send ``More``).
 
     Loads op bytes lazily, one batch per ``load_cbor`` call (run the iteration in a worker
     thread when the loader reads a disk). An op too large for ``max_frame`` raises
@@ -165,19 +166,30 @@ def response_blobs(
     if batch_ops < 1:
         raise ValueError("batch_ops must be at least 1")
     ids = plan.ids
-    trailer = encode_frame(plan.trailer.encode(), max_frame)
-    if not ids:
-        yield trailer
-        return
     for start in range(0, len(ids), batch_ops):
         chunk = ids[start : start + batch_ops]
         blobs = load_cbor(chunk)
         if len(blobs) != len(chunk):
             raise StoreError(f"the op loader returned {len(blobs)} ops for {len(chunk)} ids")
         parts = [encode_frame(OpBytes(data).encode(), max_frame) for data in blobs]
-        if start + batch_ops >= len(ids):
-            parts.append(trailer)
-        yield b"".join(parts)
+        yield b"".join(parts), len(chunk), sum(len(b) for b in blobs)
+
+
+def response_blobs(
+    plan: ResponsePlan, load_cbor: LoadCbor, batch_ops: int = BATCH_OPS, max_frame: int = MAX_FRAME
+) -> Iterator[bytes]:
+    """The response as coalesced blobs of at most ``batch_ops`` frames; the last one ends with the trailer.
+
+    See ``response_batches`` (lazy loading, errors).
+    """
+    trailer = encode_frame(plan.trailer.encode(), max_frame)
+    batches = response_batches(plan, load_cbor, batch_ops, max_frame)
+    prev: bytes | None = None
+    for blob, _, _ in batches:
+        if prev is not None:
+            yield prev
+        prev = blob
+    yield trailer if prev is None else prev + trailer
 
 
 def serve_sync(
