@@ -31,6 +31,7 @@ from collections.abc import Iterable, Mapping
 import blake3
 
 from ecac.core.order import SortKey, TotalOrder
+from ecac.core.rangefp import RangeTree
 
 __all__ = ["OpIndex", "SortKey", "bloom16", "bloom_lanes", "bloom_may_contain"]
 
@@ -72,6 +73,8 @@ class OpIndex:
         "_missing",
         "_order",
         "_parents",
+        "_rfp",
+        "_rfp_new",
         "_unmet",
         "_waiting",
     )
@@ -87,6 +90,10 @@ class OpIndex:
         self._waiting: dict[bytes, dict[bytes, None]] = {}  # incomplete parent -> waiting children
         self._missing: set[bytes] = set()  # referenced as a parent but not stored
         self._order = TotalOrder(self._key.__getitem__, self._parents.__getitem__)  # the complete ops
+        # range fingerprints of the complete ops (``range_tree``): None until first asked for, then
+        # kept current from ``_rfp_new``, the keys completed since the last call
+        self._rfp: RangeTree | None = None
+        self._rfp_new: list[SortKey] = []
 
     # ------------------------------------------------------------------ mutation
 
@@ -148,6 +155,8 @@ class OpIndex:
         self._gen = gen
         self._heads = heads
         self._children = None
+        self._rfp = None
+        self._rfp_new = []
         if not waiting:
             return
         for x in [x for x in self._parents if x in waiting]:  # arrival order, as ``add`` met them
@@ -191,6 +200,8 @@ class OpIndex:
         self._gen[x] = g
         self._heads.add(x)
         self._order.add(x)
+        if self._rfp is not None:
+            self._rfp_new.append(self._key[x])
 
     def _children_map(self) -> dict[bytes, list[bytes]]:
         """Complete parent -> complete children (with multiplicity), derived on first use."""
@@ -277,6 +288,24 @@ class OpIndex:
     def topo_slice(self, start: int, stop: int | None = None) -> list[bytes]:
         """``topo_ids()[start:stop]`` without copying the whole order."""
         return self._order.ids()[start:stop]
+
+    def range_tree(self) -> RangeTree:
+        """The immutable range-fingerprint tree of the complete ops (``ecac.core.rangefp``).
+
+        Built on the first call (one sort of the complete keys), then brought up to date with
+        the keys completed since the previous call in one ``insert_many`` (path copying). The
+        writer calls it for each snapshot; the tree it returns never changes, so readers on
+        other threads use it without a lock.
+        """
+        tree = self._rfp
+        if tree is None:
+            key = self._key.__getitem__
+            tree = RangeTree.from_sorted(sorted(map(key, self._gen)))
+        elif self._rfp_new:
+            tree = tree.insert_many(self._rfp_new)
+        self._rfp = tree
+        self._rfp_new = []
+        return tree
 
     def recent_bloom(self, n: int) -> bytes:
         """16-bit bloom over the last ``n`` ids of the order (store §1.8)."""

@@ -14,8 +14,11 @@ iterate the live index (its dicts grow while they read); everything that needs a
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Protocol
+
+from ecac.core.rangefp import EMPTY as EMPTY_RANGES
+from ecac.core.rangefp import RangeTree
 
 #: heads kept in a snapshot (all of them up to this; the sync boundary uses ≤ 128, announces 16)
 SNAPSHOT_HEADS_MAX = 4096
@@ -43,6 +46,7 @@ class SnapshotSource(Protocol):
     def recent_bloom(self, n: int) -> bytes: ...
     def topo_slice(self, start: int, stop: int | None = None) -> list[bytes]: ...
     def missing_parents(self) -> set[bytes]: ...
+    def range_tree(self) -> RangeTree: ...
 
 
 def boundary_positions(n: int) -> list[int]:
@@ -64,6 +68,8 @@ class StoreSnapshot:
     the ids at ``boundary_positions(complete_count)`` of the total order. ``digest`` is the
     state digest over the first ``digest_ops`` complete ops when the node has computed it
     (it may lag the counts: it is computed after the commit, off the write path).
+    ``ranges`` is the immutable range-fingerprint tree of the complete ops
+    (``ecac.core.rangefp``), which set reconciliation reads.
     """
 
     seq: int = 0
@@ -77,6 +83,7 @@ class StoreSnapshot:
     samples: tuple[bytes, ...] = ()
     digest: bytes | None = None
     digest_ops: int = 0
+    ranges: RangeTree = field(default=EMPTY_RANGES, compare=False, repr=False)
 
     @property
     def topo_watermark(self) -> int:
@@ -112,4 +119,5 @@ def take_snapshot(
         samples=samples,
         digest=digest,
         digest_ops=digest_ops,
+        ranges=index.range_tree(),
     )

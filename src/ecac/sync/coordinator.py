@@ -126,6 +126,7 @@ from ecac.sync.effects import (
 )
 from ecac.sync.frames import DecodedFrames, decode_frames
 from ecac.sync.planner import PeerId, PeerView, SyncPlanner
+from ecac.sync.quota import QuotaLimits, QuotaTable
 from ecac.sync.syncserve import BATCH_OPS, SERVER_MAX_OPS, build_boundary
 from ecac.sync.wire import (
     ANNOUNCE_HEADS,
@@ -134,6 +135,7 @@ from ecac.sync.wire import (
     MAX_BOUNDARY,
     MAX_FRAME,
     MAX_WANT,
+    MORE,
     Announce,
     End,
     More,
@@ -145,6 +147,9 @@ from ecac.sync.wire import (
 )
 
 _MIB = 1024 * 1024
+#: a response cut by the ingest quota is asked again once a batch of ops and this many bytes are allowed
+QUOTA_RESUME_BYTES = _MIB
+QUOTA_MIN_WAIT = 0.05
 #: ids of the per-peer received frontier kept (and put into that peer's boundaries); see ``PeerState``
 PEER_FRONTIER_MAX = 64
 
@@ -179,6 +184,22 @@ class SyncConfig:
     max_serves_per_peer: int = 2  # concurrent /ecac/sync/1 streams served to one peer (the node enforces it)
     no_progress_limit: int = 2  # More answers in a row without a new op end the chain
     max_peer_states: int = 4096  # remembered peers (announce originators included); idle ones evicted
+    # per-peer quotas (docs/protocol.md "Limits and quotas"): ops and op bytes per second taken from
+    # one peer (ingest) and sent to one peer (serve; the node enforces it), each bucket holding
+    # quota_burst_s seconds of its rate; 0 = unlimited
+    peer_ingest_ops_per_s: float = 1024.0
+    peer_ingest_bytes_per_s: float = 2.0 * _MIB
+    peer_serve_ops_per_s: float = 1024.0
+    peer_serve_bytes_per_s: float = 2.0 * _MIB
+    quota_burst_s: float = 4.0
+
+    @property
+    def ingest_limits(self) -> QuotaLimits:
+        return QuotaLimits(self.peer_ingest_ops_per_s, self.peer_ingest_bytes_per_s, self.quota_burst_s)
+
+    @property
+    def serve_limits(self) -> QuotaLimits:
+        return QuotaLimits(self.peer_serve_ops_per_s, self.peer_serve_bytes_per_s, self.quota_burst_s)
 
     def __post_init__(self) -> None:
         check_max_frame(self.max_frame)
@@ -206,6 +227,7 @@ class SyncConfig:
             raise ValueError("debounce, backoff and ban times must not be negative")
         if self.request_max_ops < 0 or self.no_progress_limit < 1 or self.max_wanted < 1:
             raise ValueError("request_max_ops must be >= 0, no_progress_limit and max_wanted >= 1")
+        _ = self.ingest_limits, self.serve_limits  # building them validates the quota settings
 
     def backoff(self, failures: int) -> float:
         """Delay after ``failures`` consecutive failures: base × 2^(failures−1), capped (0 when none)."""
@@ -229,6 +251,8 @@ class SyncCounters:
     requests_over_budget: int = 0
     peers_penalised: int = 0
     coordinator_restarts: int = 0
+    quota_ingest_cuts: int = 0  # responses cut because the peer's ingest quota ran out
+    quota_ingest_deferred: int = 0  # received ops dropped by those cuts (fetched again later)
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -278,6 +302,7 @@ class PeerState:
     # without a child among them, oldest first, at most PEER_FRONTIER_MAX: the peer certainly
     # holds them and their ancestors, so they go into every boundary sent to it.
     frontier: dict[bytes, None] = field(default_factory=dict)
+    quota_until: float = 0.0  # its ingest quota ran out: no request to it before this time
 
     def note_received(self, ops: Sequence[Op]) -> None:
         """``ops`` (parent-first) came from this peer: they replace their parents in the frontier."""
@@ -296,7 +321,12 @@ class PeerState:
 
     def available(self, now: float) -> bool:
         """Connected, not banned and out of backoff: requests may be sent."""
-        return self.connected and now >= self.banned_until and now >= self.backoff_until
+        return (
+            self.connected
+            and now >= self.banned_until
+            and now >= self.backoff_until
+            and now >= self.quota_until
+        )
 
     def record_failure(self, now: float, cfg: SyncConfig) -> None:
         self.failures += 1
@@ -333,6 +363,7 @@ class _Request:
     commit_id: int | None = None
     accepted: int = 0
     dup_ids: list[bytes] = field(default_factory=list)
+    quota_cut: bool = False  # ended by the peer's ingest quota (a More of our own making)
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,6 +394,7 @@ class CoordinatorCarry:
     last_announce: bytes | None
     last_publish_at: float | None
     ae_cursor: PeerId | None
+    ingest_quota: QuotaTable | None = None
 
 
 def _check_now(now: float) -> None:
@@ -420,6 +452,7 @@ class SyncCoordinator:
         self._announce_forced = False
         self._last_announce: bytes | None = None
         self._last_publish_at: float | None = None
+        self.ingest_quota = QuotaTable(self.config.ingest_limits, self.config.max_peer_states)
         if carry is not None:
             self._take_carry(carry)
 
@@ -437,6 +470,7 @@ class SyncCoordinator:
             last_announce=self._last_announce,
             last_publish_at=self._last_publish_at,
             ae_cursor=self._ae_cursor,
+            ingest_quota=self.ingest_quota,
         )
 
     def _take_carry(self, c: CoordinatorCarry) -> None:
@@ -451,6 +485,8 @@ class SyncCoordinator:
         self._last_announce = c.last_announce
         self._last_publish_at = c.last_publish_at
         self._ae_cursor = c.ae_cursor
+        if c.ingest_quota is not None:
+            self.ingest_quota = c.ingest_quota  # a restart must not refill a flooding peer's quota
 
     def restarted(self, snapshot: StoreSnapshot, now: float) -> tuple[SyncCoordinator, list[Effect]]:
         """A fresh coordinator replacing this one (after an exception), and the effects to carry out.
@@ -513,6 +549,12 @@ class SyncCoordinator:
         """Ids of emitted ``CommitOps`` not yet reported finished, ascending."""
         return sorted(self._commits)
 
+    def quota_status(self, now: float) -> dict[str, object]:
+        """The ingest quotas for ``/status``: limits, the busiest peers, and who waits for a refill."""
+        out = self.ingest_quota.status(now)
+        out["waiting"] = sorted(p for p, s in self._peers.items() if s.quota_until > now)
+        return out
+
     def held_bytes_total(self) -> int:
         """Bytes of ops buffered awaiting commit over all requests."""
         return sum(q.buffer_bytes for q in self._requests.values())
@@ -547,6 +589,9 @@ class SyncCoordinator:
             for s in self._peers.values():
                 if s.connected and s.backoff_until > 0:
                     times.append(s.backoff_until)
+        for s in self._peers.values():
+            if s.connected and s.quota_until > 0:
+                times.append(s.quota_until)
         return min(times) if times else None
 
     def peer_views(self, now: float) -> dict[PeerId, PeerView]:
@@ -711,6 +756,22 @@ class SyncCoordinator:
         self.planner.note_announce(a.head_ids, origin, relayed_by, now, self.facts.contains)
         return self._plan(now)
 
+    def reconciled(self, peer: PeerId, need: Sequence[bytes], now: float) -> list[Effect]:
+        """Set reconciliation with ``peer`` (``ecac.sync.reconcile``) found ``need``, ids it holds that
+        we lack: they join the want table with ``peer`` as origin and are fetched parent-first as usual.
+        The peer just answered a whole session, so its backoff ends."""
+        _check_peer(peer)
+        _check_now(now)
+        s = self._peers.get(peer)
+        if s is None or not s.connected:
+            return []
+        contains = self.facts.contains
+        fresh = [x for x in dict.fromkeys(need) if isinstance(x, bytes) and len(x) == 32 and not contains(x)]
+        self.planner.add_wants(fresh[: self.config.max_wanted], now, origin=peer)
+        self.planner.clear_unavailable(peer)
+        s.record_success()
+        return self._plan(now)
+
     def snapshot_changed(self, snapshot: StoreSnapshot, now: float, local: bool = False) -> list[Effect]:
         """The store's writer published ``snapshot`` (after a commit; ``local``: of a local write).
 
@@ -774,6 +835,8 @@ class SyncCoordinator:
         for s in self._peers.values():
             if 0 < s.backoff_until <= now:
                 s.backoff_until = 0.0  # expired: keeps next_wakeup in the future
+            if 0 < s.quota_until <= now:
+                s.quota_until = 0.0
         if self._ae_next_at is not None and now >= self._ae_next_at:
             out += self._anti_entropy(now)
         self.planner.expire(now)
@@ -908,16 +971,28 @@ class SyncCoordinator:
         q = self._requests.get(request_id)
         if q is None or q.phase != ACTIVE:
             return []  # late frames of a cancelled or finished request
-        # classify every op first (reads only): accepted, duplicate, or the first violation
+        # classify every op first (reads only): accepted, duplicate, or the first violation; the
+        # peer's ingest quota cuts the response at the first op it does not cover (every op costs
+        # its bytes, a fresh one also one op), and everything from there on is dropped
         contains = self.facts.contains
         pending = q.pending
         fresh: dict[bytes, Op] = {}
         dup_ids: list[bytes] = []
         dup_stored: list[Op] = []  # duplicates already stored: the peer's frontier moves past them
         violation: str | None = None
-        for op in decoded.ops:
+        allow = self.ingest_quota.allowance(q.peer, now)
+        ops_left, bytes_left = allow.ops, allow.bytes
+        taken_bytes = 0
+        cut_at: int | None = None
+        for i, op in enumerate(decoded.ops):
             x = op.op_id
+            size = len(op.cbor)
+            if size > bytes_left:
+                cut_at = i
+                break
             if x in pending or x in fresh or contains(x):
+                bytes_left -= size
+                taken_bytes += size
                 dup_ids.append(x)
                 if x not in pending and x not in fresh and self.facts.is_complete(x):
                     dup_stored.append(op)
@@ -928,16 +1003,36 @@ class SyncCoordinator:
                     break
             if violation is not None:
                 break
+            if ops_left < 1:
+                cut_at = i
+                break
+            ops_left -= 1
+            bytes_left -= size
+            taken_bytes += size
             fresh[x] = op
-        if violation is None and decoded.error is not None:
+        if cut_at is None and violation is None and decoded.error is not None:
             violation = decoded.error
         cfg = self.config
         new_bytes = sum(len(op.cbor) for op in fresh.values())
         over = (
             len(q.buffer) + len(fresh) > cfg.max_held_ops or q.buffer_bytes + new_bytes > cfg.max_held_bytes
         )
-        # transition
+        # transition (nothing below raises)
         q.last_activity = now
+        self.ingest_quota.charge(q.peer, len(fresh), taken_bytes, now)
+        if cut_at is not None:
+            # ask again once half the burst is allowed (at least a batch, 1 MiB): each request
+            # then carries many ops, and the stream set-up and resent ops cost little
+            lim = cfg.ingest_limits
+            wait = self.ingest_quota.ready_in(
+                q.peer,
+                max(cfg.batch_ops, lim.ops_per_s * lim.burst_s / 2),
+                max(QUOTA_RESUME_BYTES, lim.bytes_per_s * lim.burst_s / 2),
+                now,
+            )
+            self._peers[q.peer].quota_until = now + max(wait, QUOTA_MIN_WAIT)
+            self.counters.quota_ingest_cuts += 1
+            self.counters.quota_ingest_deferred += len(decoded.ops) - cut_at
         self.counters.ops_duplicates_dropped += len(dup_ids)
         q.dup_ids.extend(dup_ids[: max(0, MAX_BOUNDARY - len(q.dup_ids))])
         self._peers[q.peer].note_received(dup_stored)
@@ -957,6 +1052,13 @@ class SyncCoordinator:
             q.accepted += len(fresh)
             if violation is not None:
                 out = self._fail(q, f"protocol violation: {violation}", now, penalise=True)
+            elif cut_at is not None:
+                # our own More: reset the stream, keep what was accepted, ask again at the quota rate
+                q.phase = TRAILER
+                q.trailer = MORE
+                q.quota_cut = True
+                out = [CancelRequest(q.peer, q.rid, "ingest quota of the peer reached")]
+                out += self._pump(q, now)
             else:
                 if decoded.trailer is not None:
                     q.phase = TRAILER
@@ -1157,7 +1259,8 @@ class SyncCoordinator:
         succeeded = q.phase == TRAILER
         contains = self.facts.contains
         left = tuple(x for x in q.want if not contains(x))
-        no_progress = 0 if q.accepted else q.no_progress + 1
+        # a quota cut is our own doing, not the peer's lack of progress
+        no_progress = 0 if q.accepted else q.no_progress + (0 if q.quota_cut else 1)
         is_ae = self._ae_rid == q.rid
         more = succeeded and isinstance(q.trailer, More) and no_progress < self.config.no_progress_limit
         cont: SyncRequest | None = None
@@ -1179,6 +1282,12 @@ class SyncCoordinator:
             if is_ae:
                 self._ae_rid = eff.request_id
             return [eff]
+        if q.quota_cut:
+            # the peer has more: its wanted ids stay wanted (planned again when its quota allows),
+            # and a cut anti-entropy pull is resumed by an early round
+            if is_ae and self._ae_next_at is not None:
+                self._ae_next_at = min(self._ae_next_at, max(now, s.quota_until))
+            return []
         if left:
             self.planner.mark_unavailable(q.peer, left)
         return []
