@@ -1,4 +1,4 @@
-"""The control API of a real node over raw HTTP, and node start-up errors."""
+"""The gateway's tooling endpoints of a real node over raw HTTP, and node start-up errors."""
 
 from __future__ import annotations
 
@@ -24,7 +24,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
 
 def raw_http(url: str, request: bytes) -> tuple[int, dict[str, str], object]:
+    """One request on its own connection (``Host`` and ``Connection: close`` added after the request line)."""
     u = urlsplit(url)
+    line, sep, rest = request.partition(b"\r\n")
+    if sep:
+        request = line + b"\r\nHost: 127.0.0.1\r\nConnection: close\r\n" + rest
     with socket.create_connection((u.hostname, u.port), timeout=10) as s:
         s.sendall(request)
         data = b""
@@ -32,8 +36,8 @@ def raw_http(url: str, request: bytes) -> tuple[int, dict[str, str], object]:
             data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
     lines = head.decode().split("\r\n")
-    headers = dict(line.split(": ", 1) for line in lines[1:])
-    assert headers["Connection"] == "close" and int(headers["Content-Length"]) == len(body)
+    headers = {k.lower(): v for k, v in (line.split(": ", 1) for line in lines[1:])}
+    assert int(headers["content-length"]) == len(body)
     return int(lines[0].split()[1]), headers, json.loads(body)
 
 
@@ -41,24 +45,35 @@ def test_endpoints_and_errors(nodes: Nodes) -> None:
     a = nodes.start("a")
     url = a.control_url
     assert url is not None and url.startswith("http://127.0.0.1:")
-    status, _, body = raw_http(url, b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n")
+    auth = f"Authorization: Bearer {a.token}\r\nContent-Type: application/json\r\n".encode()
+    status, _, body = raw_http(url, b"GET /api/health HTTP/1.1\r\n\r\n")
     assert (status, body) == (200, {"ok": True, "version": "0.1.0"})
-    status, _, body = raw_http(url, b"GET /nope HTTP/1.1\r\n\r\n")
-    assert (status, body) == (404, {"error": "no endpoint /nope"})
+    status, _, body = raw_http(url, b"GET /api/nope HTTP/1.1\r\n\r\n")
+    assert (status, body) == (404, {"error": "no endpoint /api/nope"})
+    status, _, body = raw_http(url, b"GET /nope HTTP/1.1\r\n\r\n")  # not a dashboard file
+    assert (status, body) == (404, {"error": "Not Found"})
     status, headers, body = raw_http(url, b"POST /status HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
-    assert status == 405 and headers["Allow"] == "GET" and "not allowed" in body["error"]
-    status, _, body = raw_http(url, b"POST /inject-demo-ops HTTP/1.1\r\nContent-Length: 999999\r\n\r\n")
+    assert status == 405 and headers["allow"] == "GET" and "not allowed" in body["error"]
+    status, _, body = raw_http(
+        url, b"POST /inject-demo-ops HTTP/1.1\r\n" + auth + b"Content-Length: 999999\r\n\r\n"
+    )
     assert status == 413
     status, _, body = raw_http(url, b"garbage\r\n\r\n")
-    assert status == 400 and "request line" in body["error"]
+    assert status == 400 and "bad request" in body["error"]
     bad_json = b'{"count": "3", "seed": 1}'
     status, _, body = raw_http(
-        url, b"POST /inject-demo-ops HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(bad_json) + bad_json
+        url,
+        b"POST /inject-demo-ops HTTP/1.1\r\n"
+        + auth
+        + b"Content-Length: %d\r\n\r\n" % len(bad_json)
+        + bad_json,
     )
     assert (status, body) == (400, {"error": '"count" must be an integer'})
 
-    with pytest.raises(EcacError, match="answered 400: Invalid multiaddr"):
+    with pytest.raises(EcacError, match="answered 400: Multiaddr must contain /p2p/<peer_id>"):
         a.add_peer("/ip4/127.0.0.1/tcp/1")
+    with pytest.raises(EcacError, match="answered 400: Invalid multiaddr"):
+        a.add_peer("/ip4/127.0.0.1/tcp/1/p2p/not-a-peer-id")
     with pytest.raises(EcacError, match=r"answered 400: .*not a CBOR"):
         a.append_ops(b"\xff\x00")
 

@@ -1,25 +1,61 @@
-"""What the control API needs from a running node (``NodeApi``), so ``control`` does not import ``node``.
+"""What the gateway needs from a running node (``NodeApi``), so ``gateway`` does not import ``node``.
 
-``ecac.net.node.Node`` implements it; tests can hand ``dispatch`` any object that does.
+``ecac.net.node.Node`` implements it; tests can hand ``Gateway`` any object that does.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import trio
 
 from ecac.core.op import Op
+from ecac.core.snapshot import StoreSnapshot
+from ecac.net.digest import DigestTracker
 from ecac.store.memory import IndexedOpStore
 from ecac.store.writer import LocalWritten, Written
 
 
+@dataclass(frozen=True, slots=True)
+class PeerInfo:
+    """A known peer as ``GET /api/peers`` shows it.
+
+    ``last_sync_ms`` is the wall-clock time of the peer's last announce (its state as it last
+    told us), ``heads_match`` whether that announce listed exactly our heads (None: no
+    complete announce yet).
+    """
+
+    peer_id: str
+    addrs: tuple[str, ...]
+    connected: bool
+    last_sync_ms: int | None
+    heads_match: bool | None
+
+    def to_obj(self) -> dict[str, Any]:
+        return {
+            "peer_id": self.peer_id,
+            "addrs": list(self.addrs),
+            "connected": self.connected,
+            "last_sync_ms": self.last_sync_ms,
+            "heads_match": self.heads_match,
+        }
+
+
 class NodeApi(Protocol):
-    """The node operations behind the control endpoints (all called from the node's event loop)."""
+    """The node operations behind the gateway's endpoints (all called from the node's event loop)."""
 
     #: the limiter for decoding in worker threads (request bodies, sync frames)
     decode_limiter: trio.CapacityLimiter
+    #: the replayed DAG and state, and the views computed from them (``DigestTracker.view``)
+    digest: DigestTracker
+    peer_id: str
+    listen_addrs: list[str]
+
+    def snapshot(self) -> StoreSnapshot:
+        """The writer's latest snapshot (counts, heads, digest)."""
+        ...
 
     def status(self) -> dict[str, Any]:
         """``GET /status``: from the latest snapshot and counters only (no store call, no lock)."""
@@ -32,6 +68,10 @@ class NodeApi(Protocol):
     def known_peers(self) -> list[str]: ...
 
     def connected_peers(self) -> list[str]: ...
+
+    def peer_infos(self) -> list[PeerInfo]:
+        """Every known peer (connected or dialled), sorted by peer id."""
+        ...
 
     async def write_local(self, build: Callable[[IndexedOpStore], Sequence[Op]]) -> LocalWritten:
         """Build ops on the writer thread (``build`` reads the store there), store and announce them."""

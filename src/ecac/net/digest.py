@@ -10,6 +10,12 @@ thread: the DAG is not shared), and publishes each new digest into the writer's 
 Bounded: ops committed while an apply runs wait in one list (the next apply takes them
 all); past ``MAX_PENDING_OPS`` the list is dropped and the next apply reloads what the
 DAG lacks from the store instead (reading ids captured on the writer thread).
+
+Views: the gateway's documents (state, ops, access, explain, trust) are computed from this
+same DAG and replayed state by ``DigestTracker.view``, in the digest thread (under its
+limiter, so never during an apply) and cached per ``DigestState.version``: repeated reads of
+an unchanged node cost a dict lookup. After each apply the tracker tells its ``listeners``
+(the gateway's event stream) which ops arrived and the gate's verdict on each data op.
 """
 
 from __future__ import annotations
@@ -18,13 +24,16 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import trio
 
 from ecac.core.dag import Dag
 from ecac.core.op import Op
 from ecac.core.replay import Replayer
+from ecac.core.resources import DataAction
 from ecac.net.writeio import AsyncWriter
 from ecac.store.memory import IndexedOpStore
 from ecac.store.writer import CommitEvent
@@ -33,6 +42,22 @@ log = logging.getLogger("ecac.node")
 
 #: committed ops waiting for the digest beyond which the tracker reloads from the store instead
 MAX_PENDING_OPS = 262_144
+#: cached views per DigestState (a new version drops them all)
+MAX_CACHED_VIEWS = 64
+
+T = TypeVar("T")
+#: a data op's verdict at its position: ("ALLOWED", None) or ("DENIED", reason)
+Verdict = tuple[str, str | None]
+
+
+@dataclass(frozen=True, slots=True)
+class DigestUpdate:
+    """What one apply changed: the newly applied ops (empty after a reload) and their verdicts."""
+
+    digest: bytes
+    ops_count: int
+    new_ops: tuple[Op, ...]
+    verdicts: Mapping[bytes, Verdict]
 
 
 def capture_ids(store: IndexedOpStore) -> tuple[list[bytes], list[bytes]]:
@@ -51,6 +76,14 @@ class DigestState:
         self.ops = 0  # complete ops the digest covers
         self.updates = 0
         self.update_ms_total = 0.0
+        #: the total order the state was replayed over (never mutated; replaced by each apply)
+        self.order: list[Op] = []
+        #: bumped by every apply: the key of cached views
+        self.version = 0
+        #: ``key -> (version, value)``: views of ``DigestTracker.view``
+        self.cache: dict[Hashable, tuple[int, Any]] = {}
+        #: verdicts of the data ops among the last ``add``'s ops
+        self.last_verdicts: dict[bytes, Verdict] = {}
 
     def load(self, store: IndexedOpStore, complete: Sequence[bytes], pending: Sequence[bytes]) -> None:
         """Start over from the store's ops ``complete`` (topo order) and ``pending`` (captured together)."""
@@ -64,12 +97,16 @@ class DigestState:
         self._apply()
 
     def add(self, ops: Sequence[Op]) -> bool:
-        """Insert newly stored ops (any order, duplicates ignored); True when the digest changed."""
+        """Insert newly stored ops (any order, duplicates ignored); True when the digest changed.
+
+        ``last_verdicts`` then holds the gate's verdict on each of them that is a data op.
+        """
         before = len(self.dag)
         self.dag.insert_many(ops)
         if len(self.dag) == before:
+            self.last_verdicts = {}
             return False
-        self._apply()
+        self._apply({op.op_id for op in ops})
         return True
 
     def catch_up(self, store: IndexedOpStore, complete: Sequence[bytes], pending: Sequence[bytes]) -> bool:
@@ -79,12 +116,42 @@ class DigestState:
         missing += [x for x in pending if not dag.is_pending(x)]
         return self.add(list(_ops_for(store, missing))) if missing else False
 
-    def _apply(self) -> None:
+    def _apply(self, watch: set[bytes] | None = None) -> None:
         t0 = time.perf_counter()
-        _, self.digest = self.replayer.apply(self.dag)
+        verdicts: dict[bytes, Verdict] = {}
+        replayer = self.replayer
+
+        def observe(pos: int, op: Op, d: DataAction, applied: bool) -> None:
+            if watch is None or op.op_id not in watch:
+                return
+            if applied:
+                verdicts[op.op_id] = ("ALLOWED", None)
+                return
+            reason = getattr(replayer.gate, "deny_reason", None)
+            why = reason(op.author_pk, d.action, d.tags, pos, op.hlc) if reason is not None else None
+            verdicts[op.op_id] = ("DENIED", why)
+
+        _, self.digest = replayer.apply(self.dag, observe if watch else None)
         self.ops = len(self.dag)
+        self.order = self.dag.topo_order()
+        self.last_verdicts = verdicts
         self.updates += 1
+        self.version += 1
         self.update_ms_total += (time.perf_counter() - t0) * 1000
+
+    def cached_view(self, key: Hashable, compute: Callable[[DigestState], T]) -> T:
+        """``compute(self)`` cached for this version (the digest thread only, between applies)."""
+        hit = self.cache.get(key)
+        if hit is not None and hit[0] == self.version:
+            value: T = hit[1]
+            return value
+        value = compute(self)
+        if len(self.cache) >= MAX_CACHED_VIEWS:
+            self.cache = {k: v for k, v in self.cache.items() if v[0] == self.version}
+            if len(self.cache) >= MAX_CACHED_VIEWS:
+                self.cache = {}
+        self.cache[key] = (self.version, value)
+        return value
 
 
 def _ops_for(store: IndexedOpStore, ids: Sequence[bytes]) -> list[Op]:
@@ -117,6 +184,9 @@ class DigestTracker:
         self._token: trio.lowlevel.TrioToken | None = None
         self._wake = trio.Event()
         self._wake_scheduled = False
+        self._published = trio.Event()  # set (and replaced) after every published digest
+        #: called in the trio thread after every apply that changed the digest
+        self.listeners: list[Callable[[DigestUpdate], None]] = []
         self.writer.subscribe(self._on_commit)
 
     # ------------------------------------------------------------------ writer thread
@@ -156,6 +226,40 @@ class DigestTracker:
     def pending_ops(self) -> int:
         return self._pending_ops
 
+    async def wait_covering(self, complete: int, timeout: float) -> bool:
+        """Wait (at most ``timeout`` s) until the digest covers ``complete`` ops; False if it does not yet."""
+        with trio.move_on_after(timeout):
+            while not (self.ready and self.state.ops >= complete):
+                await self._published.wait()
+            return True
+        return False
+
+    async def view(self, key: Hashable, compute: Callable[[DigestState], T]) -> T:
+        """A document computed from the replayed DAG and state, in the digest thread, cached per version.
+
+        ``compute`` gets the ``DigestState`` (``order``, ``replayer.state``, ``digest``, ``dag``)
+        and must only read it. Runs under the digest limiter, so never during an apply.
+        """
+        state = self.state
+        hit = state.cache.get(key)
+        if hit is not None and hit[0] == state.version:
+            value: T = hit[1]
+            return value
+        return await trio.to_thread.run_sync(state.cached_view, key, compute, limiter=self.limiter)
+
+    def _publish(self, state: DigestState, new_ops: Sequence[Op]) -> None:
+        self.writer.publish_digest(state.digest, state.ops)
+        self._published.set()
+        self._published = trio.Event()
+        if not self.listeners:
+            return
+        update = DigestUpdate(state.digest, state.ops, tuple(new_ops), dict(state.last_verdicts))
+        for fn in list(self.listeners):
+            try:
+                fn(update)
+            except Exception:
+                log.exception("a digest listener failed (ignored)")
+
     async def run(self) -> None:
         """Load, then apply commits as they come. Restartable: each run starts from a fresh load."""
         self.ready = False
@@ -170,7 +274,7 @@ class DigestTracker:
         await trio.to_thread.run_sync(state.load, self.writer.store, complete, pending, limiter=self.limiter)
         self.state = state
         self.ready = True
-        self.writer.publish_digest(state.digest, state.ops)
+        self._publish(state, ())
         log.info("state digest %s over %d ops", state.digest.hex()[:16], state.ops)
         while True:
             await self._wake.wait()
@@ -178,16 +282,18 @@ class DigestTracker:
             with self._lock:
                 batch, self._pending, self._pending_ops = self._pending, [], 0
                 overflow, self._overflow = self._overflow, False
+            ops: list[Op] = []
             if overflow:
                 self.reloads += 1
                 complete, pending = await self._aw.call(capture_ids)
                 changed = await trio.to_thread.run_sync(
                     state.catch_up, self.writer.store, complete, pending, limiter=self.limiter
                 )
+                state.last_verdicts = {}
             else:
                 ops = [op for s, stored in batch if s > seq for op in stored]
                 if not ops:
                     continue
                 changed = await trio.to_thread.run_sync(state.add, ops, limiter=self.limiter)
             if changed:
-                self.writer.publish_digest(state.digest, state.ops)
+                self._publish(state, ops)

@@ -48,15 +48,16 @@ from ecac.core.errors import EcacError, ProtocolError
 from ecac.core.op import Op
 from ecac.core.replay import Replayer
 from ecac.core.snapshot import StoreSnapshot
-from ecac.net.control import open_control_listeners, serve_control_listeners
+from ecac.net.api import PeerInfo
 from ecac.net.counters import NodeCounters
 from ecac.net.dialer import Dialer, check_peer_addr
 from ecac.net.digest import DigestTracker
+from ecac.net.reconcile import RECONCILE_PROTOCOL_ID, ReconcileService
 from ecac.net.serve import READ_CHUNK, SyncServer
 from ecac.net.supervise import Supervisor
 from ecac.net.writeio import AsyncWriter
 from ecac.store.memory import IndexedOpStore
-from ecac.store.rocks import Store
+from ecac.store.rocks import Store, check_store_dir
 from ecac.store.writer import LocalWritten, StoreWriter, WriterFailedError, Written
 from ecac.sync.coordinator import SyncConfig, SyncCoordinator
 from ecac.sync.effects import (
@@ -158,6 +159,12 @@ class NodeOptions:
     heartbeat_interval: float = 0.5
     sync_overrides: dict[str, Any] = field(default_factory=dict)
     exit_on_stdin_eof: bool = False  # for nodes started by ecac.net.procs: die with the parent
+    # the gateway (--control): POST /api/data allowed, its signing seed (None: the node key),
+    # non-loopback listening and Host names (then every request needs the token), site label
+    allow_writes: bool = False
+    write_seed: bytes | None = None
+    allow_remote: bool = False
+    site_name: str | None = None
 
     def sync_config(self) -> SyncConfig:
         return SyncConfig(anti_entropy_period=self.anti_entropy_ms / 1000.0, **self.sync_overrides)
@@ -169,6 +176,12 @@ def _now() -> float:
 
 def _drop_connect_errors(record: logging.LogRecord) -> bool:
     return not str(record.msg).startswith("Failed to open TCP stream")
+
+
+def _drop_unsupported_protocol(record: logging.LogRecord) -> bool:
+    """basic_host logs an 8-line ERROR when a peer answers ``na``; our callers report it once."""
+    msg = str(record.msg)
+    return not (msg.startswith("Failed to open stream") and "not supported" in msg)
 
 
 def _limiter_usage(limiter: trio.CapacityLimiter) -> dict[str, int]:
@@ -208,13 +221,25 @@ class Node:
         self.topic = announce_topic(opts.project)
         self.host = P2PHost(seed, config=HostConfig(heartbeat_interval=opts.heartbeat_interval))
         self.peer_id = self.host.peer_id
+        # set reconciliation (/ecac/reconcile/1): what differs from a peer, fed to the coordinator
+        self.setrec = ReconcileService(
+            self.host,
+            self._snap,
+            lambda peer, need: self._call(self.coord.reconciled, peer, need, _now()),
+            lambda peer: self.coord.peer(peer),
+            self._is_blocked,
+            self.cfg.anti_entropy_period,
+        )
         if not log.isEnabledFor(logging.DEBUG):
             # libp2p logs every refused TCP connect at ERROR; our dial loop reports it already.
             # A filter, because the host resets libp2p logger levels when it starts.
             logging.getLogger("libp2p.transport.tcp.tcp").addFilter(_drop_connect_errors)
+            logging.getLogger("libp2p.host.basic_host").addFilter(_drop_unsupported_protocol)
         self._empty_digest = Replayer().digest
         self.listen_addrs: list[str] = []
         self.control_url: str | None = None
+        self.dashboard_url: str | None = None  # control_url + "/#token=…" once the gateway listens
+        self.control_token: str | None = None
         self._nursery: trio.Nursery | None = None
         self._token: trio.lowlevel.TrioToken | None = None
         self._fatal_reason: str | None = None
@@ -228,6 +253,10 @@ class Node:
         self.started_at = time.monotonic()
 
     def _snap(self) -> StoreSnapshot:
+        return self.writer.snapshot
+
+    def snapshot(self) -> StoreSnapshot:
+        """The writer's latest snapshot (``NodeApi``)."""
         return self.writer.snapshot
 
     # ------------------------------------------------------------------ lifecycle
@@ -253,6 +282,7 @@ class Node:
         host = self.host
         sup = self.supervisor
         host.set_stream_handler(SYNC_PROTOCOL_ID, self._serve)
+        host.set_stream_handler(RECONCILE_PROTOCOL_ID, self.setrec.handle)
         host.add_peer_listener(self._on_peer_event)
         await host.subscribe(self.topic, self._on_announce, validator=self._validate)
         async with host.run(list(self.opts.listen)), trio.open_nursery() as nursery:
@@ -263,6 +293,8 @@ class Node:
                 port = await nursery.start(self._control)
                 shown = f"[{ctl_host}]" if ":" in ctl_host else ctl_host
                 self.control_url = f"http://{shown}:{port}"
+                self.dashboard_url = f"{self.control_url}/#token={self.control_token}"
+                log.info("dashboard: %s", self.dashboard_url)
             if stop_on_signals:
                 nursery.start_soon(self._signals, nursery.cancel_scope)
             if self.opts.exit_on_stdin_eof:
@@ -272,6 +304,7 @@ class Node:
             nursery.start_soon(sup.supervise, "publisher", self._publisher)
             nursery.start_soon(sup.supervise, "timer", self._timer_loop, self._rebuild)
             nursery.start_soon(sup.supervise, "reconcile", self._reconcile_loop)
+            nursery.start_soon(sup.supervise, "set_reconcile", lambda: self.setrec.run(nursery, self.peer_id))
             log.info(
                 "node %s listening on %s (project %s, anti-entropy %d ms)",
                 self.peer_id,
@@ -304,21 +337,47 @@ class Node:
             token.run_sync_soon(self._fatal, f"store writer: {reason}")
 
     async def _control(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        """The control API: listen (a failure to bind stops the start), then serve, supervised."""
+        """The gateway (``ecac.net.gateway``): listen (a failure to bind stops the start), write
+        a fresh token to ``<db>/control.token``, then serve, supervised."""
+        from ecac.net.gateway import (
+            Gateway,
+            GatewayConfig,
+            new_token,
+            open_gateway_listeners,
+            serve_gateway,
+            write_token_file,
+        )
+
         assert self.opts.control is not None
         ctl_host, ctl_port = self.opts.control
-        listeners: list[trio.SocketListener] | None = await open_control_listeners(ctl_host, ctl_port)
+        listeners: list[trio.SocketListener] | None = await open_gateway_listeners(ctl_host, ctl_port)
         assert listeners is not None
         bound = listeners[0].socket.getsockname()[1]
+        token = new_token()
+        write_token_file(self.opts.db, token)
+        self.control_token = token
+        gateway = Gateway(
+            self,
+            GatewayConfig(
+                token=token,
+                db_path=str(self.opts.db),
+                write_key=SigningKey(self.opts.write_seed) if self.opts.write_seed else self.sk,
+                allow_writes=self.opts.allow_writes,
+                allow_remote=self.opts.allow_remote,
+                site_name=self.opts.site_name,
+                networking=bool(self.opts.listen),
+            ),
+        )
+        self.digest.listeners.append(gateway.on_digest)
         task_status.started(bound)
 
         async def serve() -> None:
             nonlocal listeners
             if listeners is None:  # a restart: the same port again
-                listeners = await open_control_listeners(ctl_host, bound)
+                listeners = await open_gateway_listeners(ctl_host, bound)
             current, listeners = listeners, None
             try:
-                await serve_control_listeners(self, current)
+                await serve_gateway(gateway, current)
             finally:
                 for li in current:
                     with trio.CancelScope(shield=True):
@@ -621,6 +680,24 @@ class Node:
         """Connected peers and the peers we keep dialled, sorted."""
         return sorted(set(self.connected_peers()) | set(self.dialer.dialled))
 
+    def peer_infos(self) -> list[PeerInfo]:
+        """Every known peer for ``GET /api/peers``: addresses we dial, connection, its last announce."""
+        heads = self._snap().heads
+        mine = set(heads) if len(heads) < 4096 else None
+        now, wall = _now(), time.time()
+        out = []
+        for p in self.known_peers():
+            st = self.coord.peer(p)
+            addr = self.dialer.dialled.get(p)
+            last: int | None = None
+            match: bool | None = None
+            if st is not None and st.announced_at is not None:
+                last = int((wall - (now - st.announced_at)) * 1000)
+                if st.all_heads and mine is not None:
+                    match = set(st.heads) == mine
+            out.append(PeerInfo(p, (addr,) if addr else (), p in self.connected_peers(), last, match))
+        return out
+
     def block_peer(self, peer: str, seconds: float) -> None:
         """Partition from ``peer`` for ``seconds`` (``<= 0`` lifts it): a test and demo tool.
 
@@ -797,6 +874,7 @@ class Node:
             counters[k] = counters.get(k, 0) + v
         counters.update(self.counters.as_dict())
         counters.update(self.supervisor.as_dict())
+        counters.update(self.setrec.counters.as_dict())
         counters["writer_queue_depth"] = self.writer.queue_depth
         counters["writer"] = self.writer.stats.as_dict()
         counters["limiters"] = {
@@ -807,8 +885,11 @@ class Node:
         }
         counters["digest_pending_ops"] = self.digest.pending_ops
         counters["digest_reloads"] = self.digest.reloads
+        counters["conn"] = self.host.conn_stats()  # connection slots, limits, yamux flow control
         running = self._nursery is not None
         now = _now()
+        counters.update(self.server.counters_dict(now))  # bad requests, serve quota (issue 10)
+        counters["quota_ingest"] = coord.quota_status(now)
         return {
             "peer_id": self.peer_id,
             "listen": list(self.listen_addrs),
@@ -859,6 +940,7 @@ def run_node(opts: NodeOptions, on_ready: Callable[[Node], None] | None = None) 
     own process). A ``NodeFailure`` (a task out of restarts, an unusable store) propagates: exit 1.
     """
     sys.setswitchinterval(NODE_SWITCH_INTERVAL)
+    check_store_dir(opts.db, create=True)  # never turn a user's directory into a RocksDB database
     store = Store.open(opts.db)
     try:
         seed = load_or_create_key(opts.key_file or (opts.db / KEY_FILE_NAME))

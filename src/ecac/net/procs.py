@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ecac.net.control import ControlClient
+from ecac.net.client import TOKEN_FILE_NAME, GatewayClient
 
 T = TypeVar("T")
 
@@ -50,6 +50,8 @@ class NodeProc:
     log_path: Path
     args: tuple[str, ...]
     _log_file: Any = field(default=None, repr=False)
+    #: the gateway token the node wrote to ``<db>/control.token`` at start (None without --control)
+    token: str | None = field(default=None, repr=False)
 
     @property
     def peer_id(self) -> str:
@@ -63,10 +65,11 @@ class NodeProc:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def client(self, timeout: float = 30.0) -> ControlClient:
+    def client(self, timeout: float = 30.0) -> GatewayClient:
+        """A gateway client that sends this node's token."""
         if self.control_url is None:
             raise RuntimeError("node was started without --control")
-        return ControlClient(self.control_url, timeout=timeout)
+        return GatewayClient(self.control_url, token=self.token, timeout=timeout)
 
     def status(self) -> dict[str, Any]:
         return self.client().status()
@@ -226,7 +229,8 @@ def start_node(
         raise NodeStartError(f"unexpected first line {got[0]!r}")
     addr = got[0].split(" ", 1)[1]
     url = got[1].split(" ", 1)[1] if wanted == 2 else None
-    return NodeProc(proc, dbp, addr, url, logp, tuple(args), log_file)
+    token = (dbp / TOKEN_FILE_NAME).read_text(encoding="ascii").strip() if url is not None else None
+    return NodeProc(proc, dbp, addr, url, logp, tuple(args), log_file, token)
 
 
 def wait_for(pred: Callable[[], T], timeout: float, interval: float = 0.05, what: str = "condition") -> T:
