@@ -16,13 +16,20 @@ from pathlib import Path
 import pytest
 
 from ecac.cli import main
-from ecac.cli.dbopt import check_store_dir
-from ecac.cli.keyfile import KEY_FILE_OR_HEX, parse_key_bytes, read_key_file
+from ecac.cli.keyfile import KEY_FILE_ARG, parse_key_bytes, read_key_file
 from ecac.core.errors import EcacError
 from ecac.core.keys import key_seed
-from ecac.store.rocks import Store
+from ecac.store.rocks import Store, check_store_dir
 
-ENV_VARS = ("ECAC_DB", "ECAC_KEY_FILE", "ECAC_SUBJECT_SK_HEX", "ECAC_KEYADMIN_SK_HEX", "ECAC_NODE_SK_HEX")
+ENV_VARS = (
+    "ECAC_DB",
+    "ECAC_NODE",
+    "ECAC_CONTROL_TOKEN",
+    "ECAC_KEY_FILE",
+    "ECAC_SUBJECT_SK_HEX",
+    "ECAC_KEYADMIN_SK_HEX",
+    "ECAC_NODE_SK_HEX",
+)
 
 
 @dataclass
@@ -152,8 +159,9 @@ def test_key_file_errors(tmp_path: Path) -> None:
         read_key_file(loose)
     loose.chmod(0o600)
     assert bytes(read_key_file(loose)[0]).hex() == seed
-    assert bytes(KEY_FILE_OR_HEX.convert(seed, None, None)).hex() == seed  # legacy hex still works
-    assert bytes(KEY_FILE_OR_HEX.convert(str(loose), None, None)).hex() == seed
+    with pytest.raises(EcacError, match="secret key on the command line is refused"):
+        KEY_FILE_ARG.convert(seed, None, None)  # the reference's hex argument: put it in a file
+    assert bytes(KEY_FILE_ARG.convert(str(loose), None, None)).hex() == seed
 
 
 # --------------------------------------------------------------------------- the lifecycle

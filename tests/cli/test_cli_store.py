@@ -325,8 +325,15 @@ def test_trust_commands_outputs_and_dump(tmp_path, monkeypatch):
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "99")  # ECAC_TIME_MS wins
     db = tmp_path / "db"
     monkeypatch.setenv("ECAC_DB", str(db))
+    from ecac.cli.keyfile import create_key_file
+
     sk_hex = "11" * 32
     pk_hex = public_key(signing_key_from_hex(sk_hex)).hex()
+    r = run("trust-issuer-publish", "issuer-1", "k1", "EdDSA", sk_hex)  # the reference's form is refused
+    assert r.exit_code == 1 and not db.exists()
+    assert str(r.exception).startswith("ISSUER_KEY_FILE: a secret key on the command line is refused")
+    create_key_file(tmp_path / "issuer.key", signing_key_from_hex(sk_hex))
+    sk_hex = str(tmp_path / "issuer.key")  # the key file takes the secret's place
     r = ok("trust-issuer-publish", "issuer-1", "k1", "EdDSA", sk_hex)
     lines = r.stdout.splitlines()
     assert lines[0].startswith("issuer_key_op_id=") and lines[0].endswith(" issuer_id=issuer-1 key_id=k1")
@@ -392,5 +399,9 @@ def test_trust_commands_outputs_and_dump(tmp_path, monkeypatch):
 def test_trust_time_falls_back_to_source_date_epoch(tmp_path, monkeypatch):
     monkeypatch.delenv("ECAC_TIME_MS", raising=False)
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "3")
-    r = ok("trust-issuer-publish", "-d", str(tmp_path / "db"), "iss", "k", "EdDSA", "22" * 32)
+    from ecac.cli.keyfile import create_key_file
+    from ecac.core.keys import signing_key_from_hex
+
+    create_key_file(tmp_path / "k", signing_key_from_hex("22" * 32))
+    r = ok("trust-issuer-publish", "-d", str(tmp_path / "db"), "iss", "k", "EdDSA", str(tmp_path / "k"))
     assert r.stdout.splitlines()[1] == f"valid_from_ms=3000 valid_until_ms={3000 + 365 * 86_400_000}"

@@ -2,36 +2,51 @@
 access and why.
 
 ``key new/show``, ``issuer publish``, ``vc issue``, ``grant``, ``revoke``, ``status-list set``,
-``write OBJ FIELD VALUE``, ``get``, ``access``, ``explain`` and ``ops``. Every command that signs
+``write OBJ FIELD VALUE``, ``get``, ``access``, ``explain``, ``ops`` and ``peers``. Every command that signs
 takes ``--key FILE`` (``ecac.cli.keyfile``); no secret is ever an argument.
 
-Each command talks to a ``Target``: today ``LocalTarget`` over ``--db DIR`` (``ecac.cli.dbopt``);
-a node's gateway (``--node URL``) only has to implement the same six methods, because every
-answer is the JSON of an ``ecac.core.access`` view and every text output is rendered from that
-JSON. Ops are signed here, on the target's heads, and submitted with their preview: an op whose
+Each command talks to a ``Target``: ``LocalTarget`` over ``--db DIR`` (``ecac.cli.dbopt``) or
+``RemoteTarget`` over a running node's gateway (``--node URL``, env ``ECAC_NODE``, with the
+token of ``--token-file FILE`` or ``ECAC_CONTROL_TOKEN``): the same six methods, each answer
+the JSON of an ``ecac.core.access`` view and every text output rendered from that JSON, so
+``--db`` and ``--node`` print the same documents (``peers`` needs a node).
+
+Ops are signed here, on the target's heads, and submitted with their preview: an op whose
 preview says it would change nothing (a denied write, a Grant whose VC does not verify, a
 Revoke that closes nothing, an issuer key or status list that would be ignored) is **not
 stored** and the command fails with the reason; ``--force`` stores such policy ops anyway (for
 ops whose effect depends on ops that have not arrived yet). A denied write is stored only on
-request (``write --store-denied``), and the command still fails.
+request (``write --store-denied``), and the command still fails. Through a node the preview
+runs on the node's writer against its log at commit time, and stored ops are announced.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import quote
 
 import click
+from click.core import ParameterSource
 from nacl.signing import SigningKey
 
-from ecac.cli.common import read_file, shown_key, wall_clock_ms
-from ecac.cli.dbopt import check_store_dir, db_option, open_store, require_db
+from ecac.cli.common import (
+    gateway,
+    node_option,
+    one_target,
+    read_file,
+    shown_key,
+    token_file_option,
+    wall_clock_ms,
+)
+from ecac.cli.dbopt import db_option, open_store
 from ecac.cli.keyfile import create_key_file, create_private_file, key_option, load_signing_key, read_key_file
 from ecac.core import access, policyops
 from ecac.core.errors import EcacError, VcError
@@ -40,8 +55,10 @@ from ecac.core.keys import parse_hex, public_key
 from ecac.core.op import Op
 from ecac.core.resources import EDITOR, ISSUER_ADMIN, SET_ADD, SET_FIELD, SET_REM
 from ecac.core.vc import cred_hash, editor_claims, mint_vc
-from ecac.store.resume import replay_store
-from ecac.store.rocks import Store
+
+if TYPE_CHECKING:  # the store loads only for --db, the client only for --node
+    from ecac.net.client import GatewayClient
+    from ecac.store.rocks import Store
 
 SUBJECT_ENV = "ECAC_SUBJECT_SK_HEX"  # the reference's writer seed, also accepted by `write`
 YEAR_MS = 365 * 86_400_000
@@ -99,13 +116,15 @@ class LocalTarget:
 
     def submit(self, ops: Sequence[Op], *, force: bool, store_denied: bool = False) -> Submitted:
         pv = access.preview(self.order(), ops)
-        store = pv.ok or (force and (store_denied or not pv.denied))
+        store = pv.storable(force=force, store_denied=store_denied)
         if store:
             self.st.put_many(list(ops))
             self._order = None
         return Submitted(pv.to_obj(), store)
 
     def state(self, obj: str | None = None, field: str | None = None) -> dict[str, Any]:
+        from ecac.store.resume import replay_store
+
         res = replay_store(self.st, from_checkpoint=True)
         view = access.state_view(res.state, res.digest)
         if obj is None:
@@ -125,16 +144,130 @@ class LocalTarget:
         return access.ops_view(self.order(), limit).to_obj()
 
 
+class RemoteTarget:
+    """A ``Target`` over a node's gateway (``--node URL``): the same six calls as ``LocalTarget``,
+    answered by the node from its latest snapshot with the same ``ecac.core.access`` JSON
+    documents, so every command prints exactly what it prints for ``--db``.
+
+    ``submit`` posts the signed ops' canonical CBOR; the node previews them on its writer
+    against its log at commit time, stores them under the same rule and announces them.
+    """
+
+    def __init__(self, client: GatewayClient) -> None:
+        self.client = client
+
+    def _get(self, path: str) -> dict[str, Any]:
+        from ecac.net.client import GatewayError
+
+        try:
+            doc = self.client.get(path)
+        except GatewayError as e:
+            if e.status == 404 and path.startswith(("/api/view/", "/api/explain/")):
+                raise access.NotFoundError(e.detail) from None  # worded as the local command words it
+            raise
+        if not isinstance(doc, dict):
+            raise EcacError(
+                f"node at {self.client.url}: {path} answered {type(doc).__name__}, not a JSON object"
+            )
+        return doc
+
+    def _bad(self, path: str, what: str) -> EcacError:
+        return EcacError(f"node at {self.client.url}: unexpected answer to {path} ({what})")
+
+    def heads(self) -> list[bytes]:
+        heads = self._get("/api/heads").get("heads")
+        if not isinstance(heads, list) or not all(isinstance(h, str) for h in heads):
+            raise self._bad("/api/heads", '"heads" is not a list of hex strings')
+        try:
+            return [parse_hex(h, 32, "head") for h in heads]
+        except EcacError as e:
+            raise self._bad("/api/heads", str(e)) from None
+
+    def submit(self, ops: Sequence[Op], *, force: bool, store_denied: bool = False) -> Submitted:
+        body = {"ops": [op.cbor.hex() for op in ops], "force": force, "store_denied": store_denied}
+        doc = self.client.post_json("/api/submit", body)
+        if not isinstance(doc, dict):
+            raise self._bad("/api/submit", "not a JSON object")
+        preview, stored = doc.get("preview"), doc.get("stored")
+        if not isinstance(preview, dict) or not isinstance(preview.get("effects"), list):
+            raise self._bad("/api/submit", '"preview" has no "effects"')
+        if not isinstance(stored, bool):
+            raise self._bad("/api/submit", '"stored" is not a boolean')
+        return Submitted(preview, stored)
+
+    def state(self, obj: str | None = None, field: str | None = None) -> dict[str, Any]:
+        path = "/api/view/state"
+        if obj is not None:
+            path += "/" + quote(obj, safe="")
+            if field is not None:
+                path += "/" + quote(field, safe="")
+        return self._get(path)
+
+    def access(self, now_ms: int) -> dict[str, Any]:
+        return self._get(f"/api/access?now_ms={now_ms}")
+
+    def explain(self, op_id: str | None = None) -> dict[str, Any]:
+        if op_id is None:
+            return self._get("/api/explain")
+        return self._get("/api/explain/" + quote(op_id, safe=""))
+
+    def ops(self, limit: int) -> dict[str, Any]:
+        return self._get(f"/api/ops?limit={limit}")
+
+
 @contextmanager
-def local_target(db: Path | None, *, create: bool) -> Iterator[LocalTarget]:
+def local_target(db: Path, *, create: bool) -> Iterator[LocalTarget]:
     """The ``LocalTarget`` of ``--db`` (or ``ECAC_DB``), checked by ``check_store_dir`` and always closed.
 
     Commands that write (``create``) open the store for writing, which locks it; reads open it
     read-only, which takes no lock, so they also work on the store of a running node (as of
     the moment they open it).
     """
-    with open_store(require_db(db), create=create, read_only=not create) as st:
+    with open_store(db, create=create, read_only=not create) as st:
         yield LocalTarget(st)
+
+
+@dataclass(frozen=True, slots=True)
+class Where:
+    """The target of one command: exactly one of ``db`` (``--db``/``ECAC_DB``) and ``node_url``
+    (``--node``/``ECAC_NODE``), and the ``--token-file`` for a node."""
+
+    db: Path | None
+    node_url: str | None
+    token_file: Path | None
+
+    @contextmanager
+    def open(self, *, create: bool) -> Iterator[Target]:
+        """A ``RemoteTarget`` for ``--node``, else the ``LocalTarget`` of ``--db`` (always closed)."""
+        if self.node_url is not None:
+            yield RemoteTarget(gateway(self.node_url, self.token_file))
+            return
+        assert self.db is not None
+        with local_target(self.db, create=create) as t:
+            yield t
+
+
+def target_options(
+    db_help: str = "Store directory (env ECAC_DB).",
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--db DIR`` | ``--node URL`` and ``--token-file FILE``, handed to the command as one
+    ``where: Where`` (exactly one target, checked by ``common.one_target`` before anything else)."""
+
+    def deco(f: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(f)
+        def wrapper(
+            *args: Any, db: Path | None, node_url: str | None, token_file: Path | None, **kw: Any
+        ) -> Any:
+            db, node_url = one_target(db, node_url)
+            if token_file is not None and node_url is None:
+                raise click.UsageError("--token-file goes with --node URL")
+            return f(*args, where=Where(db, node_url, token_file), **kw)
+
+        g: Callable[..., Any] = token_file_option(wrapper)
+        g = node_option("A running node's control URL instead of --db")(g)
+        return db_option(db_help)(g)
+
+    return deco
 
 
 # --------------------------------------------------------------------------- output helpers
@@ -242,7 +375,7 @@ def issuer_group() -> None:
 @click.option(
     "--valid-until-ms", type=click.IntRange(0, U64_MAX), default=None, help="Default: now + 365 days."
 )
-@db_option()
+@target_options()
 @force_option
 @json_option
 def issuer_publish_cmd(
@@ -251,7 +384,7 @@ def issuer_publish_cmd(
     key_id: str | None,
     valid_from_ms: int | None,
     valid_until_ms: int | None,
-    db: Path | None,
+    where: Where,
     force: bool,
     as_json: bool,
 ) -> None:
@@ -268,7 +401,7 @@ def issuer_publish_cmd(
     if vu <= vf:
         raise EcacError(f"valid_until_ms ({vu}) must be > valid_from_ms ({vf})")
     kid = public_key(sk).hex()[:16] if key_id is None else key_id
-    with local_target(db, create=True) as t:
+    with where.open(create=True) as t:
         op = policyops.issuer_key_op(sk, t.heads(), hlc, issuer_id, kid, valid_from_ms=vf, valid_until_ms=vu)
         finish_submission(t.submit([op], force=force), "issuer publish", as_json)
 
@@ -401,10 +534,10 @@ def read_vc(path: str) -> bytes:
 @click.command("grant")
 @click.option("--vc", "vc_file", required=True, metavar="FILE", help="The VC (compact JWT) to grant.")
 @key_option("Secret key file of the grantor (signs the Credential and Grant ops)")
-@db_option()
+@target_options()
 @force_option
 @json_option
-def grant_cmd(vc_file: str, key_file: Path | None, db: Path | None, force: bool, as_json: bool) -> None:
+def grant_cmd(vc_file: str, key_file: Path | None, where: Where, force: bool, as_json: bool) -> None:
     """Append a VC as a Credential op and its Grant: the subject holds the VC's role from here on.
 
     Refused when the grant would open no epoch here (the VC does not verify against the
@@ -416,7 +549,7 @@ def grant_cmd(vc_file: str, key_file: Path | None, db: Path | None, force: bool,
         policyops.vc_subject_and_id(token)
     except VcError as e:
         raise EcacError(f"{vc_file}: not a usable VC: {e}") from None
-    with local_target(db, create=True) as t:
+    with where.open(create=True) as t:
         cred, grant = policyops.grant_ops(token, wall_clock_ms(), issuer=sk, grantor=sk, parents=t.heads())
         finish_submission(t.submit([cred, grant], force=force), "grant", as_json)
 
@@ -430,7 +563,7 @@ def grant_cmd(vc_file: str, key_file: Path | None, db: Path | None, force: bool,
     "--scope", "scopes", multiple=True, required=True, metavar="TAG", help="Scope tag (repeatable)."
 )
 @key_option("Secret key file of the revoker")
-@db_option()
+@target_options()
 @force_option
 @json_option
 def revoke_cmd(
@@ -438,7 +571,7 @@ def revoke_cmd(
     role: str,
     scopes: tuple[str, ...],
     key_file: Path | None,
-    db: Path | None,
+    where: Where,
     force: bool,
     as_json: bool,
 ) -> None:
@@ -449,7 +582,7 @@ def revoke_cmd(
     """
     sk = load_signing_key(key_file)
     subject = parse_hex(subject_hex, 32, "subject public key")
-    with local_target(db, create=True) as t:
+    with where.open(create=True) as t:
         op = policyops.revoke_op(sk, t.heads(), hlc_now(), subject, role, tuple(dict.fromkeys(scopes)))
         finish_submission(t.submit([op], force=force), "revoke", as_json)
 
@@ -467,7 +600,7 @@ def status_list_group() -> None:
     "--index", type=click.IntRange(0, U32_MAX), required=True, help="Bit to set (the VC's status index)."
 )
 @click.option("--clear", is_flag=True, help="Clear the bit instead (reinstate the VC).")
-@db_option()
+@target_options()
 @force_option
 @json_option
 def status_list_set_cmd(
@@ -476,7 +609,7 @@ def status_list_set_cmd(
     list_id: str,
     index: int,
     clear: bool,
-    db: Path | None,
+    where: Where,
     force: bool,
     as_json: bool,
 ) -> None:
@@ -487,7 +620,7 @@ def status_list_set_cmd(
     """
     sk = load_signing_key(key_file)
     hlc = hlc_now()
-    with local_target(db, create=True) as t:
+    with where.open(create=True) as t:
         cur = next((s for s in t.access(hlc.physical_ms)["status_lists"] if s["list_id"] == list_id), None)
         bits = set(() if cur is None else cur["revoked"])
         if clear:
@@ -517,6 +650,8 @@ def write_command(legacy: click.Command | None) -> click.Command:
     )
     @key_option(f"Secret key file of the writer (else {SUBJECT_ENV})")
     @db_option("Store directory (env ECAC_DB; `write data` defaults to .ecac.db).")
+    @node_option("A running node's control URL instead of --db: the write goes through it")
+    @token_file_option
     @click.option(
         "--store-denied",
         is_flag=True,
@@ -531,6 +666,8 @@ def write_command(legacy: click.Command | None) -> click.Command:
         set_remove: bool,
         key_file: Path | None,
         db: Path | None,
+        node_url: str | None,
+        token_file: Path | None,
         store_denied: bool,
         as_json: bool,
     ) -> None:
@@ -555,7 +692,13 @@ def write_command(legacy: click.Command | None) -> click.Command:
                     "--key, --json, --set-add, --set-remove and --store-denied belong to "
                     "`write OBJ FIELD VALUE`"
                 )
+            if ctx.get_parameter_source("node_url") is ParameterSource.COMMANDLINE or token_file is not None:
+                raise click.UsageError(
+                    "`write data OBJ FIELD VALUE` writes to a store (--db); --node is not for it"
+                )
             path = db if db is not None else Path(".ecac.db")
+            from ecac.store.rocks import check_store_dir
+
             check_store_dir(path, create=True)
             kind, obj, field, value = args
             ctx.invoke(legacy, db=path, kind=kind, obj=obj, field=field, value=value)
@@ -564,12 +707,16 @@ def write_command(legacy: click.Command | None) -> click.Command:
             raise click.UsageError("expected OBJ FIELD VALUE (or the reference's `data OBJ FIELD VALUE`)")
         if set_add and set_remove:
             raise click.UsageError("give --set-add or --set-remove, not both")
+        db, node_url = one_target(db, node_url)
+        if token_file is not None and node_url is None:
+            raise click.UsageError("--token-file goes with --node URL")
+        where = Where(db, node_url, token_file)
         obj, field, value = args
         action = SET_ADD if set_add else SET_REM if set_remove else SET_FIELD
         key = policyops.data_key(action, obj, field, None if action == SET_FIELD else value)
         sk = load_signing_key(key_file, hex_env=SUBJECT_ENV)
         payload = b"" if action == SET_REM else value.encode("utf-8")
-        with local_target(db, create=True) as t:
+        with where.open(create=True) as t:
             op = policyops.data_op(sk, t.heads(), hlc_now(), key, payload)
             res = t.submit([op], force=store_denied, store_denied=store_denied)
             finish_submission(res, "write", as_json, can_force=False)
@@ -610,16 +757,16 @@ def render_field(f: dict[str, Any]) -> str:
 @click.command("get")
 @click.argument("obj", required=False)
 @click.argument("field", required=False)
-@db_option()
+@target_options()
 @json_option
-def get_cmd(obj: str | None, field: str | None, db: Path | None, as_json: bool) -> None:
+def get_cmd(obj: str | None, field: str | None, where: Where, as_json: bool) -> None:
     """The replayed state, decoded: every field, one object's fields, or one field's value.
 
     Values print as UTF-8 text when valid, else as 0x<hex> (binary); concurrent register
     writes are all shown. With --json: {"digest", "processed_count", "objects"} (or the
     object's / field's part of it).
     """
-    with local_target(db, create=False) as t:
+    with where.open(create=False) as t:
         doc = t.state(obj, field)
     if as_json:
         echo_json(doc)
@@ -688,12 +835,12 @@ def render_access(rep: dict[str, Any]) -> list[str]:
 
 
 @click.command("access")
-@db_option()
+@target_options()
 @json_option
-def access_cmd(db: Path | None, as_json: bool) -> None:
+def access_cmd(where: Where, as_json: bool) -> None:
     """Who may write: every subject with its role, scope and epochs (live, expired, not yet,
     revoked), grants that do nothing and why, the trusted issuers and keys, status lists."""
-    with local_target(db, create=False) as t:
+    with where.open(create=False) as t:
         rep = t.access(wall_clock_ms())
     if as_json:
         echo_json(rep)
@@ -712,12 +859,12 @@ def _decision_line(d: dict[str, Any]) -> str:
 
 @click.command("explain")
 @click.argument("op_id", required=False, metavar="[OP_ID]")
-@db_option()
+@target_options()
 @json_option
-def explain_cmd(op_id: str | None, db: Path | None, as_json: bool) -> None:
+def explain_cmd(op_id: str | None, where: Where, as_json: bool) -> None:
     """ALLOWED/DENIED and the reason for each data op (or the one OP_ID, a unique id prefix
     of at least 4 hex chars), each followed by why, from the epochs the write gate used."""
-    with local_target(db, create=False) as t:
+    with where.open(create=False) as t:
         doc = t.explain(op_id)
     if as_json:
         echo_json(doc)
@@ -752,15 +899,15 @@ def _op_summary(v: dict[str, Any]) -> str:
 
 
 @click.command("ops")
-@db_option()
+@target_options()
 @click.option("--limit", default=access.DEFAULT_OPS_LIMIT, show_default=True, type=click.IntRange(0, None))
 @json_option
-def ops_cmd(db: Path | None, limit: int, as_json: bool) -> None:
+def ops_cmd(where: Where, limit: int, as_json: bool) -> None:
     """The most recent ops of the total order, newest first: position, id, kind, author, HLC.
 
     With --json: {"ops": [OpView…], "total": n}, the document of the gateway's GET /api/ops.
     """
-    with local_target(db, create=False) as t:
+    with where.open(create=False) as t:
         doc = t.ops(limit)
     if as_json:
         echo_json(doc)
@@ -772,6 +919,53 @@ def ops_cmd(db: Path | None, limit: int, as_json: bool) -> None:
             f"{total - 1 - i:>6} {v['op_id']} {v['payload_type']:<10} by {v['author'][:16]} "
             f"hlc {v['hlc_ms']}.{v['hlc_logical']}  {_op_summary(v)}".rstrip()
         )
+
+
+# --------------------------------------------------------------------------- peers
+
+
+def _ago(now_ms: int, at_ms: int | None) -> str:
+    if at_ms is None:
+        return "never"
+    age = max(0, now_ms - at_ms)
+    return f"{age} ms ago" if age < 1000 else f"{age / 1000:.1f} s ago"
+
+
+def render_peers(doc: dict[str, Any], now_ms: int) -> list[str]:
+    """``GET /api/peers`` for people: this node, then one line per known peer."""
+    me = doc.get("self") or {}
+    out = [f"self {me.get('peer_id', '?')}  ops {me.get('op_count', '?')}  digest {me.get('digest', '?')}"]
+    peers = doc.get("peers", [])
+    if not peers:
+        out.append("no known peers")
+    for p in peers:
+        match = {True: "heads match", False: "heads differ", None: "heads unknown"}.get(
+            p.get("heads_match"), "?"
+        )
+        state = "connected" if p.get("connected") else "disconnected"
+        addrs = ", ".join(p.get("addrs") or []) or "no known address"
+        out.append(
+            f"{p.get('peer_id', '?')}  {state}  last sync {_ago(now_ms, p.get('last_sync_ms'))}  {match}"
+        )
+        out.append(f"    {addrs}")
+    return out
+
+
+@click.command("peers")
+@node_option("The node's control URL")
+@token_file_option
+@json_option
+def peers_cmd(node_url: str | None, token_file: Path | None, as_json: bool) -> None:
+    """A running node's peers: peer id, addresses, connected or not, last sync, whether their
+    heads match ours. With --json: the gateway's GET /api/peers document."""
+    if node_url is None:
+        raise click.UsageError("give --node URL (or set ECAC_NODE)")
+    doc = gateway(node_url, token_file).peers()
+    if as_json:
+        echo_json(doc)
+    else:
+        for line in render_peers(doc, wall_clock_ms()):
+            click.echo(line)
 
 
 # --------------------------------------------------------------------------- registration
@@ -796,5 +990,6 @@ def register(group: click.Group) -> None:
         access_cmd,
         explain_cmd,
         ops_cmd,
+        peers_cmd,
     ):
         group.add_command(cmd)

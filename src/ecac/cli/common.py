@@ -13,11 +13,14 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+from click.core import ParameterSource
 from nacl.signing import SigningKey
 
+from ecac.cli.dbopt import DB_ENV, open_store, require_db
+from ecac.cli.dbopt import db_option as _db_option
 from ecac.core import policy
 from ecac.core.errors import EcacError, VcError
 from ecac.core.hlc import Hlc
@@ -26,8 +29,10 @@ from ecac.core.op import Op, Payload, make_op
 from ecac.core.opcodec import read_log
 from ecac.core.trust import TrustStoreError
 from ecac.core.vc import MISSING_FIELD, UNKNOWN_ISSUER, VerifiedClaims, verify_vc_file
-from ecac.store.rocks import Store
 from ecac.store.trustfiles import load_file_trust
+
+if TYPE_CHECKING:  # loaded when a store is opened (ecac.cli.dbopt.open_store)
+    from ecac.store.rocks import Store
 
 # --------------------------------------------------------------------------- files
 
@@ -55,40 +60,24 @@ def load_ops(path: str) -> list[Op]:
 
 # --------------------------------------------------------------------------- the store
 
-db_option = click.option(
-    "--db",
-    "-d",
-    "db",
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Store directory (created if missing).",
-)
+#: ``--db/-d DIR`` of the store commands (env ``ECAC_DB``; no default: a usage error when missing)
+db_option = _db_option("Store directory (env ECAC_DB).")
 
-env_db_option = click.option(
-    "--db",
-    "-d",
-    "db",
-    envvar="ECAC_DB",
-    default=".ecac.db",
-    show_default=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Store directory (env ECAC_DB; created if missing).",
-)
+#: ``--db/-d DIR`` of the reference's "store by env" commands: ``ECAC_DB``, default ``.ecac.db``
+env_db_option = _db_option("Store directory (env ECAC_DB; created if missing).", default=".ecac.db")
 
 
 @contextmanager
-def opened(db: Path, *, read_only: bool = False, must_exist: bool = False) -> Iterator[Store]:
+def opened(db: Path | None, *, read_only: bool = False, must_exist: bool = False) -> Iterator[Store]:
     """Open the store for one command and always close it.
 
-    Commands that only read or derive from the ops (``must_exist``) refuse a missing store
-    (``store <path> does not exist``, exit 1) instead of creating an empty one, so a mistyped
-    ``--db`` cannot print the digest of an empty state.
+    ``check_store_dir`` first: a ``--db`` that is a non-empty directory but not an ecac store
+    is refused before RocksDB writes there. Commands that only read or derive from the ops
+    (``must_exist``) refuse a missing store (``store <path> does not exist``, exit 1) instead
+    of creating an empty one, so a mistyped ``--db`` cannot print the digest of an empty state.
     """
-    st = Store.open(db, create_if_missing=not (read_only or must_exist), read_only=read_only)
-    try:
+    with open_store(require_db(db), create=not (read_only or must_exist), read_only=read_only) as st:
         yield st
-    finally:
-        st.close()
 
 
 def wall_clock_ms() -> int:
@@ -106,29 +95,80 @@ def mint(st: Store, sk: SigningKey, now_ms: int, payload: Payload) -> Op:
 # --------------------------------------------------------------------------- a store or a node
 
 
+NODE_ENV = "ECAC_NODE"
+
+
+def node_option(help_text: str = "A running node's control URL instead of --db") -> Callable[..., Any]:
+    """``--node URL`` (env ``ECAC_NODE``) as the ``node_url`` parameter."""
+    return click.option(
+        "--node",
+        "node_url",
+        envvar=NODE_ENV,
+        default=None,
+        metavar="URL",
+        help=f"{help_text} (env {NODE_ENV}).",
+    )
+
+
+token_file_option = click.option(
+    "--token-file",
+    "token_file",
+    default=None,
+    metavar="FILE",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The node's gateway token (its <db>/control.token; else env ECAC_CONTROL_TOKEN).",
+)
+
+
 def db_or_node(db_help: str, node_help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """``--db/-d DIR`` (offline) or ``--node URL`` (a running node): exactly one, see ``one_target``."""
+    """``--db/-d DIR`` (offline, env ``ECAC_DB``) or ``--node URL`` (a running node, env
+    ``ECAC_NODE``) with ``--token-file FILE``: exactly one, see ``one_target``."""
 
     def deco(f: Callable[..., Any]) -> Callable[..., Any]:
-        f = click.option("--node", "node_url", default=None, help=node_help)(f)
-        return click.option(
-            "--db", "-d", "db", default=None, type=click.Path(file_okay=False, path_type=Path), help=db_help
-        )(f)
+        f = token_file_option(f)
+        f = node_option(node_help)(f)
+        return _db_option(f"{db_help} (env ECAC_DB)")(f)
 
     return deco
 
 
-def one_target(db: Path | None, node_url: str | None) -> None:
-    """A usage error (exit 2) unless exactly one of ``--db`` and ``--node`` was given."""
-    if (db is None) == (node_url is None):
-        raise click.UsageError("give exactly one of --db and --node")
+def one_target(db: Path | None, node_url: str | None) -> tuple[Path | None, str | None]:
+    """Exactly one of ``--db`` and ``--node``: ``(db, None)`` or ``(None, url)``, else a usage
+    error (exit 2).
+
+    A flag on the command line wins over the other's environment variable (``ECAC_DB`` set in
+    the shell does not break ``--node URL``); both flags, or both variables and no flag, or
+    neither, are refused.
+    """
+    ctx = click.get_current_context(silent=True)
+
+    def on_line(name: str) -> bool:
+        return ctx is not None and ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE
+
+    if db is not None and node_url is not None:
+        if on_line("db") and on_line("node_url"):
+            raise click.UsageError("give --db DIR or --node URL, not both")
+        if on_line("db"):
+            return db, None
+        if on_line("node_url"):
+            return None, node_url
+        raise click.UsageError(f"both {DB_ENV} and {NODE_ENV} are set: give --db DIR or --node URL")
+    if db is None and node_url is None:
+        raise click.UsageError(f"give --db DIR or --node URL (or set {DB_ENV} or {NODE_ENV})")
+    return db, node_url
 
 
-def node_status(url: str) -> dict[str, Any]:
+def gateway(node_url: str, token_file: Path | None, *, timeout: float = 30.0) -> Any:
+    """The ``GatewayClient`` of ``--node URL`` with the token of ``resolve_token`` (imported here:
+    the client stays out of CLI start-up)."""
+    from ecac.net.client import GatewayClient, resolve_token
+
+    return GatewayClient(node_url, token=resolve_token(token_file, None), timeout=timeout)
+
+
+def node_status(url: str, token_file: Path | None = None) -> dict[str, Any]:
     """``GET /status`` of a running node (EcacError when unreachable)."""
-    from ecac.net.control import ControlClient  # the network stack loads only when a node is asked
-
-    status: dict[str, Any] = ControlClient(url, timeout=10.0).status()
+    status: dict[str, Any] = gateway(url, token_file, timeout=10.0).status()
     return status
 
 

@@ -7,29 +7,84 @@ that need it, never at CLI start-up. ``status --node URL`` lives in ``store_cmds
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from pathlib import Path
 from typing import Any
 
 import click
 
-from ecac.cli.common import db_or_node, one_target, opened
+from ecac.cli.common import db_or_node, gateway, one_target, opened
+from ecac.cli.dbopt import db_option, require_db
 from ecac.core.errors import EcacError
 from ecac.store.resume import replay_store
 from ecac.testing.demo_ops import demo_ops_for
 
 LEVELS = click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False)
+_LISTEN_EXAMPLE = "/ip4/127.0.0.1/tcp/4001"
+
+
+def check_listen_addr(text: str) -> None:
+    """Refuse a ``--listen`` that is not ``/ip4/ADDRESS/tcp/PORT`` (or ``/ip6/…``) before libp2p
+    starts: one line (exit 1) instead of a multiaddr parser's traceback."""
+    parts = text.split("/")
+    shape = f"--listen {text!r} is not a /ip4/ADDRESS/tcp/PORT multiaddr (e.g. {_LISTEN_EXAMPLE})"
+    if len(parts) != 5 or parts[0] or parts[1] not in ("ip4", "ip6") or parts[3] != "tcp":
+        hint = "; TCP is the only transport" if len(parts) == 5 and parts[3] in ("udp", "quic") else ""
+        raise EcacError(shape + hint)
+    try:
+        ip = ipaddress.ip_address(parts[2])
+    except ValueError:
+        raise EcacError(f"--listen {text!r}: {parts[2]!r} is not an IP address") from None
+    if ip.version != (4 if parts[1] == "ip4" else 6):
+        raise EcacError(
+            f"--listen {text!r}: {parts[2]!r} is not an IPv{4 if parts[1] == 'ip4' else 6} address"
+        )
+    port = parts[4]
+    if not (port.isascii() and port.isdigit()) or int(port) > 65535:
+        raise EcacError(f"--listen {text!r}: port {port!r} is not a number in 0-65535 (0 picks a free port)")
+
+
+SUBJECT_ENV = "ECAC_SUBJECT_SK_HEX"
+
+
+def gateway_options(f: Any) -> Any:
+    """The gateway flags of `node` and `serve`: --allow-writes, --write-key FILE, --allow-remote."""
+    f = click.option(
+        "--allow-remote",
+        is_flag=True,
+        help="Let the gateway listen on a non-loopback address and answer any Host name; every "
+        "request (reads too) then needs the token.",
+    )(f)
+    f = click.option(
+        "--write-key",
+        "write_key",
+        default=None,
+        metavar="FILE",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help=f"Secret key file that signs POST /api/data writes (else env {SUBJECT_ENV}, else the node key).",
+    )(f)
+    return click.option(
+        "--allow-writes",
+        is_flag=True,
+        help="Accept POST /api/data (the reference's write endpoint); else it answers ok:false.",
+    )(f)
+
+
+def gateway_write_seed(write_key: Path | None) -> bytes | None:
+    """The seed that signs the gateway's ``POST /api/data``: ``--write-key FILE``, else
+    ``ECAC_SUBJECT_SK_HEX``, else None (the node's identity key)."""
+    import os
+
+    from ecac.cli.keyfile import load_signing_key
+
+    if write_key is None and not os.environ.get(SUBJECT_ENV, "").strip():
+        return None
+    return bytes(load_signing_key(write_key, hex_env=SUBJECT_ENV))
 
 
 @click.command("node")
-@click.option(
-    "--db",
-    "-d",
-    "db",
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Store directory (created if missing; holds node_key).",
-)
+@db_option("Store directory (env ECAC_DB; created if missing; holds node_key and control.token).")
 @click.option(
     "--listen",
     "listen",
@@ -39,7 +94,11 @@ LEVELS = click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=Fals
 )
 @click.option("--peer", "peers", multiple=True, help="Bootstrap peer /ip4/…/tcp/…/p2p/<id> (repeatable).")
 @click.option("--project", required=True, help="Project id: gossip topic ecac/v1/<project>/announce.")
-@click.option("--control", default=None, help="Control API HOST:PORT on loopback (port 0 = any free port).")
+@click.option(
+    "--control",
+    default=None,
+    help="HTTP gateway HOST:PORT (loopback unless --allow-remote; port 0 = any free port).",
+)
 @click.option("--log-level", default="INFO", show_default=True, type=LEVELS, help="stderr log level.")
 @click.option(
     "--anti-entropy-ms",
@@ -74,8 +133,9 @@ LEVELS = click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=Fals
     hidden=True,
     help="Stop when stdin reaches EOF (used by ecac.net.procs so nodes never outlive their parent).",
 )
+@gateway_options
 def node_cmd(
-    db: Path,
+    db: Path | None,
     listen: tuple[str, ...],
     peers: tuple[str, ...],
     project: str,
@@ -86,20 +146,28 @@ def node_cmd(
     heartbeat_ms: int,
     request_max_ops: int,
     exit_on_stdin_eof: bool,
+    allow_writes: bool,
+    write_key: Path | None,
+    allow_remote: bool,
 ) -> None:
     """Run a network node until SIGINT/SIGTERM.
 
     The first stdout line is `listening <multiaddr>/p2p/<peer-id>`; with --control a second
-    line `control http://HOST:PORT` follows. Logs go to stderr.
+    line `control http://HOST:PORT` and a third `dashboard: http://HOST:PORT/#token=…` follow
+    (the gateway; its token is also in <db>/control.token). Logs go to stderr.
     """
-    from ecac.net.control import parse_control_addr
+    db = require_db(db)
+    for addr in listen:
+        check_listen_addr(addr)
+    from ecac.net.gateway import parse_control_addr
     from ecac.sync.wire import announce_topic
 
     try:
         announce_topic(project)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--project") from None
-    ctl = parse_control_addr(control) if control is not None else None
+    ctl = parse_control_addr(control, allow_remote=allow_remote) if control is not None else None
+    seed = gateway_write_seed(write_key)
 
     from ecac.net.node import NodeOptions, check_peer_addr, configure_logging, run_node
 
@@ -122,12 +190,16 @@ def node_cmd(
         heartbeat_interval=heartbeat_ms / 1000.0,
         sync_overrides=overrides,
         exit_on_stdin_eof=exit_on_stdin_eof,
+        allow_writes=allow_writes,
+        write_seed=seed,
+        allow_remote=allow_remote,
     )
 
     def ready(node: Any) -> None:
         click.echo(f"listening {node.listen_addrs[0]}")
         if node.control_url is not None:
             click.echo(f"control {node.control_url}")
+            click.echo(f"dashboard: {node.dashboard_url}")
         import sys
 
         sys.stdout.flush()
@@ -151,13 +223,13 @@ def node_cmd(
 )
 @click.option("--count", required=True, type=click.IntRange(1, 1_000_000), help="Number of ops.")
 @click.option("--seed", required=True, type=click.IntRange(0, 2**64 - 1), help="Author key and payload seed.")
-def inject_demo_ops_cmd(db: Path | None, node_url: str | None, count: int, seed: int) -> None:
+def inject_demo_ops_cmd(
+    db: Path | None, node_url: str | None, token_file: Path | None, count: int, seed: int
+) -> None:
     """Write COUNT chained, signed demo Data ops (see ecac.testing.demo_ops), offline or live."""
-    one_target(db, node_url)
+    db, node_url = one_target(db, node_url)
     if node_url is not None:
-        from ecac.net.control import ControlClient
-
-        click.echo(json.dumps(ControlClient(node_url).inject(count, seed), separators=(",", ":")))
+        click.echo(json.dumps(gateway(node_url, token_file).inject(count, seed), separators=(",", ":")))
         return
     assert db is not None
     with opened(db) as st:

@@ -31,10 +31,11 @@ from ecac.cli.common import (
     render_node_status,
     wall_clock_ms,
 )
+from ecac.cli.keyfile import KEY_FILE_ARG
 from ecac.core.codec import dumps
 from ecac.core.errors import EcacError
 from ecac.core.hlc import U32_MAX, U64_MAX
-from ecac.core.keys import parse_hex, public_key, signing_key_from_hex
+from ecac.core.keys import parse_hex, public_key
 from ecac.core.op import IssuerKey, IssuerKeyRevoke, Op, Payload, StatusListChunk
 from ecac.core.replay import replay_full
 from ecac.core.trust import TrustView
@@ -244,7 +245,7 @@ EXIT_INCOMPLETE = 3
 @db_option
 @click.option("--verify-sigs", is_flag=True, help="Also re-verify every op's signature.")
 def verify_store_cmd(db: Path, verify_sigs: bool) -> None:
-    """Check the store's integrity (store §1.10) and recompute its total order.
+    """Check the store's integrity (op ids, parent edges, the VC cache) and recompute its total order.
 
     \b
     Prints OK (exit 0); or, when nothing is corrupt but some ops wait for parents that are
@@ -295,13 +296,13 @@ def render_status(status: dict[str, Any], as_json: bool) -> str:
 
 
 @click.command("status")
-@db_or_node("Store directory (created if missing).", "A running node's control API URL instead of --db.")
+@db_or_node("Store directory", "A running node's control URL instead of --db")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of key: value lines.")
-def status_cmd(db: Path | None, node_url: str | None, as_json: bool) -> None:
+def status_cmd(db: Path | None, node_url: str | None, token_file: Path | None, as_json: bool) -> None:
     """Ops, heads, pending ops, watermark, latest checkpoint and state digest of a store (or a live node)."""
-    one_target(db, node_url)
+    db, node_url = one_target(db, node_url)
     if node_url is not None:
-        status = node_status(node_url)
+        status = node_status(node_url, token_file)
         if as_json:
             click.echo(json.dumps(status, separators=(",", ":")))
         else:
@@ -343,7 +344,7 @@ def mint_and_store(db: Path, sk: SigningKey, now_ms: int, payload: Payload) -> O
 @click.argument("issuer_id")
 @click.argument("key_id")
 @click.argument("algo")
-@click.argument("issuer_sk_hex")
+@click.argument("sk", metavar="ISSUER_KEY_FILE", type=KEY_FILE_ARG)
 @click.option("--prev-key-id", default=None, help="The key this one replaces.")
 @click.option("--valid-from-ms", type=click.IntRange(0, U64_MAX), default=None, help="Default: now.")
 @click.option(
@@ -354,13 +355,15 @@ def trust_issuer_publish_cmd(
     issuer_id: str,
     key_id: str,
     algo: str,
-    issuer_sk_hex: str,
+    sk: SigningKey,
     prev_key_id: str | None,
     valid_from_ms: int | None,
     valid_until_ms: int | None,
 ) -> None:
-    """Publish the issuer's own public key as an IssuerKey op (in-band trust)."""
-    sk = signing_key_from_hex(issuer_sk_hex)
+    """Publish the issuer's own public key as an IssuerKey op (in-band trust).
+
+    ISSUER_KEY_FILE is a key file (`ecac key new`); the reference's hex seed is refused.
+    """
     now = deterministic_now_ms()
     vf = now if valid_from_ms is None else valid_from_ms
     vu = min(now + YEAR_MS, U64_MAX) if valid_until_ms is None else valid_until_ms
@@ -377,10 +380,9 @@ def trust_issuer_publish_cmd(
 @click.argument("issuer_id")
 @click.argument("key_id")
 @click.argument("reason")
-@click.argument("issuer_sk_hex")
-def trust_issuer_revoke_cmd(db: Path, issuer_id: str, key_id: str, reason: str, issuer_sk_hex: str) -> None:
-    """Revoke an issuer key with an IssuerKeyRevoke op."""
-    sk = signing_key_from_hex(issuer_sk_hex)
+@click.argument("sk", metavar="ISSUER_KEY_FILE", type=KEY_FILE_ARG)
+def trust_issuer_revoke_cmd(db: Path, issuer_id: str, key_id: str, reason: str, sk: SigningKey) -> None:
+    """Revoke an issuer key with an IssuerKeyRevoke op, signed with the key in ISSUER_KEY_FILE."""
     op = mint_and_store(db, sk, deterministic_now_ms(), IssuerKeyRevoke(issuer_id, key_id, reason))
     click.echo(f"issuer_revoke_op_id={op.op_id.hex()} issuer_id={issuer_id} key_id={key_id} reason={reason}")
 
@@ -392,7 +394,7 @@ def trust_issuer_revoke_cmd(db: Path, issuer_id: str, key_id: str, reason: str, 
 @click.argument("version", type=click.IntRange(0, U32_MAX))
 @click.argument("chunk_index", type=click.IntRange(0, U32_MAX))
 @click.argument("chunk_path", type=click.Path(dir_okay=False, path_type=Path))
-@click.argument("issuer_sk_hex")
+@click.argument("sk", metavar="ISSUER_KEY_FILE", type=KEY_FILE_ARG)
 @click.option("--bitset-sha256-hex", "bitset_hex", default=None, help="SHA-256 of the whole bitset (64 hex).")
 def trust_status_chunk_cmd(
     db: Path,
@@ -401,14 +403,16 @@ def trust_status_chunk_cmd(
     version: int,
     chunk_index: int,
     chunk_path: Path,
-    issuer_sk_hex: str,
+    sk: SigningKey,
     bitset_hex: str | None,
 ) -> None:
-    """Publish one chunk of a status list (LSB-first bits) as a StatusListChunk op."""
+    """Publish one chunk of a status list (LSB-first bits) as a StatusListChunk op.
+
+    Signed with the key in ISSUER_KEY_FILE (a key file; the reference's hex seed is refused).
+    """
     if bitset_hex is None:
         raise EcacError("bitset_sha256_hex not provided; pass --bitset-sha256-hex <64-hex>")
     bitset_sha = parse_hex(bitset_hex, 32, "SHA-256 value")
-    sk = signing_key_from_hex(issuer_sk_hex)
     try:
         chunk = chunk_path.read_bytes()
     except OSError as e:

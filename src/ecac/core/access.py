@@ -18,22 +18,25 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from ecac.core import policy
+from ecac.core import policy, strict
 from ecac.core.crdt import MVReg, ORSet
 from ecac.core.dag import Dag
 from ecac.core.enc import try_decode_enc
 from ecac.core.errors import EcacError, VcError
 from ecac.core.hlc import Hlc
 from ecac.core.op import (
+    AdminAppoint,
     Credential,
     Data,
     Grant,
     IssuerKey,
+    IssuerKeyRevoke,
     Op,
     Revoke,
     StatusListChunk,
 )
 from ecac.core.policy import Epoch, EpochIndex, WriteGate
+from ecac.core.profile import is_strict_order
 from ecac.core.resources import ISSUER_ADMIN, DataAction, derive_action_and_tags, role_can_write
 from ecac.core.state import State
 from ecac.core.trust import StatusList, TrustView
@@ -801,6 +804,8 @@ def _decision(
 
 def explain_order(order: Sequence[Op]) -> Explanation:
     """Every data op's verdict (``policy.explain``, the replay's gate) with its reason and why."""
+    if is_strict_order(order):
+        return _strict_explanation(order)
     gate = policy.build_write_gate(order)
     problems = _grant_problems(order, gate)
     positions = {op.op_id: pos for pos, op in enumerate(order)}
@@ -809,6 +814,38 @@ def explain_order(order: Sequence[Op]) -> Explanation:
         for op, verdict, reason in policy.explain(order)
     )
     return Explanation(gate is not None, out)
+
+
+def _strict_decision(gate: strict.StrictGate, pos: int, op: Op) -> DecisionView | None:
+    """The strict gate's decision on the data op at ``pos`` (None: not a data key)."""
+    p = op.payload
+    d = derive_action_and_tags(p.key) if isinstance(p, Data) else None
+    if d is None:
+        return None
+    ok = gate.permits(op.author_pk, d.action, d.tags, pos, op.hlc)
+    reason = None if ok else gate.deny_reason(op.author_pk, d.action, d.tags, pos, op.hlc)
+    return DecisionView(
+        pos,
+        op.op_id,
+        op.author_pk,
+        p.key,  # type: ignore[union-attr]
+        d.action,
+        d.obj,
+        d.field,
+        d.elem,
+        tuple(sorted(d.tags)),
+        op.hlc,
+        "ALLOWED" if ok else "DENIED",
+        reason,
+        gate.detail(pos, d.action, d.tags, reason),
+    )
+
+
+def _strict_explanation(order: Sequence[Op]) -> Explanation:
+    """``explain_order`` of a strict log: the strict gate's verdicts and reasons (``ecac.core.strict``)."""
+    gate = strict.build_strict_gate(order)
+    out = (_strict_decision(gate, pos, op) for pos, op in enumerate(order) if type(op.payload) is Data)
+    return Explanation(True, tuple(d for d in out if d is not None))
 
 
 # --------------------------------------------------------------------------- what a new op would do
@@ -853,6 +890,11 @@ class Preview:
 
     def first_problem(self) -> Effect | None:
         return next((e for e in self.effects if not e.effective), None)
+
+    def storable(self, *, force: bool, store_denied: bool = False) -> bool:
+        """The one rule for storing previewed ops (``--db`` and the gateway alike): when every op has
+        its effect, or with ``force`` when no write is denied, or with ``store_denied`` too."""
+        return self.ok or (force and (store_denied or not self.denied))
 
     def to_obj(self) -> dict[str, Any]:
         return {"ok": self.ok, "effects": [e.to_obj() for e in self.effects]}
@@ -913,6 +955,70 @@ def _trust_effect(
     return False, f"status list {p.list_id} version {p.version} is not complete"
 
 
+def _strict_effect(gate: strict.StrictGate, pos: int, op: Op) -> tuple[bool, str]:
+    """Whether a new non-data op takes effect under the strict profile, and what it does."""
+    st = gate.state
+    p = op.payload
+    if isinstance(p, IssuerKey | IssuerKeyRevoke | StatusListChunk | AdminAppoint):
+        if not gate.is_admin(op.author_pk, op.op_id):
+            return False, f"strict: only the project's admins may publish {p.NAME} (the signer is not one)"
+        return True, f"strict: {p.NAME} by a project admin"
+    if isinstance(p, Grant):
+        if any(g.op_id == op.op_id for g in gate.counting_grants(p.subject_pk)):
+            return (
+                True,
+                f"strict: grants {p.subject_pk.hex()} (counts for ops that have it in their causal past)",
+            )
+        why = next((w for q, w in st.uncounted.get(p.subject_pk, ()) if q == pos), strict.UNTRUSTED_ISSUER)
+        return False, f"strict: the grant does not count ({why})"
+    if isinstance(p, Revoke):
+        if any(op.op_id in k.revokes for k in st.kills.values()):
+            return (
+                True,
+                f"strict: revokes {p.role} of {p.subject_pk.hex()} (denies its ops the signer has not seen)",
+            )
+        return False, (
+            "strict: the revoke closes nothing (no counting grant it meets, or the signer is neither "
+            "an admin, the subject nor the credential's issuer)"
+        )
+    return True, f"stores a {p.NAME} op"
+
+
+def _strict_preview(
+    order: Sequence[Op], dag: Dag, new_ops: Sequence[Op], fresh: set[bytes], positions: Mapping[bytes, int]
+) -> Preview:
+    """``preview`` of a strict log: the strict gate's verdicts and effects."""
+    gate = strict.build_strict_gate(order, dag=dag)
+    effects = []
+    for op in new_ops:
+        kind = op.payload.NAME
+        pos = positions.get(op.op_id)
+        if op.op_id not in fresh:
+            effects.append(Effect(op.op_id, kind, False, "this op is already in the log"))
+            continue
+        if pos is None:
+            effects.append(Effect(op.op_id, kind, False, "its parents are not all in the log"))
+            continue
+        void = gate.void_reason(op.op_id)
+        p = op.payload
+        if void is not None:
+            effects.append(Effect(op.op_id, kind, False, f"strict: refused ({void})"))
+            continue
+        if not isinstance(p, Data):
+            ok, text = _strict_effect(gate, pos, op)
+            effects.append(Effect(op.op_id, kind, ok, text))
+            continue
+        dv = _strict_decision(gate, pos, op)
+        if dv is None:
+            effects.append(
+                Effect(op.op_id, kind, False, f"{p.key!r} is not a data key (mv:, set+: or set-:)")
+            )
+            continue
+        text = "ALLOWED" if dv.reason is None else f"DENIED {dv.reason}"
+        effects.append(Effect(op.op_id, kind, dv.reason is None, f"{text}: {dv.detail}", dv))
+    return Preview(tuple(effects))
+
+
 def preview(log: Sequence[Op], new_ops: Sequence[Op]) -> Preview:
     """What ``new_ops`` would do if appended to ``log`` (its ops in total order, as a store or
     ``Dag.topo_order`` gives them): each data op's gate verdict at the position it would take,
@@ -925,6 +1031,8 @@ def preview(log: Sequence[Op], new_ops: Sequence[Op]) -> Preview:
     fresh = {op.op_id for op in new_ops if dag.insert(op)}
     order = dag.topo_order()
     positions = {op.op_id: pos for pos, op in enumerate(order)}
+    if is_strict_order(order):
+        return _strict_preview(order, dag, new_ops, fresh, positions)
     gate = policy.build_write_gate(order)
     tv_after = gate.trust_view if gate is not None else policy.trust_view_for(order)
     needs_before = any(isinstance(op.payload, IssuerKey | StatusListChunk) for op in new_ops)

@@ -14,6 +14,7 @@ crash-safety argument.
 
 from __future__ import annotations
 
+import fnmatch
 import gc
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -116,6 +117,59 @@ def open_rdict(
         finally:
             _close_rdict(db)
     return _rdict(p, CF_NAMES, create_if_missing)
+
+
+#: what may be in a store directory before its RocksDB ``CURRENT`` exists: RocksDB's own files
+#: of an interrupted create, and the files ecac keeps beside the database (node key, gateway token, audit)
+_SETUP_NAMES = (
+    "LOCK",
+    "LOG",
+    "LOG.old.*",
+    "IDENTITY",
+    "OPTIONS-*",
+    "MANIFEST-*",
+    "*.log",
+    "*.sst",
+    "*.dbtmp",
+)
+_ECAC_NAMES = ("node_key", "control.token", "audit")
+
+
+def check_store_dir(path: Path, *, create: bool) -> None:
+    """Refuse a ``--db`` that is not (or cannot become) an ecac store, before RocksDB writes there.
+
+    RocksDB creates a database in whatever directory it is given (``--db /`` or ``--db ~``
+    would scatter ``CURRENT``, ``LOCK`` and ``*.log`` files among the user's own), so the CLI
+    and ``ecac node`` call this before ``Store.open``: a path that is not a directory, or a
+    non-empty directory with neither a RocksDB ``CURRENT`` nor only setup leftovers, is
+    refused with one line; a missing or empty one is accepted only with ``create`` (else
+    ``store <path> does not exist``). ``Store.open`` checks the schema of a real database.
+    """
+    if not path.exists():
+        if path.is_symlink():
+            raise StoreError(f"store {path} is a dangling symbolic link")
+        if not create:
+            raise StoreError(f"store {path} does not exist")
+        return
+    if not path.is_dir():
+        raise StoreError(f"--db {path} is not a directory")
+    if (path / "CURRENT").is_file():
+        return
+    try:
+        names = sorted(p.name for p in path.iterdir())
+    except OSError as e:
+        raise StoreError(f"--db {path}: cannot list the directory: {e.strerror or e}") from None
+    foreign = [
+        n for n in names if not any(fnmatch.fnmatchcase(n, pat) for pat in (*_SETUP_NAMES, *_ECAC_NAMES))
+    ]
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (", …" if len(foreign) > 3 else "")
+        raise StoreError(
+            f"--db {path} is not an ecac store (a non-empty directory without a RocksDB database: {shown}); "
+            "give a new or empty directory, or an existing store"
+        )
+    if not create:
+        raise StoreError(f"store {path} does not exist")
 
 
 def _crash_hook() -> None:
