@@ -11,6 +11,7 @@ from nacl.signing import SigningKey
 
 from conftest import cli_ok as ok
 from conftest import cli_run as run
+from ecac.cli.keyfile import create_key_file
 from ecac.cli.policy_cmds import DEMO_ISSUER, demo_issuers_toml
 from ecac.cli.store_cmds import opened
 from ecac.core.enc import aad, decode_enc, decrypt, derive_tag_key
@@ -18,6 +19,7 @@ from ecac.core.errors import EcacError
 from ecac.core.hlc import Hlc
 from ecac.core.keys import key_pair, key_seed, public_key
 from ecac.core.op import Data, KeyGrant, KeyRotate, Op
+from ecac.core.opcodec import encode_ops
 from ecac.testing.scenarios import ADMIN, USER, credential_op, data_op, grant_op, issuer_key_op, vc_token
 
 ADMIN_HEX = key_seed(1, b"policy/admin").hex()
@@ -164,3 +166,78 @@ def test_show_plaintext_for_the_granted_subject_redacted_for_others(
     assert noobj == '{"error":"object not found","obj":"zz"}\n'
     r = run("show", "o", "x", "--subject-pk", "abc", env=env)
     assert r.exit_code == 1 and isinstance(r.exception, EcacError)
+
+
+# --------------------------------------------------------------------------- keys from the log
+
+
+def test_a_second_store_decrypts_and_continues_the_key_sequence(
+    env: dict[str, str | None], tmp_path: Path
+) -> None:
+    """KeyRotate carries its key in clear, so a store that only received the ops (op-append, as
+    sync would) shows the plaintext without a keyring entry, grants that version, and its own
+    keyrotate makes version 2, not a second "version 1"."""
+    jwt = str(_policy_store(env, tmp_path))
+    user_hex = public_key(USER).hex()
+    ok("keyrotate", "confidential", env=env)
+    ok("grant-key", user_hex, "confidential", "1", jwt, env=env)
+    ok("write", "data", "o", "x", "shared secret", env=env)
+    log = tmp_path / "log.cbor"
+    log.write_bytes(encode_ops(stored(env["ECAC_DB"] or "")))
+
+    b = {**env, "ECAC_DB": str(tmp_path / "b")}
+    ok("op-append", "--db", str(tmp_path / "b"), str(log))
+    with opened(tmp_path / "b") as st:
+        assert st.max_key_version_for_tag("confidential") is None  # nothing in b's keyring
+    assert ok("show", "o", "x", "--subject-pk", user_hex, env=b).output == "shared secret\n"
+    assert ok("show", "o", "x", "--subject-pk", public_key(OTHER).hex(), env=b).output == '"<redacted>"\n'
+    ok("grant-key", user_hex, "confidential", "1", jwt, env=b)  # the log holds version 1
+    assert lines(ok("keyrotate", "confidential", env=b).output)[0] == "tag=confidential new_version=2"
+    rot = [
+        (op.payload.tag, op.payload.new_version)
+        for op in stored(str(tmp_path / "b"))
+        if isinstance(op.payload, KeyRotate)
+    ]
+    assert rot == [("confidential", 1), ("confidential", 2)]
+
+
+def test_write_data_on_a_second_store_encrypts_under_the_logs_newest_key(
+    env: dict[str, str | None], tmp_path: Path
+) -> None:
+    ok("keyrotate", "confidential", env=env)
+    ok("keyrotate", "confidential", env=env)
+    log = tmp_path / "log.cbor"
+    log.write_bytes(encode_ops(stored(env["ECAC_DB"] or "")))
+    b = {**env, "ECAC_DB": str(tmp_path / "b")}
+    ok("op-append", "--db", str(tmp_path / "b"), str(log))
+    ok("write", "data", "o", "x", "from b", env=b)
+    op = stored(str(tmp_path / "b"))[-1]
+    assert isinstance(op.payload, Data)
+    enc = decode_enc(op.payload.value)
+    assert (enc.tag, enc.key_version) == ("confidential", 2)
+    with opened(Path(env["ECAC_DB"] or "")) as st:  # the key a's keyrotate published
+        key = st.get_tag_key("confidential", 2)
+    assert key is not None
+    assert decrypt(key, enc, aad(op.author_pk, op.hlc, op.parents, "o", "x")) == b"from b"
+
+
+def test_keyrotate_and_grant_key_take_a_key_file(env: dict[str, str | None], tmp_path: Path) -> None:
+    jwt = str(_policy_store(env, tmp_path))
+    create_key_file(tmp_path / "admin.key", OTHER)
+    no_hex = {**env, "ECAC_KEYADMIN_SK_HEX": None}
+    ok("keyrotate", "confidential", "--key", str(tmp_path / "admin.key"), env=no_hex)
+    ok(
+        "grant-key",
+        public_key(USER).hex(),
+        "confidential",
+        "1",
+        jwt,
+        env={**no_hex, "ECAC_KEY_FILE": "admin.key"},
+    )
+    kr, kg = stored(env["ECAC_DB"] or "")[-2:]
+    assert isinstance(kr.payload, KeyRotate) and isinstance(kg.payload, KeyGrant)
+    assert kr.author_pk == kg.author_pk == public_key(OTHER)
+    r = run("keyrotate", "confidential", env=no_hex)
+    assert (
+        r.exit_code == 1 and "--key FILE" in str(r.exception) and "ECAC_KEYADMIN_SK_HEX" in str(r.exception)
+    )

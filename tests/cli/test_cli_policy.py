@@ -12,6 +12,7 @@ import pytest
 
 from conftest import cli_ok as ok
 from conftest import cli_run as run
+from ecac.cli.keyfile import create_key_file
 from ecac.core.codec import loads
 from ecac.core.errors import EcacError
 from ecac.core.hlc import U64_MAX, Hlc
@@ -208,19 +209,20 @@ def test_vc_verify_unreadable_jwt_names_the_file(tmp_path):
 # --------------------------------------------------------------------------- vc-attach
 
 
+def key_files(d: Path) -> tuple[str, str]:
+    """ISSUER's and ADMIN's key files (0600) in ``d``."""
+    paths = (d / "issuer.key", d / "admin.key")
+    for path, sk in zip(paths, (ISSUER, ADMIN), strict=True):
+        if not path.exists():
+            create_key_file(path, sk)
+    return str(paths[0]), str(paths[1])
+
+
 def test_vc_attach_exact_lines_and_ops_that_grant(tmp_path):
     jwt, token = minted(tmp_path)
     trust = write_trust(tmp_path / "trust", public_key(ISSUER))
     out = tmp_path / "out"
-    r = ok(
-        "vc-attach",
-        str(jwt),
-        bytes(ISSUER).hex(),
-        bytes(ADMIN).hex().upper(),
-        str(out),
-        "--trust",
-        str(trust),
-    )
+    r = ok("vc-attach", str(jwt), *key_files(tmp_path), str(out), "--trust", str(trust))
     cred = decode_op((out / "cred.op.cbor").read_bytes())
     grant = decode_op((out / "grant.op.cbor").read_bytes())
     assert r.stdout == (
@@ -254,8 +256,9 @@ def test_vc_attach_exact_lines_and_ops_that_grant(tmp_path):
 def test_vc_attach_default_out_dir_is_cwd(tmp_path, monkeypatch):
     minted(tmp_path)
     write_trust(tmp_path / "trust", public_key(ISSUER))
+    key_files(tmp_path)
     monkeypatch.chdir(tmp_path)
-    r = ok("vc-attach", "vc.jwt", bytes(ISSUER).hex(), bytes(ADMIN).hex())
+    r = ok("vc-attach", "vc.jwt", "issuer.key", "admin.key")
     assert r.stdout.splitlines()[-1] == "wrote: ./cred.op.cbor and ./grant.op.cbor"
     assert decode_op((tmp_path / "cred.op.cbor").read_bytes()).payload.cred_id == "test-cred-1"  # type: ignore[union-attr]
 
@@ -263,12 +266,22 @@ def test_vc_attach_default_out_dir_is_cwd(tmp_path, monkeypatch):
 def test_vc_attach_refuses_unverified_vc_and_bad_keys(tmp_path):
     jwt, _ = minted(tmp_path)
     trust = write_trust(tmp_path / "trust", public_key(OTHER))
+    issuer_key, admin_key = key_files(tmp_path)
     fails(
         "VC verify failed (filesystem trust): BadSig",
-        "vc-attach", str(jwt), bytes(ISSUER).hex(), bytes(ADMIN).hex(), str(tmp_path), "--trust", str(trust),
+        "vc-attach", str(jwt), issuer_key, admin_key, str(tmp_path), "--trust", str(trust),
     )  # fmt: skip
     assert not (tmp_path / "cred.op.cbor").exists()
-    fails("expected 64 hex chars for ed25519 secret key", "vc-attach", str(jwt), "abcd", bytes(ADMIN).hex())
+    fails(
+        "key file abcd does not exist (create one with `ecac key new --out abcd`)",
+        "vc-attach", str(jwt), "abcd", admin_key,
+    )  # fmt: skip
+    # the reference's form, a hex seed on the command line, is refused with how to fix it
+    r = run("vc-attach", str(jwt), issuer_key, bytes(ADMIN).hex(), str(tmp_path))
+    assert isinstance(r.exception, EcacError)
+    assert str(r.exception).startswith("ADMIN_KEY_FILE: a secret key on the command line is refused")
+    assert "ecac key new --out FILE" in str(r.exception)
+    assert not (tmp_path / "cred.op.cbor").exists()
 
 
 # --------------------------------------------------------------------------- vc-mint-demo

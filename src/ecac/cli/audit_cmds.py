@@ -20,7 +20,7 @@ from pathlib import Path
 
 import click
 
-from ecac.cli.common import db_option, opened
+from ecac.cli.common import db_option, env_db_option, opened
 from ecac.cli.store_cmds import DEFAULT_BATCH, read_op_files
 from ecac.core.audit import (
     INVALID_SIG,
@@ -59,15 +59,7 @@ dir_option = click.option(
     help="Audit log directory.",
 )
 
-default_db_option = click.option(
-    "--db",
-    "-d",
-    "db",
-    default=".ecac.db",
-    show_default=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Store directory (created if missing).",
-)
+default_db_option = env_db_option  # --db/-d, env ECAC_DB, default .ecac.db (as every store command)
 
 
 def open_sink() -> AuditWriter:

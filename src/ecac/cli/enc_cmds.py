@@ -1,16 +1,22 @@
 """Encryption CLI commands (store §3.3, core §15): ``write``, ``keyrotate``, ``grant-key``, ``show``.
 
-The adapter half of M9: wall-clock HLCs ``{now_ms, 0, 1}``, random nonces, the store's keyring
-and the environment's keys; the envelope and the read verdict come from ``ecac.core.enc`` and
-``ecac.core.readpath``. Each command opens ``--db`` (env ``ECAC_DB``, default ``.ecac.db``), creating
-it if missing. Unlike the reference, ``keyrotate`` checks ``ECAC_KEYADMIN_SK_HEX`` before it
-stores a key, so a missing admin key leaves the keyring untouched.
+The adapter half of encrypted fields: wall-clock HLCs ``{now_ms, 0, 1}``, random nonces, the
+store's keyring and the signers' keys; the envelope, the log's keys and the read verdict come
+from ``ecac.core.enc`` and ``ecac.core.readpath``. Each command opens ``--db`` (env ``ECAC_DB``,
+default ``.ecac.db``), creating it if missing.
+
+Differences from the reference: ``keyrotate`` checks its signer before it stores a key, so a
+missing admin key leaves the keyring untouched; the keys are read from the KeyRotate ops of
+the log (which carry them in clear), so ``show``, ``grant-key`` and ``write data`` work on every
+node that holds those ops, and ``keyrotate`` numbers the next version after the highest one in
+the log (the keyring is a cache); ``keyrotate`` and ``grant-key`` also take ``--key FILE``.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from nacl.signing import SigningKey
@@ -24,31 +30,54 @@ from ecac.cli.common import (
     trust_option,
     wall_clock_ms,
 )
-from ecac.core.enc import CONFIDENTIAL, NONCE_LEN, aad, derive_tag_key, encrypt
+from ecac.cli.keyfile import key_option, load_signing_key
+from ecac.core.enc import (
+    CONFIDENTIAL,
+    NONCE_LEN,
+    LogKeys,
+    aad,
+    derive_tag_key,
+    encrypt,
+    log_keys,
+    next_key_version,
+)
 from ecac.core.errors import EcacError
 from ecac.core.hlc import U32_MAX, Hlc
-from ecac.core.keys import parse_hex, signing_key_from_hex, to_hex
+from ecac.core.keys import parse_hex, to_hex
 from ecac.core.op import Data, KeyGrant, KeyRotate, make_op
 from ecac.core.readpath import REDACTED, project_field_for_subject
 from ecac.core.replay import replay_full
 from ecac.core.resources import tags_for
 from ecac.core.state import project_field_json
 from ecac.core.vc import cred_hash
-from ecac.store.resume import load_dag
+
+if TYPE_CHECKING:  # the store is imported when a command opens it (``write`` loads this module)
+    from ecac.store.rocks import Store
 
 SUBJECT_ENV = "ECAC_SUBJECT_SK_HEX"
 KEYADMIN_ENV = "ECAC_KEYADMIN_SK_HEX"
 
 
 def env_signing_key(name: str) -> SigningKey:
-    """The Ed25519 seed in env ``name`` (required; a clear error when unset or malformed)."""
-    raw = os.environ.get(name)
-    if raw is None or not raw.strip():
+    """The Ed25519 seed in env ``name``, for the reference's ``write data`` form, which takes no
+    ``--key`` (so the error names only the variable)."""
+    if not os.environ.get(name, "").strip():
         raise EcacError(f"{name} is not set (64 hex chars of an Ed25519 seed)")
-    try:
-        return signing_key_from_hex(raw)
-    except EcacError as e:
-        raise EcacError(f"{name}: {e}") from None
+    return load_signing_key(None, hex_env=name)
+
+
+def store_log_keys(st: Store) -> LogKeys:
+    """The keys the KeyRotate ops in the store publish (one pass over its ops)."""
+    return log_keys(st.iter_topo_ops())
+
+
+def tag_key(st: Store, in_log: LogKeys, tag: str, version: int) -> bytes | None:
+    """The key of ``(tag, version)``: the keyring's (the cache), else the first the log publishes."""
+    cached = st.get_tag_key(tag, version)
+    if cached is not None:
+        return cached
+    published = in_log.candidates(tag, version)
+    return published[0] if published else None
 
 
 @click.command("write")
@@ -60,8 +89,9 @@ def env_signing_key(name: str) -> SigningKey:
 def write_cmd(db: Path, kind: str, obj: str, field: str, value: str) -> None:
     """Write VALUE to the MV field OBJ.FIELD, signed with ECAC_SUBJECT_SK_HEX (KIND must be 'data').
 
-    Confidential fields (only o.x) are encrypted under the newest 'confidential' key of the
-    keyring, with the AAD over the parents in header (sorted) order.
+    Confidential fields (only o.x) are encrypted under the newest 'confidential' key (the
+    highest version in the log or the keyring), with the AAD over the parents in header
+    (sorted) order.
     """
     if kind != "data":
         raise EcacError(f"unsupported write kind '{kind}'; only 'data' is implemented")
@@ -72,8 +102,14 @@ def write_cmd(db: Path, kind: str, obj: str, field: str, value: str) -> None:
         hlc = Hlc(wall_clock_ms(), 0, 1)
         stored = plaintext
         if CONFIDENTIAL in tags_for(obj, field):
-            ver = st.max_key_version_for_tag(CONFIDENTIAL)
-            key = None if ver is None else st.get_tag_key(CONFIDENTIAL, ver)
+            in_log = store_log_keys(st)
+            versions = [
+                v
+                for v in (in_log.max_version(CONFIDENTIAL), st.max_key_version_for_tag(CONFIDENTIAL))
+                if v is not None
+            ]
+            ver = max(versions, default=None)
+            key = None if ver is None else tag_key(st, in_log, CONFIDENTIAL, ver)
             if ver is None or key is None:
                 raise EcacError(
                     f"no key_version for tag='{CONFIDENTIAL}'; run `keyrotate {CONFIDENTIAL}` first"
@@ -88,17 +124,19 @@ def write_cmd(db: Path, kind: str, obj: str, field: str, value: str) -> None:
 
 @click.command("keyrotate")
 @env_db_option
+@key_option(f"Secret key file of the key admin (else {KEYADMIN_ENV})")
 @click.argument("tag")
-def keyrotate_cmd(db: Path, tag: str) -> None:
-    """Add the next key version of TAG to the keyring and log it as KeyRotate (signed with
-    ECAC_KEYADMIN_SK_HEX, checked first). The key is derived from public inputs and is in the
-    log in clear, as in the reference design."""
-    sk = env_signing_key(KEYADMIN_ENV)
+def keyrotate_cmd(db: Path, key_file: Path | None, tag: str) -> None:
+    """Log the next key version of TAG as a KeyRotate op and keep the key in the keyring.
+
+    The version is one past the highest of TAG in the log (or the keyring), so rotating on
+    any node continues the same sequence. Signed with --key (else ECAC_KEYADMIN_SK_HEX),
+    checked before anything is stored. The key is derived from public inputs and is in the
+    log in clear, as in the reference design: it hides nothing from anyone who can read the log.
+    """
+    sk = load_signing_key(key_file, hex_env=KEYADMIN_ENV)
     with opened(db) as st:
-        cur = st.max_key_version_for_tag(tag)
-        if cur is not None and cur >= U32_MAX:
-            raise EcacError("key_version overflow")
-        nxt = 1 if cur is None else cur + 1
+        nxt = next_key_version(tag, store_log_keys(st).max_version(tag), st.max_key_version_for_tag(tag))
         key = derive_tag_key(st.db_uuid(), tag, nxt)
         st.put_tag_key(tag, nxt, key)
         op = mint(st, sk, wall_clock_ms(), KeyRotate(tag, nxt, key))
@@ -109,17 +147,21 @@ def keyrotate_cmd(db: Path, tag: str) -> None:
 @click.command("grant-key")
 @env_db_option
 @trust_option
+@key_option(f"Secret key file of the key admin (else {KEYADMIN_ENV})")
 @click.argument("subject_pk")
 @click.argument("tag")
 @click.argument("version", type=click.IntRange(0, U32_MAX))
 @click.argument("jwt_file", metavar="VC_JWT")
-def grant_key_cmd(db: Path, trust_dir: str, subject_pk: str, tag: str, version: int, jwt_file: str) -> None:
+def grant_key_cmd(
+    db: Path, trust_dir: str, key_file: Path | None, subject_pk: str, tag: str, version: int, jwt_file: str
+) -> None:
     """Log a KeyGrant of (TAG, VERSION) to SUBJECT_PK, backed by a VC verified with file trust and
-    signed with ECAC_KEYADMIN_SK_HEX. The keyring must hold that key version."""
-    sk = env_signing_key(KEYADMIN_ENV)
+    signed with --key (else ECAC_KEYADMIN_SK_HEX). The log (a KeyRotate op) or the keyring must
+    hold that key version."""
+    sk = load_signing_key(key_file, hex_env=KEYADMIN_ENV)
     subject = parse_hex(subject_pk, 32, "subject_pk")
     with opened(db) as st:
-        if st.get_tag_key(tag, version) is None:
+        if tag_key(st, store_log_keys(st), tag, version) is None:
             raise EcacError(f"no key for tag='{tag}', version={version} in keyring; run keyrotate first")
         token = read_file(jwt_file)
         claims = file_trust_verify(token, trust_dir)
@@ -141,9 +183,16 @@ def grant_key_cmd(db: Path, trust_dir: str, subject_pk: str, tag: str, version: 
 @click.argument("field")
 @click.option("--subject-pk", "subject_pk", required=True, metavar="HEX", help="The reader's public key.")
 def show_cmd(db: Path, obj: str, field: str, subject_pk: str) -> None:
-    """Print OBJ.FIELD as SUBJECT_PK may read it: the plaintext, or "<redacted>" (with quotes)."""
+    """Print OBJ.FIELD as SUBJECT_PK may read it: the plaintext, or "<redacted>" (with quotes).
+
+    An encrypted value is readable when the reader holds a live role on its tag and a KeyGrant
+    for its key version; the key comes from the log's KeyRotate ops (or the keyring), so every
+    node that holds those ops shows the same.
+    """
     subject = parse_hex(subject_pk, 32, "subject_pk")
     with opened(db, must_exist=True) as st:
+        from ecac.store.resume import load_dag
+
         dag = load_dag(st)
         state, _ = replay_full(dag)
         if state.get_field(obj, field) is None:  # the same error objects as `project`

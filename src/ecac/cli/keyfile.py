@@ -7,9 +7,11 @@ hex case, surrounding whitespace, and a file of exactly 32 raw bytes (the node i
 
 Secrets never travel on a command line: ``--key FILE`` names a file, ``ECAC_KEY_FILE`` is the
 fallback, and a few commands also accept the reference's hex variables (``ECAC_SUBJECT_SK_HEX``
-for ``write``). A key file that group or others may access is refused (like ssh), so a
-copied ``0644`` key does not silently keep working; ``key show`` only warns, since it prints
-the public half.
+for ``write``, ``ECAC_KEYADMIN_SK_HEX`` for ``keyrotate`` and ``grant-key``). The reference
+commands whose signature has a positional secret take a key file path in that position
+(``KEY_FILE_ARG``) and refuse a literal hex seed. A key file that group or others may access
+is refused (like ssh), so a copied ``0644`` key does not silently keep working; ``key show``
+only warns, since it prints the public half.
 """
 
 from __future__ import annotations
@@ -143,15 +145,16 @@ def key_option(
     )
 
 
-class KeyFileOrHex(click.ParamType):
-    """A signing key given as a key file path, or (the reference's form) 64 hex characters.
+class KeyFileArgument(click.ParamType):
+    """A signing key named by its key file, for the reference commands' positional key arguments.
 
-    For the positional ``*_sk_hex`` arguments of the reference's commands: they keep
-    accepting hex (spec compatibility), and accept a key file so the secret can stay off the
-    command line.
+    The reference takes these secrets as 64 hex characters on the command line, where ``ps``,
+    shell history and CI logs see them. Here the same position takes a key FILE path, and a
+    literal secret is refused with a message saying how to put it in a file (a path that exists
+    is always read as a file, even if its name happens to be 64 hex characters).
     """
 
-    name = "KEY_FILE|HEX"
+    name = "KEY_FILE"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> SigningKey:
         if isinstance(value, SigningKey):
@@ -159,8 +162,13 @@ class KeyFileOrHex(click.ParamType):
         text = str(value)
         stripped = text.strip()
         if len(stripped) == 64 and all(c in _HEX for c in stripped) and not Path(text).exists():
-            return signing_key_from_hex(stripped)
+            what = param.human_readable_name if param is not None else "key"
+            raise EcacError(
+                f"{what}: a secret key on the command line is refused (ps and shell history see it); "
+                "save it in a file with mode 0600 (or make a new one with `ecac key new --out FILE`) "
+                "and give the file's path"
+            )
         return read_key_file(Path(text))[0]
 
 
-KEY_FILE_OR_HEX = KeyFileOrHex()
+KEY_FILE_ARG = KeyFileArgument()

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import blake3
 import click
+from nacl.signing import SigningKey
 
 from ecac.cli.common import echo_attach_result, load_ops, read_file, wall_clock_ms, write_bytes
+from ecac.cli.keyfile import KEY_FILE_ARG
 from ecac.core.codec import b2l, dumps
 from ecac.core.errors import EcacError
 from ecac.core.hlc import Hlc
-from ecac.core.keys import signing_key_from_hex
 from ecac.core.op import Credential, Grant, Op, make_op
 from ecac.core.opcodec import encode_ops
 
@@ -36,25 +37,28 @@ def corrupt_sig(op: Op) -> Op:
 
 
 @click.command("op-make-min")
-@click.argument("author_sk_hex")
+@click.argument("author", metavar="AUTHOR_KEY_FILE", type=KEY_FILE_ARG)
 @click.argument("output", type=click.Path(dir_okay=False))
-def op_make_min_cmd(author_sk_hex: str, output: str) -> None:
-    """Write one deterministic op (Credential "min-cred", HLC {0,0,1}) as a 1-element list."""
-    op = make_op(
-        signing_key_from_hex(author_sk_hex), (), Hlc(0, 0, 1), Credential("min-cred", b"\x01\x02\x03")
-    )
+def op_make_min_cmd(author: SigningKey, output: str) -> None:
+    """Write one deterministic op (Credential "min-cred", HLC {0,0,1}) as a 1-element list.
+
+    Signed with the key in AUTHOR_KEY_FILE (a key file; a hex seed on the command line is refused).
+    """
+    op = make_op(author, (), Hlc(0, 0, 1), Credential("min-cred", b"\x01\x02\x03"))
     write_bytes(output, encode_ops([op]))
     click.echo(f"wrote minimal op to {output}", err=True)
 
 
 @click.command("op-make-grant")
-@click.argument("author_sk_hex")
-@click.argument("admin_sk_hex")
+@click.argument("author", metavar="AUTHOR_KEY_FILE", type=KEY_FILE_ARG)
+@click.argument("admin", metavar="ADMIN_KEY_FILE", type=KEY_FILE_ARG)
 @click.argument("out_dir", type=click.Path(file_okay=False))
-def op_make_grant_cmd(author_sk_hex: str, admin_sk_hex: str, out_dir: str) -> None:
-    """Write cred.op.cbor (a test Credential by the author) and grant.op.cbor (its Grant by the admin)."""
-    author = signing_key_from_hex(author_sk_hex)
-    admin = signing_key_from_hex(admin_sk_hex)
+def op_make_grant_cmd(author: SigningKey, admin: SigningKey, out_dir: str) -> None:
+    """Write cred.op.cbor (a test Credential by the author) and grant.op.cbor (its Grant by the admin).
+
+    The credential body is a fixed test string, not a VC, so the Grant opens nothing under
+    policy; use `ecac vc issue` and `ecac grant` for real credentials. Both arguments are key files.
+    """
     body = b"m8-test-credential"
     t = wall_clock_ms()
     cred = make_op(author, (), Hlc(t, 0, 1), Credential("m8:test:cred", body))
@@ -83,16 +87,19 @@ def op_corrupt_sig_cmd(input_file: str, output: str) -> None:
 
 @click.command("op-make-orphan")
 @click.argument("base")
-@click.argument("author_sk_hex")
+@click.argument("author", metavar="AUTHOR_KEY_FILE", type=KEY_FILE_ARG)
 @click.argument("output", type=click.Path(dir_okay=False))
-def op_make_orphan_cmd(base: str, author_sk_hex: str, output: str) -> None:
-    """Append an op whose only parent (32 zero bytes) does not exist; payload cloned from the last op."""
+def op_make_orphan_cmd(base: str, author: SigningKey, output: str) -> None:
+    """Append an op whose only parent (32 zero bytes) does not exist; payload cloned from the last op.
+
+    Signed with the key in AUTHOR_KEY_FILE (a key file; a hex seed on the command line is refused).
+    """
     ops = load_ops(base)
     if not ops:
         raise EcacError(f"{base}: no ops to clone a payload from")
     last = ops[-1]
     hlc = Hlc(max(wall_clock_ms(), last.hlc.physical_ms + 1), 0, last.hlc.logical)
-    orphan = make_op(signing_key_from_hex(author_sk_hex), (bytes(32),), hlc, last.payload)
+    orphan = make_op(author, (bytes(32),), hlc, last.payload)
     write_bytes(output, encode_ops([*ops, orphan]))
     click.echo(f"appended orphan op → {output}", err=True)
 

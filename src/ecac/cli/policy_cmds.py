@@ -40,10 +40,11 @@ from ecac.cli.common import (
     vc_error_text,
     write_bytes,
 )
+from ecac.cli.keyfile import KEY_FILE_ARG
 from ecac.core import policy, policyops
 from ecac.core.errors import EcacError, VcError
 from ecac.core.hlc import U32_MAX
-from ecac.core.keys import public_key, signing_key_from_hex, to_hex
+from ecac.core.keys import public_key, to_hex
 from ecac.core.op import Op
 from ecac.core.policyops import set_status_bit
 from ecac.core.replay import dag_of_verified, replay_full
@@ -144,15 +145,18 @@ def attach_ops(token: bytes, claims: VerifiedClaims, issuer: SigningKey, admin: 
 
 @click.command("vc-attach")
 @click.argument("jwt_file", metavar="VC_JWT")
-@click.argument("issuer_sk_hex")
-@click.argument("admin_sk_hex")
+@click.argument("issuer", metavar="ISSUER_KEY_FILE", type=KEY_FILE_ARG)
+@click.argument("admin", metavar="ADMIN_KEY_FILE", type=KEY_FILE_ARG)
 @click.argument("out_dir", default=".")
 @trust_option
-def vc_attach_cmd(jwt_file: str, issuer_sk_hex: str, admin_sk_hex: str, out_dir: str, trust_dir: str) -> None:
-    """Verify a VC with file trust and write cred.op.cbor (Credential) and grant.op.cbor (Grant)."""
+def vc_attach_cmd(jwt_file: str, issuer: SigningKey, admin: SigningKey, out_dir: str, trust_dir: str) -> None:
+    """Verify a VC with file trust and write cred.op.cbor (Credential) and grant.op.cbor (Grant).
+
+    The Credential is signed with the key in ISSUER_KEY_FILE and the Grant with the one in
+    ADMIN_KEY_FILE (key files as `ecac key new` writes them; the reference's hex seeds on the
+    command line are refused).
+    """
     token = read_file(jwt_file)
-    issuer = signing_key_from_hex(issuer_sk_hex)
-    admin = signing_key_from_hex(admin_sk_hex)
     claims = file_trust_verify(token, trust_dir)
     cred, grant = attach_ops(token, claims, issuer, admin)
     try:

@@ -1,14 +1,21 @@
-"""The M9 encryption envelope (core §15): EncV1, its AAD, XChaCha20-Poly1305, keyrotate's key derivation.
+"""The encryption envelope (core §15): EncV1, its AAD, XChaCha20-Poly1305, keyrotate's key
+derivation, and the tag keys that KeyRotate ops publish in the log.
 
 Pure: the nonce is a parameter, so the same inputs always give the same bytes; only the CLI
 adapter draws random nonces. The formats are the reference's, weaknesses included (an AAD
 without separators or ``node_id``; keys derived from public inputs and published by KeyRotate).
+
+Because every KeyRotate carries its key in clear, the log itself is the key source of every
+replica (``LogKeys``): any node holding the op can decrypt, and the next key version is counted
+from the log, so a rotation on a second node continues the sequence instead of minting a
+different "version 1". A store's keyring is only a cache of keys that are also in the log.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Annotated
 
 import blake3
@@ -21,6 +28,7 @@ from nacl.exceptions import CryptoError
 from ecac.core.codec import ByteArray, ByteVec, Serde, U32Int, serde
 from ecac.core.errors import DecodeError, EcacError
 from ecac.core.hlc import U32_MAX, Hlc
+from ecac.core.op import KeyRotate, Op
 
 KEY_LEN = 32
 NONCE_LEN = 24
@@ -112,3 +120,51 @@ def derive_tag_key(db_uuid: bytes, tag: str, version: int) -> bytes:
     if not 0 <= version <= U32_MAX:
         raise EcacError(f"key_version {version} out of range")
     return blake3.blake3(bytes(db_uuid) + tag.encode("utf-8") + version.to_bytes(4, "big")).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class LogKeys:
+    """The tag keys published by the KeyRotate ops of a log: ``(tag, version) -> keys``.
+
+    Several KeyRotate ops can publish the same ``(tag, version)`` (two nodes that rotated
+    concurrently, or a bogus op); every distinct 32-byte key is kept, in log order, and a reader
+    tries each (AEAD tells which one sealed a value), so no publisher can hide another's key.
+    Keys of another length cannot be XChaCha20 keys and are ignored.
+    """
+
+    keys: Mapping[tuple[str, int], tuple[bytes, ...]]
+
+    def candidates(self, tag: str, version: int) -> tuple[bytes, ...]:
+        """Every key the log publishes for ``(tag, version)``, first published first."""
+        return self.keys.get((tag, version), ())
+
+    def max_version(self, tag: str) -> int | None:
+        """The highest version of ``tag`` in the log (None when it has no KeyRotate for it)."""
+        return max((v for t, v in self.keys if t == tag), default=None)
+
+    def newest(self, tag: str) -> tuple[int, bytes] | None:
+        """The highest version of ``tag`` and its first published key (what a writer encrypts under)."""
+        v = self.max_version(tag)
+        return None if v is None else (v, self.keys[(tag, v)][0])
+
+
+def log_keys(ops: Iterable[Op]) -> LogKeys:
+    """Collect the KeyRotate keys of ``ops`` (one pass; pass them in the total order)."""
+    found: dict[tuple[str, int], list[bytes]] = {}
+    for op in ops:
+        p = op.payload
+        if isinstance(p, KeyRotate) and len(p.new_key) == KEY_LEN:
+            seen = found.setdefault((p.tag, p.new_version), [])
+            key = bytes(p.new_key)
+            if key not in seen:
+                seen.append(key)
+    return LogKeys(MappingProxyType({k: tuple(v) for k, v in found.items()}))
+
+
+def next_key_version(tag: str, in_log: int | None, in_keyring: int | None) -> int:
+    """The version the next rotation of ``tag`` gets: one past the highest seen in the log or the
+    local keyring (1 when neither has one); EcacError past u32."""
+    cur = max((v for v in (in_log, in_keyring) if v is not None), default=None)
+    if cur is not None and cur >= U32_MAX:
+        raise EcacError("key_version overflow")
+    return 1 if cur is None else cur + 1

@@ -3,6 +3,10 @@
 Pure: the caller passes the replayed DAG and state and a keyring lookup; the verdict comes
 from the read index of ``policy`` (role epochs with the tag in scope plus a KeyGrant for the
 key version) and AEAD decryption over the writer op's AAD.
+
+The keys come from the log: every KeyRotate op carries its key in clear (core §15), so any
+replica holding it can decrypt, not only the one whose keyring minted it. The keyring lookup
+is tried first, as a cache; then each key the log publishes for that ``(tag, version)``.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from collections.abc import Callable
 
 from ecac.core.crdt import ORSet
 from ecac.core.dag import Dag
-from ecac.core.enc import EncV1, aad, decrypt, try_decode_enc
+from ecac.core.enc import EncV1, LogKeys, aad, decrypt, log_keys, try_decode_enc
 from ecac.core.errors import EcacError
 from ecac.core.policy import EpochIndex, build_read_index
 from ecac.core.state import State
@@ -36,6 +40,7 @@ def _decrypted(
     idx: EpochIndex,
     subject_pk: bytes,
     key_lookup: KeyLookup,
+    in_log: LogKeys,
     op_id: bytes,
     enc: EncV1,
     obj: str,
@@ -49,13 +54,17 @@ def _decrypted(
         return None
     if op is None or not idx.can_read_tag_version(subject_pk, enc.tag, enc.key_version, pos, op.hlc):
         return None
-    key = key_lookup(enc.tag, enc.key_version)
-    if key is None:
-        return None
-    try:
-        return decrypt(key, enc, aad(op.author_pk, op.hlc, op.parents, obj, field))
-    except EcacError:
-        return None
+    cached = key_lookup(enc.tag, enc.key_version)
+    keys = ([] if cached is None else [cached]) + [
+        k for k in in_log.candidates(enc.tag, enc.key_version) if k != cached
+    ]
+    a = aad(op.author_pk, op.hlc, op.parents, obj, field)
+    for key in keys:
+        try:
+            return decrypt(key, enc, a)
+        except EcacError:
+            continue
+    return None
 
 
 def project_field_for_subject(
@@ -65,8 +74,9 @@ def project_field_for_subject(
 
     MV winners are walked in op_id byte order: a readable encrypted winner or a plaintext
     winner (before any denial) ends the walk, as in the reference (so an earlier plaintext
-    winner hides later encrypted ones). Sets are not redacted and are formatted without JSON
-    escaping of element keys (reference quirk).
+    winner hides later encrypted ones). An encrypted winner opens with the keyring's key or
+    any key a KeyRotate op of the log publishes for its ``(tag, key_version)``. Sets are not
+    redacted and are formatted without JSON escaping of element keys (reference quirk).
     """
     f = state.get_field(obj, field)
     if f is None:
@@ -74,6 +84,7 @@ def project_field_for_subject(
     if isinstance(f, ORSet):
         return "[" + ",".join(f'{{"key":"{k}","value":"{v.hex()}"}}' for k, v in f.iter_present()) + "]"
     idx: EpochIndex | None = None
+    in_log = LogKeys({})
     denied = False
     for op_id, value in f.winners_with_tags():
         if not value:
@@ -81,8 +92,9 @@ def project_field_for_subject(
         enc = try_decode_enc(value)
         if enc is not None:
             if idx is None:  # built once, and only when an encrypted winner needs it
-                idx = build_read_index(dag.topo_order())
-            pt = _decrypted(dag, idx, subject_pk, key_lookup, op_id, enc, obj, field)
+                order = dag.topo_order()
+                idx, in_log = build_read_index(order), log_keys(order)
+            pt = _decrypted(dag, idx, subject_pk, key_lookup, in_log, op_id, enc, obj, field)
             if pt is None:
                 denied = True
                 continue
