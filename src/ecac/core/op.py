@@ -147,6 +147,30 @@ class StatusPointer(Serde):
     NAME: ClassVar[str] = "StatusPointer"
 
 
+@variant
+@dataclass(frozen=True, slots=True)
+class Genesis(Serde):
+    """The root op of a strict-profile project (docs/security.md): its profile, name and admins.
+
+    Not a reference variant: only strict projects carry it (Rust nodes never join them), and a
+    reference log never does, so the reference's bytes are unchanged (``ecac.core.profile``).
+    """
+
+    profile: str
+    project: str
+    admins: tuple[Bytes32, ...]
+    NAME: ClassVar[str] = "Genesis"
+
+
+@variant
+@dataclass(frozen=True, slots=True)
+class AdminAppoint(Serde):
+    """Strict profile: an admin makes ``admin_pk`` an admin too (counts only when its author is one)."""
+
+    admin_pk: Bytes32
+    NAME: ClassVar[str] = "AdminAppoint"
+
+
 @variant(other=True)
 @dataclass(frozen=True, slots=True)
 class Reserved(Serde):
@@ -166,6 +190,8 @@ Payload = (
     | IssuerKeyRevoke
     | StatusListChunk
     | StatusPointer
+    | Genesis
+    | AdminAppoint
     | Reserved
 )
 

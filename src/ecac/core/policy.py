@@ -34,6 +34,7 @@ from ecac.core.hlc import Hlc
 from ecac.core.op import (
     Credential,
     Data,
+    Genesis,
     Grant,
     IssuerKey,
     IssuerKeyRevoke,
@@ -42,6 +43,7 @@ from ecac.core.op import (
     Revoke,
     StatusListChunk,
 )
+from ecac.core.profile import detect_profile, has_genesis
 from ecac.core.resources import ISSUER_ADMIN, derive_action_and_tags, role_can_write, role_read_tags
 from ecac.core.trust import StatusCache, TrustStore, TrustView
 from ecac.core.vc import VcMemo, VerifiedClaims, cred_hash, try_verify, verify_vc_file
@@ -555,6 +557,9 @@ class GateBuilder:
     them, so only new Grant/Revoke/KeyGrant ops are scanned (nothing at all for Data ops).
     Otherwise the gate is built over the whole order, with VC verdicts from the memo.
     Serves one replayer; not thread-safe.
+
+    Reference logs only: a log with a Genesis op raises ``MixedProfileError`` (strict logs
+    get their gates from ``ecac.core.strict``; the replayer dispatches).
     """
 
     __slots__ = ("_k", "_last_id", "_off", "_state", "builds", "extensions", "memo")
@@ -610,7 +615,7 @@ class GateBuilder:
             return None
         items = [(pos, op) for pos, op in enumerate(order[k:], k) if type(op.payload) is not Data]
         kinds = {type(op.payload) for _, op in items}
-        if not kinds.isdisjoint(_TRUST_TYPES):
+        if not kinds.isdisjoint(_TRUST_TYPES) or Genesis in kinds:  # a Genesis: _build refuses the mix
             return None
         if self._state is None:  # policy off: nothing is judged until a Grant/Revoke arrives
             return (items, []) if self._off and kinds.isdisjoint(_SWITCH_TYPES) else None
@@ -620,6 +625,8 @@ class GateBuilder:
         return (items, new_creds) if self._state.harmless(new_creds) else None
 
     def _build(self, order: Sequence[Op]) -> None:
+        if has_genesis(order):
+            detect_profile(order)  # raises MixedProfileError: a reference log never has a Genesis
         self.builds += 1
         self._off = not has_policy(order)
         self._state = None if self._off else _GateState(policy_ops(order), self.memo)

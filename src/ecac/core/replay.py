@@ -19,7 +19,10 @@ saved ``ResumePoint`` that satisfies all three, or from the empty state.
 Policy is a plug-in: ``apply_over_order`` calls ``ecac.core.policy.build_write_gate(order)``,
 which returns None when the order has no Grant/Revoke (allow-all); a ``Replayer`` asks its
 gate source (``policy.GateBuilder``), which extends the previous gate when the live state is
-continued and remembers verified credentials across applies.
+continued and remembers verified credentials across applies. A strict log (rooted in its
+Genesis op, ``ecac.core.profile``) gets the strict gate instead (``ecac.core.strict``:
+``build_gate`` for ``apply_over_order``, ``StrictGates`` for a replayer), under which a Revoke
+is a retroactive input too.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from operator import attrgetter
 
 import blake3
 
-from ecac.core import policy, sig
+from ecac.core import policy, sig, strict
 from ecac.core.codec import b2l, dumps, loads, struct_fields, to_bytes, to_u64
 from ecac.core.dag import Dag
 from ecac.core.errors import DecodeError, InvalidOpError
@@ -41,9 +44,11 @@ from ecac.core.op import (
     Data,
     Op,
 )
+from ecac.core.profile import is_strict_order
 from ecac.core.resources import SET_ADD, SET_FIELD, DataAction, derive_action_and_tags
 from ecac.core.sig import Rejection, Verify, check_sigs
 from ecac.core.state import State
+from ecac.core.vc import VcMemo
 
 #: called for every Data op with a data key: (pos, op, action, applied)
 Observer = Callable[[int, Op, DataAction, bool], None]
@@ -69,7 +74,7 @@ def apply_over_order(
         order = dag.topo_order()
     if start is None:
         start = min(state.processed_count, len(order))
-    return apply_gated(dag, state, order, start, policy.build_write_gate(order), observer)
+    return apply_gated(dag, state, order, start, strict.build_gate(order, dag=dag), observer)
 
 
 def apply_gated(
@@ -166,11 +171,17 @@ def order_hash(order: Sequence[Op], k: int | None = None) -> bytes:
     return blake3.blake3(b"".join(map(_OP_ID, ops))).digest()
 
 
-def suffix_keeps_verdicts(suffix: Iterable[Op], prefix_has_policy: bool) -> bool:
-    """Conditions 2 and 3 of core §8.4: nothing in ``suffix`` can change an earlier verdict."""
+def suffix_keeps_verdicts(
+    suffix: Iterable[Op], prefix_has_policy: bool, strict_profile: bool = False
+) -> bool:
+    """Conditions 2 and 3 of core §8.4: nothing in ``suffix`` can change an earlier verdict.
+
+    Under the strict profile a Revoke (causal deny-wins) and a Genesis also can
+    (``strict.STRICT_RETROACTIVE_KINDS``)."""
+    retroactive = strict.STRICT_RETROACTIVE_KINDS if strict_profile else RETROACTIVE_KINDS
     for op in suffix:
         kind = op.payload.NAME
-        if kind in RETROACTIVE_KINDS:
+        if kind in retroactive:
             return False
         if not prefix_has_policy and kind in POLICY_SWITCH_KINDS:
             return False
@@ -212,7 +223,7 @@ class ResumePoint:
         h = order_hash(order, k) if ids is None else blake3.blake3(memoryview(ids)[: 32 * k]).digest()
         if h != self.order_hash:
             return False
-        return suffix_keeps_verdicts(order[k:], self.has_policy)
+        return suffix_keeps_verdicts(order[k:], self.has_policy, is_strict_order(order))
 
     def restore(self) -> State:
         """The saved state; DecodeError if it does not match its count or digest."""
@@ -263,10 +274,11 @@ class Replayer:
     last one. ``apply`` mutates the live state in place.
 
     Write gates come from ``gates`` (default: a new ``policy.GateBuilder`` with its own
-    ``VcMemo``): when the live state is continued the previous gate is extended over the
-    new ops, so a write that only appends Data costs no policy work; a rebuilt gate takes
-    the verdicts of credentials seen before from the memo. Either way the gate equals
-    ``policy.build_write_gate(order)``.
+    ``VcMemo``) for reference logs and from ``strict_gates`` (sharing that memo) for strict
+    ones: when the live state is continued the previous gate is extended over the new ops, so
+    a write that only appends Data costs no policy work; a rebuilt gate takes the verdicts of
+    credentials seen before from the memo. Either way the gate equals ``strict.build_gate(order)``
+    (``policy.build_write_gate(order)`` for a reference log).
     """
 
     __slots__ = (
@@ -284,6 +296,7 @@ class Replayer:
         "max_points",
         "points",
         "state",
+        "strict_gates",
     )
 
     def __init__(
@@ -295,6 +308,9 @@ class Replayer:
         self.max_points = max_points
         self.auto_every = auto_every
         self.gates: policy.GateSource = policy.GateBuilder() if gates is None else gates
+        #: the gates of strict logs (rooted in their Genesis op); ``gates`` serves reference logs
+        memo = getattr(self.gates, "memo", None)
+        self.strict_gates = strict.StrictGates(memo if isinstance(memo, VcMemo) else VcMemo())
         #: the write gate of the last apply (None: allow-all)
         self.gate: policy.Gate | None = None
         self.last_start = 0
@@ -356,10 +372,11 @@ class Replayer:
                 return None
         elif order_hash(order, k) != self._live_hash:
             return None
-        if suffix_keeps_verdicts(order[k:], self._live_policy):
+        if suffix_keeps_verdicts(order[k:], self._live_policy, is_strict_order(order)):
             return k
         # the gate source knows the live order's VCs: a new VC with its Grant changes nothing earlier
-        if self._live_order is not None and self.gates.keeps_verdicts(order, k):
+        gates = self.strict_gates if is_strict_order(order) else self.gates
+        if self._live_order is not None and gates.keeps_verdicts(order, k):
             return k
         return None
 
@@ -384,7 +401,10 @@ class Replayer:
                     self.state = point.restore()
                     start = point.k
                 self._live_policy = point.has_policy if point is not None else False
-            self.gate = self.gates.gate_for(order, keep)
+            if is_strict_order(order):
+                self.gate = self.strict_gates.gate_for(order, keep, dag)
+            else:
+                self.gate = self.gates.gate_for(order, keep)
             self.digest = apply_gated(dag, self.state, order, start, self.gate, observer)
         except BaseException:
             self._drop_live()
