@@ -20,6 +20,8 @@ class BenchParams:
     peers: int = 1
     nodes: int = 2
     checkpoint_every: int = 0
+    diff: int = 0  # ops differing between the two stores (scenario reconcile)
+    topology: str = "line"  # the mesh scenario: line | star | random
 
 
 Scenario = Callable[[BenchParams], dict[str, Any]]
@@ -40,7 +42,7 @@ def load_all() -> dict[str, tuple[Scenario, str]]:
     """Import every scenario module (each registers itself) and return the registry."""
     import importlib
 
-    for mod in ("replay", "policy", "store", "sync", "digest", "node"):
+    for mod in ("replay", "policy", "store", "sync", "digest", "node", "mesh", "sim", "reconcile"):
         try:
             importlib.import_module(f"ecac.bench.{mod}")
         except ModuleNotFoundError as e:

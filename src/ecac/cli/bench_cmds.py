@@ -7,10 +7,13 @@ the last stdout line, for scripts. ``--list`` shows every scenario of ``ecac.ben
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import click
 from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ecac.bench import BenchParams, load_all
@@ -41,6 +44,25 @@ def print_table(title: str, headers: tuple[str, str], rows: list[tuple[str, str]
     console.print(table)
 
 
+def stderr_console() -> Console:
+    """The console of the progress bar (a function, so tests can hand in a terminal)."""
+    return Console(stderr=True)
+
+
+@contextmanager
+def progress(label: str) -> Iterator[None]:
+    """A transient progress bar (spinner, pulsing bar, elapsed time) on stderr while a scenario
+    runs, only when stderr is a terminal: logs, pipes and stdout (table, JSON line) stay as they were."""
+    console = stderr_console()
+    if not console.is_terminal:
+        yield
+        return
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        bar.add_task(label, total=None)
+        yield
+
+
 @click.command("bench")
 @click.option("--scenario", default="hb-chain", show_default=True, help="Scenario name (see --list).")
 @click.option("--ops", type=click.IntRange(min=0), default=100, show_default=True, help="Number of ops.")
@@ -50,6 +72,20 @@ def print_table(title: str, headers: tuple[str, str], rows: list[tuple[str, str]
 @click.option("--peers", type=click.IntRange(min=1), default=1, show_default=True, help="Writers / peers.")
 @click.option(
     "--nodes", type=click.IntRange(min=1), default=2, show_default=True, help="Nodes (sync scenarios)."
+)
+@click.option(
+    "--topology",
+    type=click.Choice(["line", "star", "random"]),
+    default="line",
+    show_default=True,
+    help="How the nodes are linked (mesh and sim scenarios).",
+)
+@click.option(
+    "--diff",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Ops differing between the two stores (reconcile scenario).",
 )
 @click.option(
     "--checkpoint-every",
@@ -68,6 +104,8 @@ def bench_cmd(
     seed: int,
     peers: int,
     nodes: int,
+    topology: str,
+    diff: int,
     checkpoint_every: int,
     as_json: bool,
     list_only: bool,
@@ -87,8 +125,9 @@ def bench_cmd(
         raise EcacError(NET_UNSUPPORTED)
     if scenario not in scenarios:
         raise EcacError(f"unsupported scenario '{scenario}'. Supported: {', '.join(sorted(scenarios))}")
-    params = BenchParams(scenario, ops, seed, peers, nodes, checkpoint_every)
-    result = scenarios[scenario][0](params)
+    params = BenchParams(scenario, ops, seed, peers, nodes, checkpoint_every, topology=topology, diff=diff)
+    with progress(f"bench {scenario}: {ops:,} ops"):
+        result = scenarios[scenario][0](params)
     print_table(f"ecac bench {scenario}", ("metric", "value"), [(k, _fmt(v)) for k, v in result.items()])
     if as_json:
         click.echo(json.dumps(result, separators=(",", ":")))

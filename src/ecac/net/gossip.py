@@ -16,7 +16,9 @@ attributes; why, and how to remove each, at its definition and in ``docs/libp2p-
 each has a contract test ``test_contract_*`` in ``tests/net/test_host.py`` that fails when
 py-libp2p changes the behaviour it relies on or fixes):
 
-* :func:`build_router`: spam protection, adaptive gossip and eclipse protection turned off.
+* :func:`build_router`: spam protection, adaptive gossip and eclipse protection turned off;
+  the router is :class:`~ecac.net.gossippatch.EcacGossipSub` (its patches and contract tests:
+  that module and ``tests/net/test_gossippatch.py``).
 * :class:`SizedQueues`: per-peer outbound RPC queues of ``rpc_queue_size`` instead of 32.
 * :class:`NoValidationCache`: no verdict cache keyed by message id alone.
 * :class:`EcacPubsub`: nanosecond seqno start, stale-stream replacement on reconnect, a guarded
@@ -48,6 +50,7 @@ from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub, ValidationCache, ValidationResult
 from libp2p.pubsub.rpc_queue import RpcQueue
 
+from ecac.net.gossippatch import EcacGossipSub
 from ecac.net.p2perrors import P2PError, call_safely
 from ecac.net.p2pkeys import ed25519_from_id
 
@@ -274,9 +277,11 @@ def build_router(settings: GossipSettings) -> GossipSub:
     ``adaptive_gossip_enabled`` (stretches the heartbeat to 30-60 s on a small mesh) and
     ``eclipse_protection_enabled`` (IP-diversity grafts churn a small mesh). Remove an
     argument when py-libp2p's default turns it off. Contract:
-    ``test_contract_gossipsub_defaults_we_turn_off``.
+    ``test_contract_gossipsub_defaults_we_turn_off``. The router class is
+    :class:`~ecac.net.gossippatch.EcacGossipSub` (gossip to every subscriber, flood publish,
+    no mesh churn, IHAVE with our message ids; see that module).
     """
-    return GossipSub(
+    return EcacGossipSub(
         protocols=[PROTOCOL_ID_V11],
         degree=settings.gossip_degree,
         degree_low=settings.gossip_degree_low,
