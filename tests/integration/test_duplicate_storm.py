@@ -38,8 +38,8 @@ def blocking(fn, *args, **kw):  # type: ignore[no-untyped-def]
     return trio.to_thread.run_sync(functools.partial(fn, *args, **kw))
 
 
-async def fetch_all(peer: HandPeer, target: str, want: list[bytes]) -> int:
-    """One full /ecac/sync/1 request; returns the number of ops (and checks the End trailer)."""
+async def fetch_all(peer: HandPeer, target: str, want: list[bytes]) -> tuple[int, str]:
+    """One full /ecac/sync/1 request; returns the number of ops and the trailer."""
     stream = await peer.host.open_stream(target, SYNC_PROTOCOL_ID)
     await stream.write(SyncRequest(tuple(want), (), 0).frame())
     await stream.close()
@@ -47,8 +47,8 @@ async def fetch_all(peer: HandPeer, target: str, want: list[bytes]) -> int:
     frames = []
     while chunk := await stream.read(65536):
         frames += [decode_rpc_frame(b) for b in reader.feed(chunk)]
-    assert frames and frames[-1].NAME == "End"
-    return sum(1 for f in frames if isinstance(f, OpBytes))
+    assert frames and frames[-1].NAME in ("End", "More")
+    return sum(1 for f in frames if isinstance(f, OpBytes)), frames[-1].NAME
 
 
 async def test_duplicate_storm(nodes: Nodes) -> None:
@@ -73,8 +73,10 @@ async def test_duplicate_storm(nodes: Nodes) -> None:
         published = [await storm.host.publish(storm.topic, same) for _ in range(50)]
         assert published.count(True) == 1  # the gossip layer deduplicates identical bytes
 
-        # 60 full re-fetches of everything, as many at a time as A serves one peer
-        counts: list[int] = []
+        # 60 full re-fetches of everything, as many at a time as A serves one peer: while B also
+        # takes from A, the storm is held to its serve quota, so some answers end with More (a
+        # parent-first prefix) instead of End
+        counts: list[tuple[int, str]] = []
         parallel = SyncConfig().max_serves_per_peer
 
         async def fetcher() -> None:
@@ -84,7 +86,13 @@ async def test_duplicate_storm(nodes: Nodes) -> None:
         async with trio.open_nursery() as nursery:
             for _ in range(parallel):
                 nursery.start_soon(fetcher)
-        assert counts == [TOTAL] * 60
+        assert len(counts) == 60
+        assert all(n == TOTAL for n, trailer in counts if trailer == "End")
+        assert all(n < TOTAL for n, trailer in counts if trailer == "More")
+        cut = sum(1 for _, trailer in counts if trailer == "More")
+        s1 = await blocking(a.status)
+        assert s1["counters"]["quota_serve_cuts"] - s0["counters"]["quota_serve_cuts"] >= cut
+        print(f"{cut} of 60 storm re-fetches cut by the serve quota")
 
         # the same log uploaded to B 20 times: all duplicates
         for _ in range(20):
