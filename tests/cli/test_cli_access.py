@@ -9,67 +9,16 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from ecac.cli import main
+from cli.clirun import Ecac, Run, ok
 from ecac.cli.keyfile import KEY_FILE_ARG, parse_key_bytes, read_key_file
 from ecac.core.errors import EcacError
 from ecac.core.keys import key_seed
 from ecac.store.rocks import Store, check_store_dir
-
-ENV_VARS = (
-    "ECAC_DB",
-    "ECAC_NODE",
-    "ECAC_CONTROL_TOKEN",
-    "ECAC_KEY_FILE",
-    "ECAC_SUBJECT_SK_HEX",
-    "ECAC_KEYADMIN_SK_HEX",
-    "ECAC_NODE_SK_HEX",
-)
-
-
-@dataclass
-class Run:
-    code: int
-    out: str
-    err: str
-
-    @property
-    def lines(self) -> list[str]:
-        return self.out.splitlines()
-
-
-Ecac = Callable[..., Run]
-
-
-@pytest.fixture
-def ecac(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Ecac:
-    """``ecac(*args)`` → Run, in ``tmp_path`` with a clean environment."""
-    monkeypatch.chdir(tmp_path)
-    for name in ENV_VARS:
-        monkeypatch.delenv(name, raising=False)
-
-    def run(*args: str) -> Run:
-        capsys.readouterr()
-        try:
-            main(list(args))
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 1
-        else:  # pragma: no cover - main always exits
-            code = 0
-        out, err = capsys.readouterr()
-        return Run(code, out, err)
-
-    return run
-
-
-def ok(r: Run) -> Run:
-    assert r.code == 0, r.err
-    return r
 
 
 def one_error(r: Run, *needles: str) -> str:

@@ -13,49 +13,17 @@ import json
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
 import pytest
 from rich.console import Console
 
-from ecac.cli import cli, main
+from cli.clirun import ENV_VARS, Ecac, Run
+from ecac.cli import cli
 
 ECAC = [sys.executable, "-c", "from ecac.cli import main; main()"]
-ENV_VARS = ("ECAC_DB", "ECAC_NODE", "ECAC_CONTROL_TOKEN", "ECAC_KEY_FILE", "ECAC_SUBJECT_SK_HEX")
-
-
-@dataclass
-class Run:
-    code: int
-    out: str
-    err: str
-
-
-Ecac = Callable[..., Run]
-
-
-@pytest.fixture
-def ecac(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Ecac:
-    """``ecac(*args)`` → Run, in-process through ``main`` (as the console script), clean env."""
-    monkeypatch.chdir(tmp_path)
-    for name in ENV_VARS:
-        monkeypatch.delenv(name, raising=False)
-
-    def run(*args: str) -> Run:
-        capsys.readouterr()
-        try:
-            main(list(args))
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 1
-        else:  # pragma: no cover - main always exits
-            code = 0
-        out, err = capsys.readouterr()
-        return Run(code, out, err)
-
-    return run
 
 
 def subprocess_ecac(*args: str, timeout: float = 60) -> Run:

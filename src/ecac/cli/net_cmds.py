@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +83,38 @@ def gateway_write_seed(write_key: Path | None) -> bytes | None:
     if write_key is None and not os.environ.get(SUBJECT_ENV, "").strip():
         return None
     return bytes(load_signing_key(write_key, hex_env=SUBJECT_ENV))
+
+
+def check_project(project: str) -> None:
+    """``--project`` must make a valid announce topic (a usage error otherwise)."""
+    from ecac.sync.wire import announce_topic
+
+    try:
+        announce_topic(project)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--project") from None
+
+
+def check_peer_addrs(addrs: Sequence[str], hint: str) -> None:
+    """Every bootstrap address must be ``/ip4|ip6/…/tcp/PORT/p2p/<id>`` (a usage error otherwise)."""
+    from ecac.net.node import check_peer_addr
+
+    for addr in addrs:
+        try:
+            check_peer_addr(addr)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint=hint) from None
+
+
+def run_node_cli(opts: Any, ready: Callable[[Any], None]) -> None:
+    """``run_node`` with libp2p's errors (a port in use, …) as one-line ``EcacError``s."""
+    from ecac.net.host import P2PError
+    from ecac.net.node import run_node
+
+    try:
+        run_node(opts, ready)
+    except P2PError as e:
+        raise EcacError(str(e)) from None
 
 
 @click.command("node")
@@ -160,22 +194,14 @@ def node_cmd(
     for addr in listen:
         check_listen_addr(addr)
     from ecac.net.gateway import parse_control_addr
-    from ecac.sync.wire import announce_topic
 
-    try:
-        announce_topic(project)
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--project") from None
+    check_project(project)
     ctl = parse_control_addr(control, allow_remote=allow_remote) if control is not None else None
     seed = gateway_write_seed(write_key)
 
-    from ecac.net.node import NodeOptions, check_peer_addr, configure_logging, run_node
+    from ecac.net.node import NodeOptions, configure_logging
 
-    for addr in peers:
-        try:
-            check_peer_addr(addr)
-        except ValueError as e:
-            raise click.BadParameter(str(e), param_hint="--peer") from None
+    check_peer_addrs(peers, "--peer")
 
     configure_logging(log_level)
     overrides = {"request_max_ops": request_max_ops} if request_max_ops else {}
@@ -200,20 +226,9 @@ def node_cmd(
         if node.control_url is not None:
             click.echo(f"control {node.control_url}")
             click.echo(f"dashboard: {node.dashboard_url}")
-        import sys
-
         sys.stdout.flush()
 
-    try:
-        run_node(opts, ready)
-    except EcacError:
-        raise
-    except Exception as e:
-        from ecac.net.host import P2PError
-
-        if isinstance(e, P2PError):
-            raise EcacError(str(e)) from None
-        raise
+    run_node_cli(opts, ready)
 
 
 @click.command("inject-demo-ops")

@@ -19,8 +19,15 @@ from typing import Any
 import click
 
 from ecac.cli.dbopt import db_option, require_db
-from ecac.cli.net_cmds import LEVELS, check_listen_addr, gateway_options, gateway_write_seed
-from ecac.core.errors import EcacError
+from ecac.cli.net_cmds import (
+    LEVELS,
+    check_listen_addr,
+    check_peer_addrs,
+    check_project,
+    gateway_options,
+    gateway_write_seed,
+    run_node_cli,
+)
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
 DEFAULT_PROJECT = "ecac-demo"
@@ -103,23 +110,15 @@ def serve_cmd(
     `libp2p listen: <addr>` (with networking) and `dashboard: http://<addr>/#token=<token>`.
     """
     from ecac.net.gateway import parse_control_addr
-    from ecac.sync.wire import announce_topic
 
     dbp = require_db(db)
     ctl = parse_control_addr(listen, allow_remote=allow_remote)
-    try:
-        announce_topic(project)
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--project") from None
+    check_project(project)
     seed = gateway_write_seed(write_key)
 
-    from ecac.net.node import NodeOptions, check_peer_addr, configure_logging, run_node
+    from ecac.net.node import NodeOptions, configure_logging
 
-    for addr in bootstrap:
-        try:
-            check_peer_addr(addr)
-        except ValueError as e:
-            raise click.BadParameter(str(e), param_hint="--bootstrap") from None
+    check_peer_addrs(bootstrap, "--bootstrap")
     listen_addrs: tuple[str, ...] = ()
     if libp2p_listen is not None:
         check_listen_addr(libp2p_listen)
@@ -157,16 +156,7 @@ def serve_cmd(
         click.echo(f"dashboard: {node.dashboard_url}")
         sys.stdout.flush()
 
-    try:
-        run_node(opts, ready)
-    except EcacError:
-        raise
-    except Exception as e:
-        from ecac.net.host import P2PError
-
-        if isinstance(e, P2PError):
-            raise EcacError(str(e)) from None
-        raise
+    run_node_cli(opts, ready)
 
 
 def register(group: click.Group) -> None:
