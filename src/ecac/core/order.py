@@ -301,8 +301,10 @@ class TotalOrder:
         """Place ``fresh`` (activation order) by resuming Kahn at the first position they change."""
         ids = self._ids
         if len(ids) * 4 < len(fresh):  # finding where they start costs more than re-placing the order
+            old = list(ids)  # small next to the batch: report the first position that really changed
             self._resume(0, fresh)
-            return 0
+            changed = first_difference(old, self._ids)
+            return len(old) if changed is None else changed
         pos = self._positions()
         key = self._key
         parents = self._parents
