@@ -26,7 +26,8 @@ def test_hundred_nodes_random_mesh_converge_after_join_and_after_a_partition() -
     assert r["join_op_copies_needed"] == 20 * 99
     assert r["join_ops_fetched"] >= r["join_op_copies_needed"]  # every node fetched what it lacked
     assert r["penalties"] == 0
-    assert r["join_bytes_per_op_per_node"] > 0 and r["mem_kb_per_node"] > 0
+    # (mem_kb_per_node is RSS growth: a bench figure, 0 in a worker that already grew its heap)
+    assert r["join_bytes_per_op_per_node"] > 0
 
 
 def test_runs_are_deterministic_for_a_seed() -> None:

@@ -48,6 +48,7 @@ STEP_S = 0.25  # convergence is checked every STEP_S simulated seconds (FINE_STE
 FINE_STEP_S = 0.01
 FINE_NODES = 20
 LIMIT_S = 600.0  # simulated seconds a phase may take before it counts as not converged
+TICK_S = 0.001  # events are batched per simulated millisecond (``SimNet(tick=…)``)
 
 #: the node's timing (``NodeOptions`` / ``SyncConfig`` defaults) with the mesh bench's anti-entropy
 SIM_BENCH_CONFIG = SyncConfig(anti_entropy_period=ANTI_ENTROPY_S)
@@ -128,7 +129,9 @@ def run_sim(
     gc.collect()
     mem0 = rss_kb()
     wall0 = time.perf_counter()
-    with SimNet(nodes, seed=seed, config=config, faults=faults or Faults(), threaded=False) as net:
+    with SimNet(
+        nodes, seed=seed, config=config, faults=faults or Faults(), threaded=False, tick=TICK_S
+    ) as net:
         for i, mine in enumerate(per_node):
             if mine:
                 net.preload(f"n{i}", mine)

@@ -10,9 +10,13 @@ Each ``SimNode`` holds a ``MemoryOpStore``, a ``SimWriter`` (its one writer thre
 snapshots. The simulator plays the I/O layer of the node exactly as
 ``ecac.sync.coordinator`` documents it:
 
-* gossip: ``PublishAnnounce`` goes to every neighbour; receivers validate, deliver and
-  forward (multi-hop, with a per-node seen cache like gossipsub). Announces may be
-  dropped, duplicated and reordered (random latency);
+* gossip: ``PublishAnnounce`` goes to the node's gossip mesh peers (its links: every topology
+  used here keeps a node's links within gossipsub's mesh bounds, D_hi = 12, except a star's
+  centre) and each receiver validates, delivers and forwards a new message to its own mesh
+  peers (multi-hop, one latency per hop, deduplicated by message id like gossipsub's seen
+  cache, kept as one bit per node and message). So every node receives every announce once,
+  as a gossipsub subscriber does, at about mean-degree copies. Announces may be dropped,
+  duplicated and reordered (random latency);
 * requests: ``SendRequest`` reaches the peer after a latency (or is lost), the peer serves
   it with ``ecac.sync.syncserve`` over its live facts and its writer's latest snapshot, and
   the blobs travel back as a stream, split at random points so the ``FrameReader`` sees
@@ -32,8 +36,10 @@ snapshots. The simulator plays the I/O layer of the node exactly as
   retransmission that adds ``rto`` — libp2p runs gossip and sync over TCP, so a lost packet
   delays the bytes behind it instead of dropping a message (``tc netem delay 100ms loss 1%``);
 * at scale (``threaded=False``) each writer runs its jobs inline on the loop thread when they
-  are submitted (same reports, same order, no thread per node); ``stats`` counts messages and
-  bytes of every kind.
+  are submitted (same reports, same order, no thread per node); with ``tick`` > 0 every event
+  time is rounded up to a multiple of ``tick`` and the events of one tick are handled as a
+  batch: a node's timer is re-armed (``next_wakeup``) once per tick, not after every event;
+  ``stats`` counts messages and bytes of every kind.
 
 What the loop decides comes from one ``random.Random(seed)``; each writer has its own
 seeded generator for its delays. Thread timing decides only what the loop *sees* of a
@@ -48,6 +54,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
+import math
 import queue
 import random
 import threading
@@ -90,6 +97,25 @@ from ecac.sync.wire import (
 )
 
 T = TypeVar("T")
+
+
+class _KnownAnnounce(SignedAnnounce):
+    """A validated announce with its message id computed once: the simulator hands the same announce to
+    every node, and ``SignedAnnounce.message_id`` re-encodes it on every call (same bytes either way)."""
+
+    __slots__ = ("_mid",)
+    _mid: bytes
+
+    @staticmethod
+    def of(sa: SignedAnnounce, mid: bytes) -> _KnownAnnounce:
+        if sa.message_id() != mid:
+            raise AssertionError("the announce's message id is not the gossip message id of its bytes")
+        ka = _KnownAnnounce(sa.announce, sa.sig, sa.vk)
+        object.__setattr__(ka, "_mid", mid)
+        return ka
+
+    def message_id(self) -> bytes:
+        return self._mid
 
 
 # --------------------------------------------------------------------------- the store adapter
@@ -267,7 +293,6 @@ class SimNode:
     writer: SimWriter | InlineWriter
     coord: SyncCoordinator
     tamper: str | None = None  # None, "bad_sig" or "child_first": how this node corrupts what it serves
-    seen: set[bytes] = field(default_factory=set)
     commit_free_at: float = 0.0
     timer_at: float | None = None
     writes: int = 0
@@ -295,6 +320,7 @@ class SimNet:
         server_config: SyncConfig | None = None,
         writer_delay: float = 0.001,
         threaded: bool = True,
+        tick: float = 0.0,
     ) -> None:
         self.rng = random.Random(seed)
         self.now = 0.0
@@ -305,12 +331,17 @@ class SimNet:
         self._seq = 0
         self.links: set[frozenset[str]] = set()
         self._adj: dict[str, set[str]] = {}  # the links as adjacency sets (fast at 1,000 nodes)
+        self._sorted_adj: dict[str, list[str]] = {}
         self.nodes: dict[str, SimNode] = {}
         self.streams: dict[tuple[str, int], _Stream] = {}
         self.sent_requests: list[tuple[str, SendRequest]] = []
         self.server_config = server_config
         self.stats = SimStats()
+        self.tick = tick
+        self._dirty: dict[int, SimNode] = {}  # nodes whose timer is re-armed at the end of the tick
         self._valid: dict[bytes, SignedAnnounce] = {}
+        self._seen: dict[bytes, bytearray] = {}  # message id -> one bit per node that has seen it
+        self._seen_len = (n + 7) // 8
         for i in range(n):
             name = f"n{i}"
             sk = key_pair(i, b"sim-node")
@@ -338,6 +369,9 @@ class SimNet:
     # ------------------------------------------------------------------ scheduling
 
     def _at(self, t: float, fn: Callable[[], None]) -> None:
+        if self.tick:  # the next tick boundary, never before ``t`` (a timer must not fire early)
+            r = math.ceil(t / self.tick) * self.tick
+            t = r if r >= t else r + self.tick
         self._seq += 1
         heapq.heappush(self._queue, (t, self._seq, fn))
 
@@ -364,6 +398,7 @@ class SimNet:
         return t
 
     def run_until(self, t: float) -> None:
+        self._flush_timers()
         while self._queue and self._queue[0][0] <= t:
             when, _, fn = heapq.heappop(self._queue)
             self.now = max(self.now, when)
@@ -373,7 +408,14 @@ class SimNet:
                 if busy or w.busy or w.started != started:
                     node.overlaps += 1
             self._marks.clear()
+            if self._dirty and (not self._queue or self._queue[0][0] > when):
+                self._flush_timers()  # the tick's last event: arm the timers it changed
         self.now = max(self.now, t)
+
+    def _flush_timers(self) -> None:
+        while self._dirty:
+            _, node = self._dirty.popitem()
+            self._arm_timer(node)
 
     def _reading(self, node: SimNode) -> None:
         """The current event reads ``node``'s store: count the interleaving it meets (see ``run_until``)."""
@@ -410,7 +452,11 @@ class SimNet:
         return b in self._adj.get(a, ())
 
     def neighbours(self, a: str) -> list[str]:
-        return sorted(self._adj.get(a, ()))
+        """``a``'s links in name order (cached until its links change: gossip asks for every copy)."""
+        out = self._sorted_adj.get(a)
+        if out is None:
+            out = self._sorted_adj[a] = sorted(self._adj.get(a, ()))
+        return out
 
     def connect(self, a: str, b: str) -> None:
         if a == b or self.linked(a, b):
@@ -418,6 +464,8 @@ class SimNet:
         self.links.add(frozenset((a, b)))
         self._adj.setdefault(a, set()).add(b)
         self._adj.setdefault(b, set()).add(a)
+        self._sorted_adj.pop(a, None)
+        self._sorted_adj.pop(b, None)
         for x, y in ((a, b), (b, a)):
             node = self.nodes[x]
             self._apply(node, node.coord.peer_connected(y, self.now))
@@ -430,6 +478,8 @@ class SimNet:
         self.links.discard(frozenset((a, b)))
         self._adj[a].discard(b)
         self._adj[b].discard(a)
+        self._sorted_adj.pop(a, None)
+        self._sorted_adj.pop(b, None)
         self.streams = {k: st for k, st in self.streams.items() if not st.dead}
         for st in self.streams.values():
             if {st.requester, st.server} == {a, b}:
@@ -525,8 +575,9 @@ class SimNet:
             if isinstance(e, PublishAnnounce):
                 node.published += 1
                 if self.gossip:
-                    node.seen.add(gossip_message_id(e.data))
-                    self._gossip(node.name, node.name, e.data)
+                    mid = gossip_message_id(e.data)
+                    self._saw(node, mid)
+                    self._gossip(node.name, node.name, e.data, mid)
             elif isinstance(e, SendRequest):
                 self.sent_requests.append((node.name, e))
                 self._send_request(node, e)
@@ -542,7 +593,10 @@ class SimNet:
                 self.disconnect(node.name, e.peer)
             else:  # pragma: no cover - every effect type is handled above
                 raise AssertionError(f"unknown effect {e!r}")
-        self._arm_timer(node)
+        if self.tick:
+            self._dirty[node.idx] = node
+        else:
+            self._arm_timer(node)
 
     def _arm_timer(self, node: SimNode) -> None:
         t = node.coord.next_wakeup()
@@ -563,7 +617,18 @@ class SimNet:
 
     # ------------------------------------------------------------------ gossip
 
-    def _gossip(self, origin: str, sender: str, data: bytes) -> None:
+    def _saw(self, node: SimNode, mid: bytes) -> bool:
+        """Mark ``mid`` seen by ``node``; whether it had been seen already (gossipsub's seen cache)."""
+        bits = self._seen.get(mid)
+        if bits is None:
+            bits = self._seen[mid] = bytearray(self._seen_len)
+        i, m = node.idx >> 3, 1 << (node.idx & 7)
+        if bits[i] & m:
+            return True
+        bits[i] |= m
+        return False
+
+    def _gossip(self, origin: str, sender: str, data: bytes, mid: bytes) -> None:
         for peer in self.neighbours(sender):
             if peer == origin:
                 continue
@@ -574,26 +639,25 @@ class SimNet:
                 self.stats.announces += 1
                 self.stats.announce_bytes += len(data)
                 self._at(
-                    self.now + self._latency(), partial(self._deliver_announce, origin, sender, peer, data)
+                    self.now + self._latency(),
+                    partial(self._deliver_announce, origin, sender, peer, data, mid),
                 )
 
-    def _deliver_announce(self, origin: str, sender: str, to: str, data: bytes) -> None:
+    def _deliver_announce(self, origin: str, sender: str, to: str, data: bytes, mid: bytes) -> None:
         if not self.linked(sender, to):
             return
         node = self.nodes[to]
         self._reading(node)
-        mid = gossip_message_id(data)
-        if mid in node.seen:
+        if self._saw(node, mid):
             return
-        node.seen.add(mid)
         sa = self._valid.get(mid)  # a valid announce is valid at every node: verify it once
         if sa is None:
-            sa = node.coord.validate_announce(data)
-            if sa is None:
+            checked = node.coord.validate_announce(data)
+            if checked is None:
                 return  # rejected: not delivered, not forwarded
-            self._valid[mid] = sa
+            sa = self._valid[mid] = _KnownAnnounce.of(checked, mid)
         self._apply(node, node.coord.announce_received(origin, sa, sender, self.now))
-        self._gossip(origin, to, data)
+        self._gossip(origin, to, data, mid)
 
     def deliver_announce_directly(self, to: str, origin: str, data: bytes) -> list[Effect]:
         """Bypass gossip dedup (duplicate-storm tests); returns the effects after applying them."""
