@@ -194,25 +194,16 @@ def test_lifecycle_grant_write_get_access_revoke_explain(ecac: Ecac, world: Worl
     assert ok(ecac("verify-store", "--db", db)).out == "OK\n"
 
 
+def set_bit(ecac: Ecac, world: World, index: int, *, clear: bool = False) -> Run:
+    """``status-list set`` of bit ``index`` of iss-1's list-0, signed by the admin."""
+    args = ["status-list", "set", "--key", world.admin, "--issuer-id", "iss-1", "--list", "list-0"]
+    return ecac(*args, "--index", str(index), *(["--clear"] if clear else []), "--db", world.db)
+
+
 def test_status_list_revocation_and_reinstatement(ecac: Ecac, world: World) -> None:
     db = world.db
     ok(ecac("write", "o", "x", "v1", "--key", world.user, "--db", db))
-    r = ok(
-        ecac(
-            "status-list",
-            "set",
-            "--key",
-            world.admin,
-            "--issuer-id",
-            "iss-1",
-            "--list",
-            "list-0",
-            "--index",
-            "5",
-            "--db",
-            db,
-        )
-    )
+    r = ok(set_bit(ecac, world, 5))
     assert "status list list-0 is now version 1 by iss-1" in r.out
     rep = json.loads(ok(ecac("access", "--db", db, "--json")).out)
     assert rep["subjects"] == [] and rep["status_lists"][0]["revoked"] == [5]
@@ -225,39 +216,8 @@ def test_status_list_revocation_and_reinstatement(ecac: Ecac, world: World) -> N
         ecac("write", "o", "x", "v2", "--key", world.user, "--db", db), "deny_wins", "revoked by status list"
     )
     # keeping other bits, a new version clears this one
-    ok(
-        ecac(
-            "status-list",
-            "set",
-            "--key",
-            world.admin,
-            "--issuer-id",
-            "iss-1",
-            "--list",
-            "list-0",
-            "--index",
-            "9",
-            "--db",
-            db,
-        )
-    )
-    ok(
-        ecac(
-            "status-list",
-            "set",
-            "--key",
-            world.admin,
-            "--issuer-id",
-            "iss-1",
-            "--list",
-            "list-0",
-            "--index",
-            "5",
-            "--clear",
-            "--db",
-            db,
-        )
-    )
+    ok(set_bit(ecac, world, 9))
+    ok(set_bit(ecac, world, 5, clear=True))
     rep = json.loads(ok(ecac("access", "--db", db, "--json")).out)
     assert rep["status_lists"][0]["version"] == 3 and rep["status_lists"][0]["revoked"] == [9]
     assert ok(ecac("get", "o", "x", "--db", db)).out == "v1\n"
