@@ -351,3 +351,68 @@ def test_grant_ops_are_the_reference_layout() -> None:
     assert policyops.vc_subject_and_id(token) == (pk(USER), "test-cred-1")
     with pytest.raises(EcacError):
         policyops.vc_subject_and_id(b"not.a.jwt")
+
+
+# --------------------------------------------------------------------------- the strict profile
+
+
+@pytest.mark.parametrize("strict_profile", [False, True], ids=["reference", "strict"])
+def test_access_report_follows_the_profile(strict_profile: bool) -> None:
+    """USER is granted and revoked by the admin; Mallory publishes her own issuer key and grants
+    herself. Reference: both have epochs (anyone may publish an issuer key). Strict: only USER's
+    counting grant (revoked), Mallory's grant does not count (``untrusted_issuer``), her issuer
+    key is not in the TrustView, and the genesis admin is listed."""
+    from .test_strict import ADMIN, MALLORY, OTHER, USER, World, pk
+
+    w = World(strict_profile)
+    g = w.setup()
+    w.issuer_key(MALLORY, "evil", OTHER)
+    w.grant(MALLORY, OTHER, MALLORY, iss="evil", jti="m1")
+    r = w.revoke(USER)
+    order = Dag.from_ops(w.ops).topo_order()
+    rep = access.access_report(order, now_ms=10**6)
+    subjects = {(s.subject_pk, s.role): s for s in rep.subjects}
+    assert rep.policy_active
+    (user_epoch,) = subjects[(pk(USER), "editor")].epochs
+    assert user_epoch.grant_op_id == g.op_id and user_epoch.status == "revoked"
+    assert user_epoch.revoke_op_id == r.op_id
+    if strict_profile:
+        assert list(subjects) == [(pk(USER), "editor")]
+        (problem,) = rep.ineffective_grants
+        assert problem.subject_pk == pk(MALLORY) and problem.problem.startswith("untrusted_issuer")
+        assert [i.issuer_id for i in rep.issuers] == ["iss"]
+        assert [(a.subject_pk, a.role) for a in rep.trust_admins] == [(pk(ADMIN), "admin")]
+        assert rep.trust_admins[0].epochs[0].grant_op_id == order[0].op_id  # the genesis
+    else:
+        assert (pk(MALLORY), "editor") in subjects and rep.ineffective_grants == ()
+        assert sorted(i.issuer_id for i in rep.issuers) == ["evil", "iss"]
+        assert rep.trust_admins == ()
+    json.loads(rep.to_json())
+
+
+def test_strict_access_report_names_self_issued_and_void_grants_and_appointed_admins() -> None:
+    from ecac.core.op import AdminAppoint
+
+    from .test_strict import ADMIN, APPOINTEE, ISSUER, USER, World, pk
+
+    w = World(True)
+    w.issuer_key(ADMIN, "iss", ISSUER)
+    w.issuer_key(ADMIN, "self", USER)
+    w.grant(USER, USER, USER, iss="self", jti="s1")
+    ap = w.op(ADMIN, AdminAppoint(pk(APPOINTEE)))
+    order = Dag.from_ops(w.ops).topo_order()
+    rep = access.access_report(order)
+    assert rep.subjects == ()
+    assert [p.problem.split(":")[0] for p in rep.ineffective_grants] == ["self_issued_vc"]
+    admins = {a.subject_pk: a for a in rep.trust_admins}
+    assert set(admins) == {pk(ADMIN), pk(APPOINTEE)}
+    assert admins[pk(APPOINTEE)].epochs[0].grant_op_id == ap.op_id
+    # a grant whose credential op has an HLC below its parent's is void, and said so
+    w2 = World(True)
+    w2.issuer_key(ADMIN, "iss", ISSUER)
+    late = w2.op(ADMIN, AdminAppoint(pk(APPOINTEE)), hlc=900)
+    w2.t = 100
+    w2.grant(USER, parents=[late])
+    rep2 = access.access_report(Dag.from_ops(w2.ops).topo_order())
+    assert rep2.subjects == ()
+    assert [p.problem.split(":")[0] for p in rep2.ineffective_grants] == ["invalid_ancestor"]

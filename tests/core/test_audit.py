@@ -447,3 +447,53 @@ def test_cat_and_export_lines(vec):
         f'{{"seq":1,"ts_monotonic":1,"prev_hash_hex":"{zeros}","node_id_hex":"{ab}","event":{ev},'
         f'"signature_hex":"{sig}"}}'
     )
+
+
+# --------------------------------------------------------------------------- the strict profile
+
+
+@pytest.mark.parametrize("strict_profile", [False, True], ids=["reference", "strict"])
+def test_audited_replay_gives_the_profiles_deny_reasons(strict_profile: bool) -> None:
+    """A write concurrent with its revoke and an HLC regression: the audit trail records the
+    strict gate's reasons under strict (the same as ``explain``), the reference's otherwise."""
+    from ecac.core import access, strict
+    from ecac.core.dag import Dag
+    from ecac.core.replay import replay_full
+
+    from .test_strict import USER, World
+
+    w = World(strict_profile)
+    g = w.setup()
+    seen = w.write(USER, b"seen", parents=[g], hlc=200)
+    w.revoke(USER, parents=[seen], hlc=300)
+    conc = w.write(USER, b"conc", parents=[seen], hlc=400)
+    back = w.write(USER, b"back", parents=[conc], hlc=350)
+    dag = Dag.from_ops(w.ops)
+    sink = MemorySink()
+    _, digest = replay_audited(dag, sink)
+    assert digest == replay_full(Dag.from_ops(w.ops))[1]
+    got = {e.op_id: e.reason for e in sink.events if isinstance(e, AppliedOp | SkippedOp)}
+    if strict_profile:
+        assert got[conc.op_id] == strict.CONCURRENT_WITH_REVOKE
+        assert got[back.op_id] == strict.HLC_REGRESSION
+    else:
+        assert got[conc.op_id] == policy.REVOKED_CRED and got[back.op_id] == policy.REVOKED_CRED
+    assert got[seen.op_id] == "authorized"
+    explained = {d.op_id: d.reason or "authorized" for d in access.explain_order(dag.topo_order()).decisions}
+    assert got == explained
+    # strict reasons survive the record's strict decoding
+    for e in sink.events:
+        if isinstance(e, SkippedOp):
+            assert decode_event(e.to_obj()) == e
+
+
+def test_skipped_op_reasons_are_the_reference_ones_plus_the_strict_ones() -> None:
+    from ecac.core import strict
+    from ecac.core.audit import REFERENCE_SKIP_REASONS, SKIP_REASONS
+    from ecac.core.profile import ADMISSION_CODES
+
+    reference = {"deny_wins", "invalid_sig", "bad_parent", "revoked_cred", "expired_cred", "out_of_scope"}
+    assert reference == REFERENCE_SKIP_REASONS
+    assert reference | set(strict.STRICT_REASONS) | ADMISSION_CODES == SKIP_REASONS
+    with pytest.raises(ValueError, match="is not one of"):
+        SkippedOp(bytes(32), 0, "made_up")

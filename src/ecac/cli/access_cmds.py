@@ -826,7 +826,13 @@ def render_access(rep: dict[str, Any]) -> list[str]:
         for sl in rep["status_lists"]:
             revoked = ", ".join(map(str, sl["revoked"])) or "none"
             out.append(f"  {sl['list_id']} v{sl['version']} by {sl['issuer_id']}: revoked indices {revoked}")
-    if rep["trust_admins"]:
+    strict_admins = [s for s in rep["trust_admins"] if s["role"] == "admin"]  # a strict log's admins
+    if strict_admins:
+        out.append("admins (strict: only their trust ops count; each since its genesis or appointment op):")
+        for s in strict_admins:
+            since = ", ".join(f"{e['grant_op_id'][:16]} at {e['start_pos']}" for e in s["epochs"])
+            out.append(f"  {s['subject_pk']} since {since}")
+    elif rep["trust_admins"]:
         out.append("trust admins (issuer_admin; while one is live only admins' trust ops count):")
         for s in rep["trust_admins"]:
             out.append(f"  {s['subject_pk']}")

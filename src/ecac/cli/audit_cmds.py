@@ -79,15 +79,16 @@ def _append_audited(st: Store, ops: list[Op], sink: AuditWriter) -> None:
     for lo in range(0, len(ops), DEFAULT_BATCH):
         part = ops[lo : lo + DEFAULT_BATCH]
         res = st.put_many(part, on_invalid="skip")
-        failed = {r.index: r.message for r in res.rejected}
+        failed = {r.index: r for r in res.rejected}
         skipped = []
         for i, op in enumerate(part):
-            msg = failed.get(i)
-            if msg is None:
+            r = failed.get(i)
+            if r is None:
                 click.echo(f"appended {op.op_id.hex()}", err=True)
             else:
-                click.echo(f"append failed for {op.op_id.hex()}: {msg}", err=True)
-                skipped.append(SkippedOp(op.op_id, 0, INVALID_SIG))
+                click.echo(f"append failed for {op.op_id.hex()}: {r.message}", err=True)
+                # a strict store's admission refusal carries its code (hlc_regression, ...)
+                skipped.append(SkippedOp(op.op_id, 0, r.reason or INVALID_SIG))
         sink.append_many(skipped)
 
 

@@ -605,7 +605,11 @@ def _status_lists(tv: TrustView) -> tuple[StatusListView, ...]:
 
 
 def access_report(order: Sequence[Op], now_ms: int | None = None) -> AccessReport:
-    """The access report of a log in total order; ``now_ms`` classifies epochs live/expired/not_yet."""
+    """The access report of a log in total order; ``now_ms`` classifies epochs live/expired/not_yet.
+
+    A strict log gets the strict gate's view (``_strict_access_report``)."""
+    if is_strict_order(order):
+        return _strict_access_report(order, now_ms)
     gate = policy.build_write_gate(order)
     tv = gate.trust_view if gate is not None else policy.trust_view_for(order)
     subjects = () if gate is None else _subjects(order, gate.index, now_ms)
@@ -616,6 +620,110 @@ def access_report(order: Sequence[Op], now_ms: int | None = None) -> AccessRepor
         if isinstance(g := order[pos].payload, Grant)
     )
     return AccessReport(gate is not None, now_ms, subjects, admins, problems, _issuers(tv), _status_lists(tv))
+
+
+#: strict: why a Grant does not count, in words (the reason code leads)
+_STRICT_GRANT_TEXT: Final = {
+    strict.UNTRUSTED_ISSUER: "its VC verifies against no issuer key published by an admin of the project, "
+    "or names another subject",
+    strict.SELF_ISSUED: "its VC is signed with the subject's own key (self-issued: no role)",
+}
+
+
+def _strict_epoch(
+    order: Sequence[Op], gate: strict.StrictGate, g: strict.StrictGrant, now_ms: int | None
+) -> EpochView:
+    """A counting grant as an epoch: from its position to the first counting Revoke that kills it.
+
+    Under strict a killed grant permits no new op (one with the Revoke in its past is
+    ``revoked_cred``, one without it ``concurrent_with_revoke``), hence ``revoked``.
+    """
+    kill = gate.state.kills.get(g.op_id)
+    end_pos = None if kill is None else kill.first_pos
+    rid = None
+    if end_pos is not None and end_pos < len(order):
+        rid = order[end_pos].op_id
+    status: EpochStatus
+    if end_pos is not None:
+        status = "revoked"
+    elif now_ms is None:
+        status = "open"
+    elif now_ms < g.nbf_ms:
+        status = "not_yet"
+    elif now_ms >= g.exp_ms:
+        status = "expired"
+    else:
+        status = "live"
+    return EpochView(
+        tuple(sorted(g.scope)), g.pos, end_pos, g.nbf_ms, g.exp_ms, g.op_id, rid, g.cred_hash, status
+    )
+
+
+def _strict_admins(order: Sequence[Op], gate: strict.StrictGate) -> tuple[SubjectAccess, ...]:
+    """The project's admins (role ``admin``): the genesis admins (epoch opened by the genesis),
+    then each counting appointment (opened by its AdminAppoint op), by key."""
+    positions = {op.op_id: pos for pos, op in enumerate(order)}
+    opened: dict[bytes, list[bytes]] = {pk: [order[0].op_id] for pk in gate.profile.admins}
+    for pk, ids in gate.state.appointed.items():
+        opened.setdefault(pk, []).extend(ids)
+
+    def epoch(op_id: bytes) -> EpochView:
+        return EpochView((), positions[op_id], None, None, None, op_id, None, None, "open")
+
+    return tuple(
+        SubjectAccess(pk, "admin", tuple(epoch(i) for i in sorted(ids, key=positions.__getitem__)))
+        for pk, ids in sorted(opened.items())
+    )
+
+
+def _strict_grant_problems(order: Sequence[Op], gate: strict.StrictGate) -> tuple[GrantProblem, ...]:
+    """Every Grant of a strict log that does not count, with the strict gate's reason first."""
+    counting = {g.op_id for gs in gate.state.grants.values() for g in gs}
+    why_at = {pos: why for items in gate.state.uncounted.values() for pos, why in items}
+    carried = {cred_hash(op.payload.cred_bytes) for op in order if isinstance(op.payload, Credential)}
+    out = []
+    for pos, op in enumerate(order):
+        g = op.payload
+        if not isinstance(g, Grant) or op.op_id in counting:
+            continue
+        void = gate.void_reason(op.op_id)
+        if void is not None:
+            text = (
+                f"{void}: the grant is void (it or an ancestor has an HLC below a parent's, or is a genesis)"
+            )
+        elif g.cred_hash not in carried:
+            text = (
+                f"{strict.UNTRUSTED_ISSUER}: its credential (cred_hash {g.cred_hash.hex()}) is not in the log"
+            )
+        else:
+            why = why_at.get(pos, strict.UNTRUSTED_ISSUER)
+            text = f"{why}: {_STRICT_GRANT_TEXT.get(why, 'the grant does not count')}"
+        out.append(GrantProblem(op.op_id, pos, g.subject_pk, g.cred_hash, text))
+    return tuple(out)
+
+
+def _strict_access_report(order: Sequence[Op], now_ms: int | None) -> AccessReport:
+    """``access_report`` of a strict log, from the strict gate (``ecac.core.strict``): the counting
+    grants per (subject, role) as epochs (closed by the first counting Revoke that kills them),
+    the admins as ``trust_admins`` (role ``admin``), the grants that do not count with the strict
+    reason, and the TrustView built from admins' trust ops only. Policy is always on (deny by
+    default)."""
+    gate = strict.build_strict_gate(order)
+    by_role: dict[tuple[bytes, str], list[EpochView]] = {}
+    for subject in sorted(gate.state.grants):
+        for g in gate.counting_grants(subject):
+            by_role.setdefault((subject, g.role), []).append(_strict_epoch(order, gate, g, now_ms))
+    subjects = tuple(SubjectAccess(s, r, tuple(eps)) for (s, r), eps in sorted(by_role.items()))
+    tv = gate.trust_view
+    return AccessReport(
+        True,
+        now_ms,
+        subjects,
+        _strict_admins(order, gate),
+        _strict_grant_problems(order, gate),
+        _issuers(tv),
+        _status_lists(tv),
+    )
 
 
 # --------------------------------------------------------------------------- why each write was decided

@@ -26,7 +26,7 @@ from typing import Annotated, Any, ClassVar, Literal, NoReturn, Protocol, TypeAl
 import blake3
 from nacl.signing import SigningKey
 
-from ecac.core import policy
+from ecac.core import policy, strict
 from ecac.core.codec import (
     ByteArray,
     Bytes32,
@@ -41,7 +41,8 @@ from ecac.core.codec import (
 from ecac.core.dag import Dag
 from ecac.core.errors import EcacError
 from ecac.core.op import Op
-from ecac.core.replay import apply_over_order
+from ecac.core.profile import ADMISSION_CODES
+from ecac.core.replay import apply_gated
 from ecac.core.resources import DataAction
 from ecac.core.sig import Verify, check_sigs
 from ecac.core.state import State
@@ -59,7 +60,13 @@ BAD_PARENT = "bad_parent"
 REVOKED_CRED = policy.REVOKED_CRED
 EXPIRED_CRED = policy.EXPIRED_CRED
 OUT_OF_SCOPE = policy.OUT_OF_SCOPE
-SKIP_REASONS = frozenset({DENY_WINS, INVALID_SIG, BAD_PARENT, REVOKED_CRED, EXPIRED_CRED, OUT_OF_SCOPE})
+REFERENCE_SKIP_REASONS = frozenset(
+    {DENY_WINS, INVALID_SIG, BAD_PARENT, REVOKED_CRED, EXPIRED_CRED, OUT_OF_SCOPE}
+)
+#: under the strict profile (never in a reference log, so reference records are unchanged): the
+#: strict gate's deny reasons, and the admission codes ``op-append-audited`` logs for refused ops
+STRICT_SKIP_REASONS = frozenset(strict.STRICT_REASONS) | ADMISSION_CODES
+SKIP_REASONS = REFERENCE_SKIP_REASONS | STRICT_SKIP_REASONS
 
 
 # --------------------------------------------------------------------------- errors
@@ -510,32 +517,31 @@ def replay_audited(dag: Dag, sink: AuditSink) -> tuple[State, bytes]:
     state_digest}``. Non-Data ops and Data keys outside the grammar get no event. The state
     and digest are exactly those of ``replay_full``.
 
-    Reasons are the deny reasons of ``ecac.core.policy`` (core §11.6), which already use the
-    audit strings: RevokedCred → ``revoked_cred``, ExpiredCred → ``expired_cred``,
-    OutOfScope → ``out_of_scope``, GenericDeny → ``deny_wins`` (no epochs, before nbf, a
-    grant after the op, a VC voided by a status list or an issuer-key revocation, or an
-    unverifiable credential). ``invalid_sig`` and ``bad_parent`` are never emitted here:
-    every op in a DAG was verified at admission (core §4.4) and a topological order
-    never puts a parent after its child; ``op-append-audited`` uses ``invalid_sig`` for
-    ops the store refuses. The deny reason is computed from a second build of the write
-    gate over the same order, only when some op is denied (the replay does not expose
-    its gate, and reasons never influence state).
+    Reasons are those of the gate replay uses (``strict.build_gate``: one gate decides and
+    explains). Reference logs: the deny reasons of ``ecac.core.policy`` (core §11.6), which
+    already use the audit strings: RevokedCred → ``revoked_cred``, ExpiredCred →
+    ``expired_cred``, OutOfScope → ``out_of_scope``, GenericDeny → ``deny_wins`` (no epochs,
+    before nbf, a grant after the op, a VC voided by a status list or an issuer-key revocation,
+    or an unverifiable credential). Strict logs: the strict gate's reasons
+    (``concurrent_with_revoke``, ``revoked_cred``, ``untrusted_issuer``, ``self_issued_vc``,
+    ``no_grant_in_past``, ``hlc_regression``, ``invalid_ancestor``, …; ``strict.STRICT_REASONS``).
+    ``invalid_sig`` and ``bad_parent`` are never emitted here: every op in a DAG was verified
+    at admission (core §4.4) and a topological order never puts a parent after its child;
+    ``op-append-audited`` uses ``invalid_sig`` for ops the store refuses (the admission code
+    for a strict store's refusals).
     """
     order = dag.topo_order()
-    gate: list[policy.WriteGate | None] = []
+    gate = strict.build_gate(order, dag=dag)
 
     def observe(pos: int, op: Op, d: DataAction, permitted: bool) -> None:
         if permitted:
             sink.append(AppliedOp(op.op_id, pos, AUTHORIZED))
             return
-        if not gate:
-            gate.append(policy.build_write_gate(order))
-        g = gate[0]
-        reason = DENY_WINS if g is None else g.deny_reason(op.author_pk, d.action, d.tags, pos, op.hlc)
+        reason = DENY_WINS if gate is None else gate.deny_reason(op.author_pk, d.action, d.tags, pos, op.hlc)
         sink.append(SkippedOp(op.op_id, pos, reason))
 
     state = State()
-    digest = apply_over_order(dag, state, order, 0, observe)
+    digest = apply_gated(dag, state, order, 0, gate, observe)
     n = state.processed_count
     sink.append(Checkpoint(n, n, digest))
     return state, digest

@@ -5,15 +5,17 @@ the unique root of its DAG, so every other op descends from it. A reference log 
 Genesis op at all and stays byte-identical to the reference implementation's. Anything else
 mixes the two (a Genesis next to other roots, two Genesis ops, a Genesis with parents) and is
 refused with ``MixedProfileError`` rather than guessed at: which genesis wins must never be
-decided by HLCs an attacker chooses. ``admission_error`` is the per-op check entry points run
-against the profile they already know (docs/security.md, "Strict profile").
+decided by HLCs an attacker chooses. ``admission_error`` is the per-op check, and
+``admit_batch`` the batch form every store put runs against the store's profile
+(``store_profile``: read from the first op of its order; docs/security.md §2, "Void ops").
 
 Pure: no I/O, no clock.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import heapq
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from operator import attrgetter
@@ -23,7 +25,7 @@ from nacl.signing import SigningKey
 
 from ecac.core.errors import EcacError
 from ecac.core.hlc import Hlc
-from ecac.core.op import Genesis, Op, make_op
+from ecac.core.op import AdminAppoint, Genesis, Op, SealedKeyRotate, make_op
 
 REFERENCE: Final = "reference"
 STRICT: Final = "strict"
@@ -33,6 +35,7 @@ ProfileName = Literal["reference", "strict"]
 
 _PAYLOAD = attrgetter("payload")
 _PARENTS = attrgetter("parents")
+_STRICT_ONLY = frozenset({Genesis, AdminAppoint, SealedKeyRotate})
 
 
 class MixedProfileError(EcacError):
@@ -132,20 +135,35 @@ def is_strict_order(order: Sequence[Op]) -> bool:
 
 
 HLC_REGRESSION: Final = "hlc_regression"
+INVALID_ANCESTOR: Final = "invalid_ancestor"
+SECOND_GENESIS: Final = "second_genesis"
+MISSING_PARENT: Final = "missing_parent"
+FOREIGN_ROOT: Final = "foreign_root"
+#: the codes a strict refusal's reason starts with (``<code>: <why>``), also audit SkippedOp reasons
+ADMISSION_CODES: Final = frozenset(
+    {HLC_REGRESSION, INVALID_ANCESTOR, SECOND_GENESIS, MISSING_PARENT, FOREIGN_ROOT}
+)
+
+#: a parent named by an op offered for admission: its id, and its HLC (None: not stored)
+ParentHlc = tuple[bytes, Hlc | None]
 
 
-def admission_error(profile: Profile, op: Op, parents: Sequence[Op]) -> str | None:
+def admission_error(profile: Profile, op: Op, parents: Sequence[ParentHlc]) -> str | None:
     """Why ``op`` must not enter a project of ``profile`` (None: admit it), from the op and its parents.
 
-    Reference: a Genesis or AdminAppoint op is refused (mixing). Strict: a root other than the
-    project's genesis, any other Genesis, and an op whose HLC is below a parent's
-    (``hlc_regression``) are refused. Deterministic: a function of the op and its parents only.
-    The strict gate applies the same rules at replay (``ecac.core.strict``), so a replica that
-    admitted such an op anyway computes the same verdicts.
+    ``parents`` gives, for each parent id of ``op``, that parent's HLC (None when the store does
+    not hold it). A strict refusal reads ``<code>: <why>`` (``admission_code``). Reference: a
+    Genesis, AdminAppoint or SealedKeyRotate op is refused (mixing); everything else is admitted as before
+    (orphans too). Strict: a root other than the project's genesis, any
+    other Genesis, an op whose HLC is below a parent's (``hlc_regression``), and an op whose
+    parent is not stored (``missing_parent``: a strict store holds no orphans, so an op whose
+    ancestor was refused can never enter) are refused. Deterministic: a function of the op and
+    its parents only. The strict gate applies the same rules at replay (``ecac.core.strict``),
+    so a replica that admitted such an op anyway computes the same verdicts.
     """
     kind = op.payload.NAME
     if not profile.strict:
-        if kind in ("Genesis", "AdminAppoint"):
+        if type(op.payload) in _STRICT_ONLY:
             return (
                 f"a {kind} op belongs to a strict project; this is a reference project (profiles never mix)"
             )
@@ -153,10 +171,139 @@ def admission_error(profile: Profile, op: Op, parents: Sequence[Op]) -> str | No
     if kind == "Genesis":
         if op.op_id == profile.genesis_id:
             return None
-        return f"a second genesis: this project's genesis is {(profile.genesis_id or b'').hex()}"
+        genesis = (profile.genesis_id or b"").hex()
+        return f"{SECOND_GENESIS}: a second genesis; this project's genesis is {genesis}"
     if not op.parents:
-        return f"op does not descend from this project's genesis {(profile.genesis_id or b'').hex()}"
-    for p in parents:
-        if p.hlc > op.hlc:
-            return f"{HLC_REGRESSION}: HLC below that of parent {p.op_id.hex()}"
+        return (
+            f"{FOREIGN_ROOT}: op does not descend from this project's genesis "
+            f"{(profile.genesis_id or b'').hex()}"
+        )
+    for pid, h in parents:
+        if h is None:
+            return (
+                f"{MISSING_PARENT}: parent {pid.hex()} is not stored "
+                "(a strict project admits an op only after its parents)"
+            )
+        if h > op.hlc:
+            return f"{HLC_REGRESSION}: HLC below that of parent {pid.hex()}"
     return None
+
+
+def admission_code(reason: str) -> str | None:
+    """The code a refusal reason starts with (``hlc_regression``, …), None for a reference refusal."""
+    code = reason.split(":", 1)[0]
+    return code if code in ADMISSION_CODES else None
+
+
+def store_profile(root: Op | None) -> Profile | None:
+    """The profile of a store from the first op of its total order (None: the store is empty).
+
+    A store is strict when that op is a valid Genesis (admission keeps every later op its
+    descendant), reference otherwise.
+    """
+    if root is None:
+        return None
+    if type(root.payload) is Genesis:
+        try:
+            return Profile.of_genesis(root)
+        except MixedProfileError:
+            return REFERENCE_PROFILE
+    return REFERENCE_PROFILE
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """What admission decided for one batch: the store's profile after it (None: still empty) and
+    the refused inputs as ``(index, reason)``, ascending."""
+
+    profile: Profile | None
+    refused: tuple[tuple[int, str], ...] = ()
+
+
+def _batch_profile(ops: Sequence[Op]) -> Profile | None:
+    """The profile an empty store takes from its first batch: the first valid Genesis's, else reference."""
+    if not ops:
+        return None
+    for op in ops:
+        if type(op.payload) is Genesis:
+            try:
+                return Profile.of_genesis(op)
+            except MixedProfileError:
+                continue
+    return REFERENCE_PROFILE
+
+
+def admit_batch(
+    profile: Profile | None, ops: Sequence[Op], stored_hlc: Callable[[bytes], Hlc | None]
+) -> Admission:
+    """Admission of a batch of new ops (``admission_error`` per op) into a store of ``profile``.
+
+    ``profile`` None: the store is empty, and the batch decides (a valid Genesis in it makes the
+    store strict, otherwise it is reference). ``stored_hlc(id)`` is the HLC of a stored op, None
+    when it is not stored. Under strict an op's parents may also come earlier or later in the
+    same batch: ops are decided parents first, and a child of a refused op is refused
+    (``invalid_ancestor``). A reference batch without Genesis or AdminAppoint costs one scan of
+    the payload types (in C).
+    """
+    prof = profile if profile is not None else _batch_profile(ops)
+    if prof is None:
+        return Admission(None)
+    if not prof.strict:
+        if not _STRICT_ONLY.intersection(map(type, map(_PAYLOAD, ops))):
+            return Admission(prof)
+        refused = tuple(
+            (i, why) for i, op in enumerate(ops) if (why := admission_error(prof, op, ())) is not None
+        )
+        return Admission(prof, refused)
+    return Admission(prof, _admit_strict(prof, ops, stored_hlc))
+
+
+def _admit_strict(
+    prof: Profile, ops: Sequence[Op], stored_hlc: Callable[[bytes], Hlc | None]
+) -> tuple[tuple[int, str], ...]:
+    """Decide the ops of a strict batch, parents first."""
+    where = {op.op_id: i for i, op in enumerate(ops)}
+    admitted: dict[bytes, Hlc] = {}
+    refused: dict[int, str] = {}
+    for i in _parents_first(ops, where):
+        op = ops[i]
+        bad = next((pid for pid in op.parents if where.get(pid, -1) in refused), None)
+        if bad is not None:
+            refused[i] = f"{INVALID_ANCESTOR}: parent {bad.hex()} was refused"
+            continue
+        got = admitted.get
+        why = admission_error(prof, op, [(pid, got(pid) or stored_hlc(pid)) for pid in op.parents])
+        if why is None:
+            admitted[op.op_id] = op.hlc
+        else:
+            refused[i] = why
+    return tuple(sorted(refused.items()))
+
+
+def _parents_first(ops: Sequence[Op], where: dict[bytes, int]) -> Sequence[int]:
+    """Input positions with every op after its parents inside the batch: the input order when it
+    already is (sync responses and ``op-append`` are), else Kahn's order (ties by input position)."""
+    get = where.get
+    if all(get(pid, -1) < i for i, op in enumerate(ops) for pid in op.parents):
+        return range(len(ops))
+    waiting = [0] * len(ops)  # parents inside the batch not placed yet
+    children: dict[int, list[int]] = {}
+    for i, op in enumerate(ops):
+        for pid in set(op.parents):
+            j = get(pid)
+            if j is not None:
+                waiting[i] += 1
+                children.setdefault(j, []).append(i)
+    ready = [i for i in range(len(ops)) if waiting[i] == 0]
+    heapq.heapify(ready)
+    out: list[int] = []
+    while ready:
+        i = heapq.heappop(ready)
+        out.append(i)
+        for c in children.get(i, ()):
+            waiting[c] -= 1
+            if waiting[c] == 0:
+                heapq.heappush(ready, c)
+    placed = set(out)  # never short for hashed ops (no cycles); the rest then lacks a parent
+    out.extend(i for i in range(len(ops)) if i not in placed)
+    return out

@@ -10,6 +10,7 @@ and treat a second copy of a stored id as a duplicate (the first copy wins).
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -19,15 +20,19 @@ from typing import Literal, Protocol, runtime_checkable
 from ecac.core.audit import AuditSink, IngestedOp
 from ecac.core.codec import loads
 from ecac.core.errors import DecodeError, StoreError
+from ecac.core.hlc import Hlc
 from ecac.core.op import REASON_ID_MISMATCH, Op, header_cbor_of, op_id_of
 from ecac.core.opcodec import decode_op, decode_op_with_header, op_from_obj
 from ecac.core.opindex import OpIndex
+from ecac.core.profile import REFERENCE_PROFILE, Profile, admission_code, admit_batch, store_profile
 from ecac.core.sig import check_sigs, sig_items
 from ecac.core.snapshot import IndexFacts, StoreSnapshot, take_snapshot
 from ecac.store.bulk import bulk_load
 from ecac.store.verifypool import SigCheck, VerifyPool
 
 OnInvalid = Literal["raise", "skip"]
+
+log = logging.getLogger("ecac.store")
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +41,9 @@ class PutRejection:
 
     ``op`` is the decoded op (None when it did not decode) and ``sig_ok`` whether its id and
     signature verified (a non-canonical encoding of a valid op is refused with both good):
-    the audit trail logs every decoded input, refused or not (core §14.1).
+    the audit trail logs every decoded input, refused or not (core §14.1). ``reason``: the
+    strict admission code (``hlc_regression``, ``invalid_ancestor``, …) when admission refused
+    it under the strict profile, else None.
     """
 
     index: int
@@ -44,6 +51,7 @@ class PutRejection:
     message: str
     op: Op | None = field(default=None, compare=False, repr=False)
     sig_ok: bool = field(default=False, compare=False)
+    reason: str | None = field(default=None, compare=False)
 
     def __str__(self) -> str:
         return self.message
@@ -248,6 +256,9 @@ class IndexedOpStore(ABC):
         self.verify_pool = VerifyPool()
         #: where puts log an ``IngestedOp`` per decoded input (core §14.1); None: no auditing
         self.audit: AuditSink | None = None
+        self._profile: Profile | None = None  # cached once the store holds ops (it never changes then)
+        #: ops refused by admission (``profile.admit_batch``) since the store was opened
+        self.admission_refused = 0
 
     # -- storage hooks
     @abstractmethod
@@ -391,22 +402,64 @@ class IndexedOpStore(ABC):
     def _store_validated(
         self, ok: list[tuple[int, Op, bool]], rejected: list[PutRejection], on_invalid: OnInvalid
     ) -> PutResult:
-        """Audit, then write the accepted new ops of one validated batch atomically (or raise)."""
+        """Audit, admit (``profile.admit_batch``), then write the accepted new ops of one validated
+        batch atomically (or raise for the first refused input, whatever refused it)."""
         self._audit_ingested(ok, rejected)
-        if rejected and on_invalid == "raise":
-            raise PutRejectedError(rejected[0])
-        new: list[Op] = []
+        new: list[tuple[int, Op]] = []
         seen: set[bytes] = set()
         dups = 0
         with self._lock:
-            for _, op, _ in ok:
+            for i, op, _ in ok:
                 if op.op_id in seen or self._index.contains(op.op_id):
                     dups += 1
                 else:
                     seen.add(op.op_id)
-                    new.append(op)
-            completed = self._commit(new) if new else []
-        return PutResult([op.op_id for op in new], dups, rejected, completed)
+                    new.append((i, op))
+            if rejected and on_invalid == "raise":  # only what comes before the first refusal matters
+                new = [(i, op) for i, op in new if i < rejected[0].index]
+            refused = self._admit(new)
+            if refused:
+                rejected = sorted([*rejected, *refused], key=lambda r: r.index)
+                gone = {r.index for r in refused}
+                new = [(i, op) for i, op in new if i not in gone]
+            if rejected and on_invalid == "raise":
+                raise PutRejectedError(rejected[0])
+            ops = [op for _, op in new]
+            completed = self._commit(ops) if ops else []
+        return PutResult([op.op_id for op in ops], dups, rejected, completed)
+
+    # -- admission (docs/security.md §2: a strict store refuses what strict replay would void)
+    @property
+    def profile(self) -> Profile | None:
+        """The store's security profile, read from the first op of its order (None while empty)."""
+        if self._profile is None and len(self._index):
+            first = self._index.topo_slice(0, 1)
+            self._profile = store_profile(self.get_op(first[0]) if first else None) or REFERENCE_PROFILE
+        return self._profile
+
+    def _stored_hlc(self, op_id: bytes) -> Hlc | None:
+        if not self._index.contains(op_id):
+            return None
+        k = self._index.key(op_id)
+        return Hlc(k[0], k[1], k[2])
+
+    def _admit(self, new: list[tuple[int, Op]]) -> list[PutRejection]:
+        """The admission refusals among ``new`` (input index, op); counted and logged, one line each.
+
+        The caller holds ``_lock``. An empty store takes its profile from the batch; ``profile``
+        reads it back from the stored ops afterwards.
+        """
+        if not new:
+            return []
+        verdict = admit_batch(self.profile, [op for _, op in new], self._stored_hlc)
+        out = []
+        for j, why in verdict.refused:
+            i, op = new[j]
+            msg = f"refused op {op.op_id.hex()}: {why}"
+            out.append(PutRejection(i, op.op_id, msg, op, sig_ok=True, reason=admission_code(why)))
+            log.warning("admission refused op %s (%s): %s", op.op_id.hex(), op.payload.NAME, why)
+        self.admission_refused += len(out)
+        return out
 
     def _audit_ingested(self, ok: list[tuple[int, Op, bool]], rejected: list[PutRejection]) -> None:
         """Log an ``IngestedOp`` for every decoded input, in input order, before any rejection."""

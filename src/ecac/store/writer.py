@@ -119,6 +119,7 @@ class WriterStats:
     commits: int = 0  # requests that stored at least one op
     ops_stored: int = 0
     failures: int = 0  # requests that raised
+    ops_refused: int = 0  # ops the store's admission refused (``IndexedOpStore.admission_refused``)
     checkpoints: int = 0
     busy_ms: float = 0.0
     max_request_ms: float = 0.0
@@ -129,6 +130,7 @@ class WriterStats:
             "commits": self.commits,
             "ops_stored": self.ops_stored,
             "failures": self.failures,
+            "ops_refused": self.ops_refused,
             "checkpoints": self.checkpoints,
             "busy_ms": round(self.busy_ms, 1),
             "max_request_ms": round(self.max_request_ms, 1),
@@ -249,9 +251,10 @@ class StoreWriter(Generic[S]):
         source: str = "append",
         block: bool = True,
     ) -> Future[Written]:
-        """Validate and store ``items`` in one atomic batch (``put_many``).
+        """Validate, admit and store ``items`` in one atomic batch (``put_many``).
 
-        With ``on_invalid="raise"`` an op the store refuses fails the future with
+        Admission (the store's security profile, ``profile.admit_batch``) refuses like validation
+        does. With ``on_invalid="raise"`` an op the store refuses fails the future with
         ``PutRejectedError`` (nothing written; ``rejection.index`` names the op); any other
         ``StoreError`` is a failed write (counted towards ``FATAL_WRITE_FAILURES``). What a
         refusal means (e.g. a peer's protocol violation) is the caller's business: the sync
@@ -365,6 +368,7 @@ class StoreWriter(Generic[S]):
             self.stats.requests += 1
             self.stats.busy_ms += ms
             self.stats.max_request_ms = max(self.stats.max_request_ms, ms)
+            self.stats.ops_refused = self.store.admission_refused
             self._busy = False
 
     def _unusable(self, e: BaseException, ops_before: int) -> str | None:
