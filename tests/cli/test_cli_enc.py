@@ -18,7 +18,7 @@ from ecac.core.enc import aad, decode_enc, decrypt, derive_tag_key
 from ecac.core.errors import EcacError
 from ecac.core.hlc import Hlc
 from ecac.core.keys import key_pair, key_seed, public_key
-from ecac.core.op import Data, KeyGrant, KeyRotate, Op
+from ecac.core.op import Data, KeyGrant, KeyRotate, Op, SealedKeyRotate
 from ecac.core.opcodec import encode_ops
 from ecac.testing.scenarios import ADMIN, USER, credential_op, data_op, grant_op, issuer_key_op, vc_token
 
@@ -241,3 +241,63 @@ def test_keyrotate_and_grant_key_take_a_key_file(env: dict[str, str | None], tmp
     assert (
         r.exit_code == 1 and "--key FILE" in str(r.exception) and "ECAC_KEYADMIN_SK_HEX" in str(r.exception)
     )
+
+
+# --------------------------------------------------------------------------- strict: sealed read keys
+
+
+def test_strict_keyrotate_seals_to_live_readers_and_show_needs_the_readers_key(tmp_path: Path) -> None:
+    """A strict store end to end: keyrotate seals a random key to ALICE and BOB (nothing in clear,
+    nothing in the keyring), `write data` encrypts with the writer's own box, `show --key` opens it,
+    `show --subject-pk` (no key) is redacted; after BOB's revoke the next keyrotate leaves him out
+    and he cannot read what is written under it, while ALICE can. grant-key is refused."""
+    keys: dict[str, tuple[Path, str]] = {}
+    for name in ("admin", "alice", "bob", "mallory"):
+        path = tmp_path / f"{name}.key"
+        keys[name] = (path, ok("key", "new", "--out", str(path)).output.strip())
+    db = str(tmp_path / "db")
+    admin = str(keys["admin"][0])
+    ok("init", "--profile", "strict", "--admin-key", admin, "--db", db)
+    ok("issuer", "publish", "--key", admin, "--issuer-id", "acme", "--db", db)
+    for name in ("alice", "bob"):
+        vc = str(tmp_path / f"{name}.vc")
+        ok(
+            "vc", "issue", "--key", admin, "--issuer-id", "acme", "--subject", keys[name][1],
+            "--role", "editor", "--scope", "hv", "--scope", "confidential", "--out", vc,
+        )  # fmt: skip
+        ok("grant", "--vc", vc, "--key", admin, "--db", db)
+    env = {"ECAC_DB": db, "ECAC_SUBJECT_SK_HEX": keys["alice"][0].read_text().strip()}
+
+    r = run("keyrotate", "confidential", "--key", str(keys["mallory"][0]), env=env)
+    assert r.exit_code == 1 and "only the project's admins" in str(r.exception)
+    out = lines(ok("keyrotate", "confidential", "--key", admin, env=env).output)
+    assert out[:2] == ["tag=confidential new_version=1", "sealed_to=2 readers"]
+    (rot,) = [op for op in stored(db) if isinstance(op.payload, SealedKeyRotate)]
+    assert sorted(b.reader_pk.hex() for b in rot.payload.boxes) == sorted([keys["alice"][1], keys["bob"][1]])
+    assert not any(isinstance(op.payload, KeyRotate) for op in stored(db))
+    with opened(Path(db)) as st:
+        assert st.max_key_version_for_tag("confidential") is None  # no key at rest
+
+    ok("write", "data", "o", "x", "for readers", env=env)
+    for name in ("alice", "bob"):
+        assert ok("show", "o", "x", "--key", str(keys[name][0]), env=env).output == "for readers\n"
+    assert ok("show", "o", "x", "--subject-pk", keys["bob"][1], env=env).output == '"<redacted>"\n'
+    assert ok("show", "o", "x", "--key", str(keys["mallory"][0]), env=env).output == '"<redacted>"\n'
+    r = run("show", "o", "x", "--key", str(keys["bob"][0]), "--subject-pk", keys["alice"][1], env=env)
+    assert r.exit_code == 1 and "not the public key" in str(r.exception)
+
+    ok("revoke", "--subject", keys["bob"][1], "--role", "editor", "--scope", "confidential",
+       "--key", admin, "--db", db)  # fmt: skip
+    out = lines(ok("keyrotate", "confidential", "--key", admin, env=env).output)
+    assert out[:2] == ["tag=confidential new_version=2", "sealed_to=1 readers"]
+    ok("write", "data", "o", "x", "after the revoke", env=env)
+    last = stored(db)[-1]
+    assert isinstance(last.payload, Data) and decode_enc(last.payload.value).key_version == 2
+    assert ok("show", "o", "x", "--key", str(keys["alice"][0]), env=env).output == "after the revoke\n"
+    assert ok("show", "o", "x", "--key", str(keys["bob"][0]), env=env).output == '"<redacted>"\n'
+
+    r = run("write", "data", "o", "x", "x", env={**env, "ECAC_SUBJECT_SK_HEX": keys["bob"][0].read_text()})
+    assert r.exit_code == 1 and "not a recipient of key version 2" in str(r.exception)
+    r = run("grant-key", keys["alice"][1], "confidential", "2", str(tmp_path / "alice.vc"),
+            "--key", admin, env=env)  # fmt: skip
+    assert r.exit_code == 1 and "no effect in a strict project" in str(r.exception)

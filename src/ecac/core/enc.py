@@ -9,6 +9,12 @@ Because every KeyRotate carries its key in clear, the log itself is the key sour
 replica (``LogKeys``): any node holding the op can decrypt, and the next key version is counted
 from the log, so a rotation on a second node continues the sequence instead of minting a
 different "version 1". A store's keyring is only a cache of keys that are also in the log.
+
+Strict profile (docs/security.md, "Sealed read keys"): a ``SealedKeyRotate`` carries the key only
+inside one libsodium sealed box per reader (``seal_key``/``open_sealed``), to the X25519 key
+derived from the reader's Ed25519 key. ``seal_key`` takes the ephemeral secret as a parameter
+(libsodium's ``crypto_box_seal`` draws it itself), so this module stays pure; the CLI draws it.
+That randomness is op content the author chooses, like a nonce: it decides no state.
 """
 
 from __future__ import annotations
@@ -22,8 +28,16 @@ import blake3
 from nacl.bindings import (
     crypto_aead_xchacha20poly1305_ietf_decrypt,
     crypto_aead_xchacha20poly1305_ietf_encrypt,
+    crypto_box,
+    crypto_box_seal_open,
+    crypto_generichash_blake2b_salt_personal,
+    crypto_scalarmult_base,
+    crypto_sign_ed25519_pk_to_curve25519,
+    crypto_sign_ed25519_sk_to_curve25519,
+    crypto_sign_seed_keypair,
 )
 from nacl.exceptions import CryptoError
+from nacl.signing import SigningKey
 
 from ecac.core.codec import ByteArray, ByteVec, Serde, U32Int, serde
 from ecac.core.errors import DecodeError, EcacError
@@ -168,3 +182,54 @@ def next_key_version(tag: str, in_log: int | None, in_keyring: int | None) -> in
     if cur is not None and cur >= U32_MAX:
         raise EcacError("key_version overflow")
     return 1 if cur is None else cur + 1
+
+
+# --------------------------------------------------------------------------- sealed keys (strict)
+
+#: a sealed tag key: the ephemeral X25519 public key, then the box (Poly1305 tag + the 32-byte key)
+SEALED_LEN = 32 + 16 + KEY_LEN
+_BOX_NONCE_LEN = 24
+
+
+def x25519_public(reader_pk: bytes) -> bytes:
+    """The X25519 public key of an Ed25519 public key (EcacError when it is not a valid point)."""
+    _check_len(reader_pk, 32, "reader_pk")
+    try:
+        return crypto_sign_ed25519_pk_to_curve25519(bytes(reader_pk))
+    except (CryptoError, RuntimeError, ValueError):
+        raise EcacError(
+            f"reader key {bytes(reader_pk).hex()} is not a valid Ed25519 public key; cannot seal to it"
+        ) from None
+
+
+def x25519_secret(sk: SigningKey) -> bytes:
+    """The X25519 secret key of an Ed25519 signing key (libsodium's conversion of ``seed ‖ pk``)."""
+    _, sk64 = crypto_sign_seed_keypair(bytes(sk))
+    return crypto_sign_ed25519_sk_to_curve25519(sk64)
+
+
+def seal_key(key: bytes, reader_pk: bytes, ephemeral_sk: bytes) -> bytes:
+    """Seal ``key`` to the reader with Ed25519 public key ``reader_pk``: libsodium's sealed box
+    (``crypto_box_seal``) with the ephemeral secret given instead of drawn, so the bytes are a
+    function of the inputs. ``epk ‖ crypto_box(key, blake2b-24(epk ‖ rpk), rpk, esk)``; any
+    ``crypto_box_seal_open`` (``nacl.public.SealedBox``) opens it. A fresh ``ephemeral_sk`` per box
+    is the caller's duty (reusing one links the boxes)."""
+    _check_len(key, KEY_LEN, "key")
+    _check_len(ephemeral_sk, 32, "ephemeral_sk")
+    rpk = x25519_public(reader_pk)
+    epk = crypto_scalarmult_base(bytes(ephemeral_sk))
+    nonce = crypto_generichash_blake2b_salt_personal(epk + rpk, digest_size=_BOX_NONCE_LEN)
+    return epk + crypto_box(bytes(key), nonce, rpk, bytes(ephemeral_sk))
+
+
+def open_sealed(sealed: bytes, reader_sk: SigningKey) -> bytes | None:
+    """The 32-byte key inside a sealed box for ``reader_sk``, or None when it is not for this
+    reader (or damaged, or holds no 32-byte key)."""
+    if len(sealed) != SEALED_LEN:
+        return None
+    try:
+        rpk = crypto_sign_ed25519_pk_to_curve25519(bytes(reader_sk.verify_key))
+        key = crypto_box_seal_open(bytes(sealed), rpk, x25519_secret(reader_sk))
+    except CryptoError:
+        return None
+    return key if len(key) == KEY_LEN else None

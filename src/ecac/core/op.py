@@ -171,6 +171,28 @@ class AdminAppoint(Serde):
     NAME: ClassVar[str] = "AdminAppoint"
 
 
+@serde
+@dataclass(frozen=True, slots=True)
+class SealedKey(Serde):
+    """One reader's copy of a sealed tag key: the reader's Ed25519 public key and a libsodium
+    sealed box (X25519 from that key) holding the 32-byte tag key (``ecac.core.enc.seal_key``)."""
+
+    reader_pk: Bytes32
+    sealed: ByteVec
+
+
+@variant
+@dataclass(frozen=True, slots=True)
+class SealedKeyRotate(Serde):
+    """Strict profile: the next key of ``tag``, sealed to each live reader (``boxes`` sorted by
+    ``reader_pk``), never in clear. Not a reference variant: only strict projects carry it."""
+
+    tag: str
+    new_version: U32Int
+    boxes: tuple[SealedKey, ...]
+    NAME: ClassVar[str] = "SealedKeyRotate"
+
+
 @variant(other=True)
 @dataclass(frozen=True, slots=True)
 class Reserved(Serde):
@@ -192,6 +214,7 @@ Payload = (
     | StatusPointer
     | Genesis
     | AdminAppoint
+    | SealedKeyRotate
     | Reserved
 )
 
