@@ -162,6 +162,24 @@ def run_node_cli(opts: Any, ready: Callable[[Any], None]) -> None:
     help="Ops asked for per sync request (0 = the server's cap).",
 )
 @click.option(
+    "--genesis",
+    "genesis_file",
+    default=None,
+    metavar="FILE",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Join a strict project: its genesis op (from `ecac init --out`), put into an empty store "
+    "(a store of another project is refused). Not needed once the store holds the genesis.",
+)
+@click.option(
+    "--subject-key",
+    "subject_key",
+    default=None,
+    metavar="FILE",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Secret key file of the subject this node speaks for in its hello (strict: peers serve it "
+    "only while that subject holds a live role); default the node key.",
+)
+@click.option(
     "--exit-on-stdin-eof",
     is_flag=True,
     hidden=True,
@@ -179,6 +197,8 @@ def node_cmd(
     key_file: Path | None,
     heartbeat_ms: int,
     request_max_ops: int,
+    genesis_file: Path | None,
+    subject_key: Path | None,
     exit_on_stdin_eof: bool,
     allow_writes: bool,
     write_key: Path | None,
@@ -198,6 +218,11 @@ def node_cmd(
     check_project(project)
     ctl = parse_control_addr(control, allow_remote=allow_remote) if control is not None else None
     seed = gateway_write_seed(write_key)
+    subject_seed = None
+    if subject_key is not None:
+        from ecac.cli.keyfile import read_key_file
+
+        subject_seed = bytes(read_key_file(subject_key)[0])
 
     from ecac.net.node import NodeOptions, configure_logging
 
@@ -219,6 +244,8 @@ def node_cmd(
         allow_writes=allow_writes,
         write_seed=seed,
         allow_remote=allow_remote,
+        genesis_file=genesis_file,
+        subject_seed=subject_seed,
     )
 
     def ready(node: Any) -> None:

@@ -341,6 +341,9 @@ class Gossip:
         self._pubsub: EcacPubsub | None = None
         self._router: GossipSub | None = None
         self._nursery: trio.Nursery | None = None
+        #: ``accept_from(forwarder_peer_id)``: False drops a message the neighbour forwarded before
+        #: the topic validator runs (a strict node takes announces only from authorised peers)
+        self.accept_from: Callable[[str], bool] | None = None
 
     # ---- lifecycle (driven by P2PHost.run) ------------------------------------------------
 
@@ -444,6 +447,9 @@ class Gossip:
             if entry is None:
                 return False
             try:
+                accept = self.accept_from
+                if accept is not None and forwarder != self._id and not accept(forwarder.to_base58()):
+                    return False
                 origin_key = ed25519_from_id(ID(msg.from_id))
                 if origin_key is None:
                     return False

@@ -39,7 +39,8 @@ Public API (all ``async`` methods must be called inside ``run()``; peers are Pee
   ``set_stream_handler(proto, handler)``,
   ``remove_stream_handler(proto)``, ``open_stream(peer, proto)``,
   ``subscribe(topic, on_message, validator=None)``, ``unsubscribe(topic)``,
-  ``publish(topic, data)``, ``gossip_peers(topic)``, ``mesh_peers(topic)``.
+  ``publish(topic, data)``, ``gossip_peers(topic)``, ``mesh_peers(topic)``,
+  ``set_gossip_peer_filter(accept_from)``.
 * :class:`P2PStream`: ``read(max_bytes)``, ``write(data)``, ``close()`` (write half-close),
   ``reset()``; ``peer_id``, ``protocol``.
 * events: :class:`PeerEvent` (``connected``/``disconnected``/``subscribed``/``unsubscribed``),
@@ -680,6 +681,11 @@ class P2PHost:
         Publishing with no gossip peer is not an error; the message is simply not sent.
         """
         return await self._gossip.publish(topic, data)
+
+    def set_gossip_peer_filter(self, accept_from: Callable[[str], bool] | None) -> None:
+        """Drop every gossip message forwarded by a neighbour for which ``accept_from(peer_id)`` is
+        False (before the topic validator; not delivered, not forwarded). None accepts all."""
+        self._gossip.accept_from = accept_from
 
     def gossip_peers(self, topic: str) -> list[str]:
         """Connected peers known to be subscribed to ``topic``."""

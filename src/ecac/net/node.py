@@ -45,13 +45,15 @@ import trio
 from nacl.signing import SigningKey
 
 from ecac.core.errors import EcacError, ProtocolError
+from ecac.core.liveness import LiveSubjects, live_subjects, newest_ms
 from ecac.core.op import Op
 from ecac.core.replay import Replayer
 from ecac.core.snapshot import StoreSnapshot
 from ecac.net.api import PeerInfo
 from ecac.net.counters import NodeCounters
 from ecac.net.dialer import Dialer, check_peer_addr
-from ecac.net.digest import DigestTracker
+from ecac.net.digest import DigestState, DigestTracker, DigestUpdate
+from ecac.net.hello import HELLO_PROTOCOL_ID, PeerAccess, identity_of, import_genesis
 from ecac.net.reconcile import RECONCILE_PROTOCOL_ID, ReconcileService
 from ecac.net.serve import READ_CHUNK, SyncServer
 from ecac.net.supervise import Supervisor
@@ -71,6 +73,7 @@ from ecac.sync.effects import (
     SendRequest,
 )
 from ecac.sync.frames import decode_frames
+from ecac.sync.hello import Identity
 from ecac.sync.wire import SYNC_PROTOCOL_ID, FrameReader, SignedAnnounce, announce_topic
 
 __all__ = [
@@ -165,6 +168,10 @@ class NodeOptions:
     write_seed: bytes | None = None
     allow_remote: bool = False
     site_name: str | None = None
+    # project identity (ecac.net.hello): a genesis file to join a strict project with, and the
+    # seed of the subject the node speaks for (None: the node key)
+    genesis_file: Path | None = None
+    subject_seed: bytes | None = None
 
     def sync_config(self) -> SyncConfig:
         return SyncConfig(anti_entropy_period=self.anti_entropy_ms / 1000.0, **self.sync_overrides)
@@ -221,13 +228,22 @@ class Node:
         self.topic = announce_topic(opts.project)
         self.host = P2PHost(seed, config=HostConfig(heartbeat_interval=opts.heartbeat_interval))
         self.peer_id = self.host.peer_id
+        # project identity on connect and access-controlled sync (ecac.net.hello)
+        self.access = PeerAccess(
+            self.host,
+            *identity_of(getattr(store, "profile", None)),
+            SigningKey(opts.subject_seed) if opts.subject_seed else self.sk,
+            self._peer_admitted,
+            self._peer_refused,
+        )
+        self._access_changed = trio.Event()
         # set reconciliation (/ecac/reconcile/1): what differs from a peer, fed to the coordinator
         self.setrec = ReconcileService(
             self.host,
             self._snap,
             lambda peer, need: self._call(self.coord.reconciled, peer, need, _now()),
             lambda peer: self.coord.peer(peer),
-            self._is_blocked,
+            lambda peer: self._is_blocked(peer) or self.access.refusal(peer) is not None,
             self.cfg.anti_entropy_period,
         )
         if not log.isEnabledFor(logging.DEBUG):
@@ -282,7 +298,10 @@ class Node:
         host = self.host
         sup = self.supervisor
         host.set_stream_handler(SYNC_PROTOCOL_ID, self._serve)
-        host.set_stream_handler(RECONCILE_PROTOCOL_ID, self.setrec.handle)
+        host.set_stream_handler(RECONCILE_PROTOCOL_ID, self._reconcile_handle)
+        host.set_stream_handler(HELLO_PROTOCOL_ID, self.access.handle)
+        host.set_gossip_peer_filter(self.access.announce_from)
+        self.digest.listeners.append(self._on_digest)
         host.add_peer_listener(self._on_peer_event)
         await host.subscribe(self.topic, self._on_announce, validator=self._validate)
         async with host.run(list(self.opts.listen)), trio.open_nursery() as nursery:
@@ -305,6 +324,7 @@ class Node:
             nursery.start_soon(sup.supervise, "timer", self._timer_loop, self._rebuild)
             nursery.start_soon(sup.supervise, "reconcile", self._reconcile_loop)
             nursery.start_soon(sup.supervise, "set_reconcile", lambda: self.setrec.run(nursery, self.peer_id))
+            nursery.start_soon(sup.supervise, "access", self._access_loop)
             log.info(
                 "node %s listening on %s (project %s, anti-entropy %d ms)",
                 self.peer_id,
@@ -450,7 +470,7 @@ class Node:
             for p in sorted(self.host.connected_peers()):
                 if gen != self._coord_gen:
                     return  # replaced again meanwhile
-                if self._is_blocked(p) or self.dialer.is_banned(p, now):
+                if self._is_blocked(p) or self.dialer.is_banned(p, now) or not self.access.admitted(p):
                     continue
                 self._call(self.coord.peer_connected, p, now)
                 if p in subscribed:
@@ -592,7 +612,7 @@ class Node:
             return False
         if not ok:
             log.info("rejected an announce (%d bytes) from key %s", len(data), originator_key.hex()[:16])
-        return ok
+        return ok and self.access.originator_ok(originator_key)
 
     def _on_announce(self, msg: Any) -> None:
         if self.dialer.blocked and (self._is_blocked(msg.originator) or self._is_blocked(msg.forwarder)):
@@ -610,12 +630,15 @@ class Node:
                 log.info("connected %s (blocked: ignored until the block ends)", ev.peer_id)
                 return
             log.info("connected %s", ev.peer_id)
-            self._call(self.coord.peer_connected, ev.peer_id, now)
+            self._greet(ev.peer_id)
+            if self.access.admitted(ev.peer_id):  # strict: once its hello is verified (_peer_admitted)
+                self._call(self.coord.peer_connected, ev.peer_id, now)
         elif ev.kind == "disconnected":
             log.info("disconnected %s", ev.peer_id)
+            self.access.forget(ev.peer_id)
             self._call(self.coord.peer_disconnected, ev.peer_id, now)
             self.dialer.peer_gone(ev.peer_id)
-        elif self._is_blocked(ev.peer_id):
+        elif self._is_blocked(ev.peer_id) or not self.access.admitted(ev.peer_id):
             return
         elif ev.kind == "subscribed" and ev.topic == self.topic:
             log.debug("%s subscribed to %s", ev.peer_id, self.topic)
@@ -648,9 +671,14 @@ class Node:
         while True:
             await trio.sleep(RECONCILE_PERIOD)
             now = _now()
-            live = {p for p in self.host.connected_peers() if not self._is_blocked(p)}
+            connected = self.host.connected_peers()
+            self.access.prune(connected)  # hellos count per connection: a missed disconnect too
+            live = {p for p in connected if not self._is_blocked(p)}
             known = set(self.coord.connected_peers())
             for p in sorted(live - known):
+                if not self.access.admitted(p):
+                    self._greet(p)  # strict: known to the coordinator once its hello is verified
+                    continue
                 st = self.coord.peer(p)
                 if st is not None and now < st.banned_until:
                     continue  # peer_connected would only re-send the Disconnect
@@ -662,6 +690,55 @@ class Node:
                 log.info("disconnected %s (missed event)", p)
                 self._call(self.coord.peer_disconnected, p, now)
             self.dialer.wake_missing(live)
+
+    # ------------------------------------------------------------------ project identity and access
+
+    def _greet(self, peer: str) -> None:
+        """Exchange hellos with a newly connected peer (``PeerAccess.greet``, one task per peer)."""
+        if self._nursery is not None:
+            self._nursery.start_soon(self.supervisor.run_once, "hello", lambda: self.access.greet(peer))
+
+    def _peer_admitted(self, peer: str) -> None:
+        """A strict node verified ``peer``'s hello: the coordinator may know it now."""
+        now = _now()
+        if self._is_blocked(peer) or self.dialer.is_banned(peer, now) or not self.host.is_connected(peer):
+            return
+        self._call(self.coord.peer_connected, peer, now)
+        if peer in self.host.gossip_peers(self.topic):
+            self._call(self.coord.peer_subscribed, peer, now)
+
+    def _peer_refused(self, peer: str, reason: str) -> None:
+        """``peer`` is of another project or profile (or, under strict, sent no hello): close it."""
+        self._call(self.coord.peer_disconnected, peer, _now())
+        if self._nursery is not None:
+            self._nursery.start_soon(
+                self.supervisor.run_once, "disconnect", lambda: self.host.disconnect(peer)
+            )
+
+    async def _reconcile_handle(self, stream: Any) -> None:
+        """``/ecac/reconcile/1``: under strict only with peers we may serve (others: reset)."""
+        why = self.access.refusal(stream.peer_id)
+        if why is not None:
+            self.access.refuse_stream(stream.peer_id, "reconcile", why)
+            await stream.reset()
+            return
+        await self.setrec.handle(stream)
+
+    def _on_digest(self, update: DigestUpdate) -> None:
+        self._access_changed.set()
+
+    async def _access_loop(self) -> None:
+        """After every published state: the live subjects (and the identity, should an empty store
+        have taken a genesis), computed once in the digest thread."""
+        while True:
+            await self._access_changed.wait()
+            self._access_changed = trio.Event()
+            identity, live = await self.digest.view(("access",), _access_view)
+            if identity is not None and self.access.set_identity(identity):
+                for p in self.connected_peers():  # they reconnect and exchange the new hello
+                    self._peer_refused(p, "the project identity changed")
+            if live is not None:
+                self.access.set_live(live)
 
     # ------------------------------------------------------------------ dialling and blocks
 
@@ -832,7 +909,14 @@ class Node:
     # ------------------------------------------------------------------ serving /ecac/sync/1
 
     async def _serve(self, stream: Any) -> None:
-        """The host's handler: ``SyncServer.handle``, with failures counted (the host resets the stream)."""
+        """The host's handler: ``SyncServer.handle``, with failures counted (the host resets the stream).
+
+        Under strict, a peer whose proven subject holds no live role is refused first (reset)."""
+        why = self.access.refusal(stream.peer_id)
+        if why is not None:
+            self.access.refuse_stream(stream.peer_id, "sync", why)
+            await stream.reset()
+            return
         try:
             await self.server.handle(stream)
         except Exception as e:
@@ -875,6 +959,7 @@ class Node:
         counters.update(self.counters.as_dict())
         counters.update(self.supervisor.as_dict())
         counters.update(self.setrec.counters.as_dict())
+        counters.update(self.access.counters.as_dict())
         counters["writer_queue_depth"] = self.writer.queue_depth
         counters["writer"] = self.writer.stats.as_dict()
         counters["limiters"] = {
@@ -894,6 +979,7 @@ class Node:
             "peer_id": self.peer_id,
             "listen": list(self.listen_addrs),
             "project": self.opts.project,
+            "identity": self.access.status(),
             "op_count": snap.op_count,
             "complete_count": snap.complete_count,
             "pending_ops": snap.pending_count,
@@ -914,6 +1000,17 @@ class Node:
             "counters": counters,
             "uptime_s": round(time.monotonic() - self.started_at, 3),
         }
+
+
+def _access_view(state: DigestState) -> tuple[Identity | None, LiveSubjects | None]:
+    """The identity and live subjects of a replayed strict state (``(None, None)`` for a reference one)."""
+    from ecac.core.strict import StrictGate
+
+    gate = state.replayer.gate
+    if not isinstance(gate, StrictGate) or gate.profile.genesis_id is None:
+        return None, None
+    identity = Identity("strict", gate.profile.genesis_id)
+    return identity, live_subjects(gate, newest_ms(state.order), len(state.order))
 
 
 # --------------------------------------------------------------------------- entry point
@@ -943,6 +1040,8 @@ def run_node(opts: NodeOptions, on_ready: Callable[[Node], None] | None = None) 
     check_store_dir(opts.db, create=True)  # never turn a user's directory into a RocksDB database
     store = Store.open(opts.db)
     try:
+        if opts.genesis_file is not None:
+            import_genesis(store, opts.genesis_file)
         seed = load_or_create_key(opts.key_file or (opts.db / KEY_FILE_NAME))
         node = Node(opts, store, seed)
         try:
