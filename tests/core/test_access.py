@@ -13,7 +13,8 @@ from ecac.core.enc import aad, encrypt
 from ecac.core.errors import EcacError
 from ecac.core.hlc import U64_MAX, Hlc
 from ecac.core.keys import key_pair
-from ecac.core.op import Op
+from ecac.core.op import AdminAppoint, Op, SealedKey, SealedKeyRotate, make_op
+from ecac.core.profile import genesis_op
 from ecac.core.replay import dag_of_verified, replay_full
 from ecac.core.resources import SET_ADD, SET_FIELD, SET_REM, derive_action_and_tags
 from ecac.core.trust import StatusList
@@ -416,3 +417,15 @@ def test_strict_access_report_names_self_issued_and_void_grants_and_appointed_ad
     rep2 = access.access_report(Dag.from_ops(w2.ops).topo_order())
     assert rep2.subjects == ()
     assert [p.problem.split(":")[0] for p in rep2.ineffective_grants] == ["invalid_ancestor"]
+
+
+def test_ops_view_maps_the_strict_only_kinds() -> None:
+    g = genesis_op(ADMIN, "proj", [pk(ADMIN)])
+    ap = make_op(ADMIN, [g.op_id], Hlc(2, 0, 0), AdminAppoint(pk(USER)))
+    rot = make_op(ADMIN, [ap.op_id], Hlc(3, 0, 0), SealedKeyRotate("hv", 1, [SealedKey(pk(USER), b"box")]))
+    by_kind = {o["payload_type"]: o["payload"] for o in access.ops_view([g, ap, rot], 50).to_obj()["ops"]}
+    assert by_kind == {
+        "Genesis": {"profile": "strict", "project": "proj", "admins": [pk(ADMIN).hex()]},
+        "AdminAppoint": {"admin_pk": pk(USER).hex()},
+        "SealedKeyRotate": {"tag": "hv", "new_version": 1, "readers": [pk(USER).hex()]},
+    }

@@ -28,11 +28,13 @@ from ecac.core.op import (
     AdminAppoint,
     Credential,
     Data,
+    Genesis,
     Grant,
     IssuerKey,
     IssuerKeyRevoke,
     Op,
     Revoke,
+    SealedKeyRotate,
     StatusListChunk,
 )
 from ecac.core.policy import Epoch, EpochIndex, WriteGate
@@ -236,6 +238,17 @@ def _payload_view(op: Op) -> tuple[str, dict[str, Any]]:
             "pubkey": p.pubkey.hex(),
             "valid_from_ms": p.valid_from_ms,
             "valid_until_ms": p.valid_until_ms,
+        }
+    # strict-only kinds (never in a reference log, so the reference mapping above is unchanged)
+    if isinstance(p, Genesis):
+        return "Genesis", {"profile": p.profile, "project": p.project, "admins": _hexes(p.admins)}
+    if isinstance(p, AdminAppoint):
+        return "AdminAppoint", {"admin_pk": p.admin_pk.hex()}
+    if isinstance(p, SealedKeyRotate):
+        return "SealedKeyRotate", {
+            "tag": p.tag,
+            "new_version": p.new_version,
+            "readers": [b.reader_pk.hex() for b in p.boxes],
         }
     return "Other", {}
 
