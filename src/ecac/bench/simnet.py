@@ -338,6 +338,7 @@ class SimNet:
         self.server_config = server_config
         self.stats = SimStats()
         self.tick = tick
+        self.threaded = threaded
         self._dirty: dict[int, SimNode] = {}  # nodes whose timer is re-armed at the end of the tick
         self._valid: dict[bytes, SignedAnnounce] = {}
         self._seen: dict[bytes, bytearray] = {}  # message id -> one bit per node that has seen it
@@ -629,19 +630,24 @@ class SimNet:
         return False
 
     def _gossip(self, origin: str, sender: str, data: bytes, mid: bytes) -> None:
+        # With inline writers a copy to a node that has seen the message already does nothing on
+        # arrival (the seen cache drops it), so it is counted and its latency drawn (the same random
+        # sequence) but no event is scheduled: most copies of a flood are such duplicates.
+        seen = None if self.threaded else self._seen.get(mid)
         for peer in self.neighbours(sender):
             if peer == origin:
                 continue
             copies = 0 if self.rng.random() < self.faults.drop_announce else 1
             if copies and self.rng.random() < self.faults.dup_announce:
                 copies = 2
+            i = self.nodes[peer].idx if seen is not None else 0
+            dup = seen is not None and bool(seen[i >> 3] & (1 << (i & 7)))
             for _ in range(copies):
                 self.stats.announces += 1
                 self.stats.announce_bytes += len(data)
-                self._at(
-                    self.now + self._latency(),
-                    partial(self._deliver_announce, origin, sender, peer, data, mid),
-                )
+                t = self.now + self._latency()
+                if not dup:
+                    self._at(t, partial(self._deliver_announce, origin, sender, peer, data, mid))
 
     def _deliver_announce(self, origin: str, sender: str, to: str, data: bytes, mid: bytes) -> None:
         if not self.linked(sender, to):

@@ -108,6 +108,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from heapq import heapify, heappop, heappush, heapreplace
+from typing import Any, TypeVar
 
 from nacl.signing import SigningKey
 
@@ -284,7 +286,13 @@ def local_announce(
 
 @dataclass(slots=True)
 class PeerState:
-    """One peer: connection, failures and backoff, ban, requests in flight, last announce."""
+    """One peer: connection, failures and backoff, ban, requests in flight, last announce.
+
+    Read-only outside the coordinator: ``connected``, ``failures``, the three deadlines and
+    ``requests`` change only through ``SyncCoordinator._set_peer`` / ``_attach`` / ``_detach``,
+    which keep the coordinator's peer index (connected peers, deadline heaps, eviction order)
+    in step with them.
+    """
 
     peer: PeerId
     connected: bool = False
@@ -328,13 +336,19 @@ class PeerState:
             and now >= self.quota_until
         )
 
-    def record_failure(self, now: float, cfg: SyncConfig) -> None:
-        self.failures += 1
-        self.backoff_until = now + cfg.backoff(self.failures)
+    def evictable(self) -> bool:
+        """Disconnected, idle and not banned: forgetting it loses nothing (``max_peer_states``)."""
+        return not self.connected and not self.requests and self.banned_until == 0.0
 
-    def record_success(self) -> None:
-        self.failures = 0
-        self.backoff_until = 0.0
+
+#: kinds of peer deadline in the coordinator's expiry heap
+_BACKOFF = 0
+_QUOTA = 1
+#: the index heaps are rebuilt (stale entries dropped) once one holds more than
+#: _HEAP_GROWTH × (peers + requests) + _HEAP_SLACK entries: amortised O(1) per push, bounded memory
+_HEAP_GROWTH = 4
+_HEAP_SLACK = 64
+_H = TypeVar("_H", bound=tuple[Any, ...])
 
 
 ACTIVE = "active"  # waiting for frames
@@ -440,6 +454,19 @@ class SyncCoordinator:
         )
         self._snapshot = snapshot if snapshot is not None else StoreSnapshot()
         self._peers: dict[PeerId, PeerState] = {}
+        # The peer index: what the per-event queries need, so that none of them walks every
+        # remembered peer (a node remembers every announce originator, up to max_peer_states).
+        # Lazy min-heaps: an entry is checked against the current state when it reaches the top,
+        # and dropped there if stale; ``_set_peer``, ``_attach``, ``_detach`` and ``_touch`` push
+        # an entry whenever a value they index appears or moves earlier.
+        self._connected: dict[PeerId, PeerState] = {}  # in connection order
+        self._expiry: list[tuple[float, int, PeerId]] = []  # every backoff/quota deadline > 0 (timer resets)
+        self._live_backoff: list[tuple[float, PeerId]] = []  # those of connected peers (next_wakeup)
+        self._live_quota: list[tuple[float, PeerId]] = []
+        self._born: dict[PeerId, int] = {}  # creation order of the remembered peers
+        self._next_born = 0
+        self._evict_q: list[tuple[int, PeerId]] = []  # evictable peers by creation order
+        self._deadlines: list[tuple[float, int]] = []  # active requests, lower bounds of their deadlines
         self._requests: dict[int, _Request] = {}
         self._commits: dict[int, tuple[int, tuple[Op, ...]]] = {}
         self._next_rid = 1
@@ -464,7 +491,7 @@ class SyncCoordinator:
             counters=self.counters.copy(),
             next_request_id=self._next_rid,
             next_commit_id=self._next_cid,
-            connected=tuple(sorted(p for p, s in self._peers.items() if s.connected)),
+            connected=tuple(sorted(self._connected)),
             bans=tuple(sorted((p, s.banned_until) for p, s in self._peers.items() if s.banned_until > 0)),
             started=self._started,
             last_announce=self._last_announce,
@@ -478,9 +505,9 @@ class SyncCoordinator:
         self._next_rid = c.next_request_id
         self._next_cid = c.next_commit_id
         for p, until in c.bans:
-            self._state(p).banned_until = until
+            self._set_peer(self._state(p), banned_until=until)
         for p in c.connected:
-            self._state(p).connected = True
+            self._set_peer(self._state(p), connected=True)
         self._started = c.started
         self._last_announce = c.last_announce
         self._last_publish_at = c.last_publish_at
@@ -523,7 +550,7 @@ class SyncCoordinator:
         return self._peers.get(peer)
 
     def connected_peers(self) -> list[PeerId]:
-        return sorted(p for p, s in self._peers.items() if s.connected)
+        return sorted(self._connected)
 
     def active_requests(self) -> list[int]:
         """Requests still waiting for frames, ascending."""
@@ -574,32 +601,45 @@ class SyncCoordinator:
         return not self._requests and not self._commits and len(self.planner) == 0
 
     def next_wakeup(self) -> float | None:
-        """The earliest monotonic time at which ``timer`` has something to do, or None."""
+        """The earliest monotonic time at which ``timer`` has something to do, or None.
+
+        O(log n) amortised: the request and peer deadlines come from the index's heaps."""
         times: list[float] = []
         if self._ae_next_at is not None:
             times.append(self._ae_next_at)
         if (self._announce_dirty or self._announce_forced) and self._last_publish_at is not None:
             times.append(self._last_publish_at + self.config.announce_debounce)
-        for q in self._requests.values():
-            if q.phase == ACTIVE:
-                times.append(
-                    min(q.last_activity + self.config.idle_timeout, q.started + self.config.request_deadline)
-                )
+        t = self._first_deadline()
+        if t is not None:
+            times.append(t)
         if len(self.planner):
-            for s in self._peers.values():
-                if s.connected and s.backoff_until > 0:
-                    times.append(s.backoff_until)
-        for s in self._peers.values():
-            if s.connected and s.quota_until > 0:
-                times.append(s.quota_until)
+            t = self._live_min(self._live_backoff, _BACKOFF)
+            if t is not None:
+                times.append(t)
+        t = self._live_min(self._live_quota, _QUOTA)
+        if t is not None:
+            times.append(t)
+        return min(times) if times else None
+
+    def _next_wakeup_by_walk(self) -> float | None:
+        """``next_wakeup`` computed by walking every request and peer (``check_invariants`` compares)."""
+        times: list[float] = []
+        if self._ae_next_at is not None:
+            times.append(self._ae_next_at)
+        if (self._announce_dirty or self._announce_forced) and self._last_publish_at is not None:
+            times.append(self._last_publish_at + self.config.announce_debounce)
+        times += [self._deadline(q) for q in self._requests.values() if q.phase == ACTIVE]
+        if len(self.planner):
+            times += [s.backoff_until for s in self._peers.values() if s.connected and s.backoff_until > 0]
+        times += [s.quota_until for s in self._peers.values() if s.connected and s.quota_until > 0]
         return min(times) if times else None
 
     def peer_views(self, now: float) -> dict[PeerId, PeerView]:
-        """What the planner sees of every connected peer at ``now``."""
+        """What the planner sees of every connected peer at ``now`` (in connection order; the planner
+        sorts whatever decides)."""
         return {
             p: PeerView(s.available(now), self._free_slots(s), s.watermark, s.bloom)
-            for p, s in self._peers.items()
-            if s.connected
+            for p, s in self._connected.items()
         }
 
     def check_invariants(self) -> list[str]:
@@ -653,7 +693,174 @@ class SyncCoordinator:
             problems.append("too many peer states")
         if len(self.planner) > cfg.max_wanted:
             problems.append("too many wanted ids")
+        return problems + self._index_problems()
+
+    def _index_problems(self) -> list[str]:
+        """Where the peer index disagrees with a walk over every peer and request (it must never)."""
+        problems: list[str] = []
+        walked = {p: s for p, s in self._peers.items() if s.connected}
+        if walked != self._connected or any(self._connected[p] is not s for p, s in walked.items()):
+            problems.append("the connected-peer index differs from the peer states")
+        if set(self._born) != set(self._peers):
+            problems.append("the creation-order index differs from the peer states")
+        expiry = set(self._expiry)
+        live = {_BACKOFF: set(self._live_backoff), _QUOTA: set(self._live_quota)}
+        for p, s in self._peers.items():
+            for kind, t in ((_BACKOFF, s.backoff_until), (_QUOTA, s.quota_until)):
+                if t > 0 and (t, kind, p) not in expiry:
+                    problems.append(f"peer {p}: a deadline missing from the expiry heap")
+                if t > 0 and s.connected and (t, p) not in live[kind]:
+                    problems.append(f"peer {p}: a deadline missing from the connected-peer heaps")
+            if s.evictable() and (self._born.get(p), p) not in set(self._evict_q):
+                problems.append(f"peer {p} is evictable but not queued for eviction")
+        bounds = {rid: self._deadline(q) for rid, q in self._requests.items() if q.phase == ACTIVE}
+        low: dict[int, float] = {}
+        for t, rid in self._deadlines:
+            low[rid] = min(t, low.get(rid, t))
+        if any(rid not in low or low[rid] > t for rid, t in bounds.items()):
+            problems.append("an active request's deadline is missing from the deadline heap")
+        if self.next_wakeup() != self._next_wakeup_by_walk():
+            problems.append("next_wakeup differs from a walk over every request and peer")
+        first = next((p for p, s in self._peers.items() if s.evictable()), None)
+        if self._eviction_candidate() != first:
+            problems.append("the eviction queue does not name the oldest evictable peer")
         return problems
+
+    # ------------------------------------------------------------------ the peer index
+
+    def _set_peer(
+        self,
+        s: PeerState,
+        *,
+        connected: bool | None = None,
+        failures: int | None = None,
+        backoff_until: float | None = None,
+        quota_until: float | None = None,
+        banned_until: float | None = None,
+    ) -> None:
+        """The one writer of a peer's indexed fields: updates them and the index together (cannot raise)."""
+        was_connected, was_evictable = s.connected, s.evictable()
+        if failures is not None:
+            s.failures = failures
+        if banned_until is not None:
+            s.banned_until = banned_until
+        if backoff_until is not None:
+            s.backoff_until = backoff_until
+        if quota_until is not None:
+            s.quota_until = quota_until
+        if connected is not None:
+            s.connected = connected
+            if connected:
+                self._connected[s.peer] = s
+            else:
+                self._connected.pop(s.peer, None)
+        p = s.peer
+        joined = s.connected and not was_connected
+        if backoff_until is not None and backoff_until > 0:
+            self._push(self._expiry, (backoff_until, _BACKOFF, p))
+        if quota_until is not None and quota_until > 0:
+            self._push(self._expiry, (quota_until, _QUOTA, p))
+        if s.connected and s.backoff_until > 0 and (joined or backoff_until is not None):
+            self._push(self._live_backoff, (s.backoff_until, p))
+        if s.connected and s.quota_until > 0 and (joined or quota_until is not None):
+            self._push(self._live_quota, (s.quota_until, p))
+        if s.evictable() and not was_evictable:
+            self._push(self._evict_q, (self._born[p], p))
+
+    def _attach(self, s: PeerState, rid: int) -> None:
+        s.requests.add(rid)
+
+    def _detach(self, s: PeerState, rid: int) -> None:
+        s.requests.discard(rid)
+        if s.evictable():
+            self._push(self._evict_q, (self._born[s.peer], s.peer))
+
+    def _record_failure(self, s: PeerState, now: float) -> None:
+        f = s.failures + 1
+        self._set_peer(s, failures=f, backoff_until=now + self.config.backoff(f))
+
+    def _record_success(self, s: PeerState) -> None:
+        self._set_peer(s, failures=0, backoff_until=0.0)
+
+    def _deadline(self, q: _Request) -> float:
+        """When an active request times out: idle timeout or overall deadline, whichever first."""
+        return min(q.last_activity + self.config.idle_timeout, q.started + self.config.request_deadline)
+
+    def _touch(self, q: _Request, now: float) -> None:
+        """Activity on ``q``: its idle timer restarts (a deadline that moved earlier is pushed anew)."""
+        before = self._deadline(q)
+        q.last_activity = now
+        after = self._deadline(q)
+        if after < before:
+            self._push(self._deadlines, (after, q.rid))
+
+    def _push(self, heap: list[_H], item: _H) -> None:
+        heappush(heap, item)
+        if len(heap) > _HEAP_GROWTH * (len(self._peers) + len(self._requests)) + _HEAP_SLACK:
+            self._rebuild_index_heaps()
+
+    def index_sizes(self) -> dict[str, int]:
+        """Entries held by each heap of the peer index (tests check they stay bounded)."""
+        return {
+            "expiry": len(self._expiry),
+            "live_backoff": len(self._live_backoff),
+            "live_quota": len(self._live_quota),
+            "eviction": len(self._evict_q),
+            "deadlines": len(self._deadlines),
+        }
+
+    def _rebuild_index_heaps(self) -> None:
+        """Drop every stale entry (bounded memory: stale entries below a heap's top are never popped)."""
+        peers = self._peers.items()
+        self._expiry = [(s.backoff_until, _BACKOFF, p) for p, s in peers if s.backoff_until > 0]
+        self._expiry += [(s.quota_until, _QUOTA, p) for p, s in peers if s.quota_until > 0]
+        self._live_backoff = [(s.backoff_until, p) for p, s in self._connected.items() if s.backoff_until > 0]
+        self._live_quota = [(s.quota_until, p) for p, s in self._connected.items() if s.quota_until > 0]
+        self._evict_q = [(self._born[p], p) for p, s in peers if s.evictable()]
+        self._deadlines = [(self._deadline(q), r) for r, q in self._requests.items() if q.phase == ACTIVE]
+        heapify(self._expiry)
+        heapify(self._live_backoff)
+        heapify(self._live_quota)
+        heapify(self._evict_q)
+        heapify(self._deadlines)
+
+    def _live_min(self, heap: list[tuple[float, PeerId]], kind: int) -> float | None:
+        """The earliest backoff (or quota) deadline of a connected peer; pops stale entries."""
+        while heap:
+            t, p = heap[0]
+            s = self._connected.get(p)
+            if s is not None and (s.backoff_until if kind == _BACKOFF else s.quota_until) == t:
+                return t
+            heappop(heap)
+        return None
+
+    def _first_deadline(self) -> float | None:
+        """The earliest deadline of an active request. Entries are lower bounds (activity only moves a
+        deadline later unless ``_touch`` pushed it): the top is corrected until it is exact."""
+        heap = self._deadlines
+        while heap:
+            t, rid = heap[0]
+            q = self._requests.get(rid)
+            if q is None or q.phase != ACTIVE:
+                heappop(heap)
+                continue
+            actual = self._deadline(q)
+            if actual > t:
+                heapreplace(heap, (actual, rid))
+                continue
+            return t
+        return None
+
+    def _eviction_candidate(self) -> PeerId | None:
+        """The oldest remembered peer that is evictable (pops stale entries of the eviction queue)."""
+        heap = self._evict_q
+        while heap:
+            born, p = heap[0]
+            s = self._peers.get(p)
+            if s is not None and self._born[p] == born and s.evictable():
+                return p
+            heappop(heap)
+        return None
 
     # ------------------------------------------------------------------ lifecycle and peers
 
@@ -672,15 +879,19 @@ class SyncCoordinator:
                 self._evict_peer_state()
             s = PeerState(peer)
             self._peers[peer] = s
+            self._born[peer] = self._next_born
+            self._next_born += 1
+            self._push(self._evict_q, (self._born[peer], peer))
         return s
 
     def _evict_peer_state(self) -> None:
         """Forget the oldest peer that is disconnected, idle and not banned (bounded memory)."""
-        for p, s in self._peers.items():
-            if not s.connected and not s.requests and s.banned_until == 0.0:
-                del self._peers[p]
-                self.planner.clear_unavailable(p)
-                return
+        p = self._eviction_candidate()
+        if p is not None:
+            heappop(self._evict_q)
+            del self._peers[p]
+            del self._born[p]
+            self.planner.clear_unavailable(p)
 
     def peer_connected(self, peer: PeerId, now: float) -> list[Effect]:
         _check_peer(peer)
@@ -688,7 +899,7 @@ class SyncCoordinator:
         s = self._peers.get(peer)
         if s is not None and now < s.banned_until:
             return [Disconnect(peer, "banned", s.banned_until)]
-        self._state(peer).connected = True
+        self._set_peer(self._state(peer), connected=True)
         return self._plan(now)
 
     def peer_subscribed(self, peer: PeerId, now: float) -> list[Effect]:
@@ -705,7 +916,7 @@ class SyncCoordinator:
         s = self._peers.get(peer)
         if s is None:
             return []
-        s.connected = False
+        self._set_peer(s, connected=False)
         out: list[Effect] = []
         for rid in sorted(s.requests):
             q = self._requests.get(rid)
@@ -769,7 +980,7 @@ class SyncCoordinator:
         fresh = [x for x in dict.fromkeys(need) if isinstance(x, bytes) and len(x) == 32 and not contains(x)]
         self.planner.add_wants(fresh[: self.config.max_wanted], now, origin=peer)
         self.planner.clear_unavailable(peer)
-        s.record_success()
+        self._record_success(s)
         return self._plan(now)
 
     def snapshot_changed(self, snapshot: StoreSnapshot, now: float, local: bool = False) -> list[Effect]:
@@ -824,7 +1035,7 @@ class SyncCoordinator:
         _check_now(now)
         out: list[Effect] = []
         cfg = self.config
-        for rid in sorted(self._requests):
+        for rid in self._timed_out(now):
             q = self._requests.get(rid)
             if q is None or q.phase != ACTIVE:
                 continue
@@ -832,16 +1043,28 @@ class SyncCoordinator:
                 out += self._fail(q, "request deadline exceeded", now)
             elif now >= q.last_activity + cfg.idle_timeout:
                 out += self._fail(q, "idle timeout", now)
-        for s in self._peers.values():
-            if 0 < s.backoff_until <= now:
-                s.backoff_until = 0.0  # expired: keeps next_wakeup in the future
-            if 0 < s.quota_until <= now:
-                s.quota_until = 0.0
+        expiry = self._expiry
+        while expiry and expiry[0][0] <= now:  # expired deadlines are reset: keeps next_wakeup in the future
+            t, kind, p = heappop(expiry)
+            s = self._peers.get(p)
+            if s is None:
+                continue
+            if kind == _BACKOFF and s.backoff_until == t:
+                self._set_peer(s, backoff_until=0.0)
+            elif kind == _QUOTA and s.quota_until == t:
+                self._set_peer(s, quota_until=0.0)
         if self._ae_next_at is not None and now >= self._ae_next_at:
             out += self._anti_entropy(now)
         self.planner.expire(now)
         out += self._maybe_publish(now)
         return out + self._plan(now)
+
+    def _timed_out(self, now: float) -> list[int]:
+        """Active requests whose deadline is ``now`` or earlier, ascending (taken off the deadline heap)."""
+        due: set[int] = set()
+        while (t := self._first_deadline()) is not None and t <= now:
+            due.add(heappop(self._deadlines)[1])
+        return sorted(due)
 
     def anti_entropy_tick(self, now: float) -> list[Effect]:
         """Run an anti-entropy round now (tests, or an external scheduler)."""
@@ -853,7 +1076,7 @@ class SyncCoordinator:
         """One anti-entropy round (store §2.3.7): reset unavailability, pull from the next peer, announce."""
         peers = sorted(
             p
-            for p, s in self._peers.items()
+            for p, s in self._connected.items()
             if s.available(now) and not self._busy(s) and not self._nothing_to_pull(s, now)
         )
         after = [p for p in peers if self._ae_cursor is None or p > self._ae_cursor]
@@ -934,8 +1157,10 @@ class SyncCoordinator:
         """Record a new request (cannot fail: ``request`` was built and checked before)."""
         rid = self._next_rid
         self._next_rid += 1
-        self._requests[rid] = _Request(rid, peer, kind, request.want, now, now, no_progress)
-        self._peers[peer].requests.add(rid)
+        q = _Request(rid, peer, kind, request.want, now, now, no_progress)
+        self._requests[rid] = q
+        self._attach(self._peers[peer], rid)
+        self._push(self._deadlines, (self._deadline(q), rid))
         if kind == FETCH:
             self.planner.start(rid, request.want)
         self.counters.requests_sent += 1
@@ -956,7 +1181,7 @@ class SyncCoordinator:
         _check_now(now)
         q = self._requests.get(request_id)
         if q is not None and q.phase == ACTIVE:
-            q.last_activity = now
+            self._touch(q, now)
         return []
 
     def frames_received(self, request_id: int, bodies: Sequence[bytes], now: float) -> list[Effect]:
@@ -1018,7 +1243,7 @@ class SyncCoordinator:
             len(q.buffer) + len(fresh) > cfg.max_held_ops or q.buffer_bytes + new_bytes > cfg.max_held_bytes
         )
         # transition (nothing below raises)
-        q.last_activity = now
+        self._touch(q, now)
         self.ingest_quota.charge(q.peer, len(fresh), taken_bytes, now)
         if cut_at is not None:
             # ask again once half the burst is allowed (at least a batch, 1 MiB): each request
@@ -1030,7 +1255,7 @@ class SyncCoordinator:
                 max(QUOTA_RESUME_BYTES, lim.bytes_per_s * lim.burst_s / 2),
                 now,
             )
-            self._peers[q.peer].quota_until = now + max(wait, QUOTA_MIN_WAIT)
+            self._set_peer(self._peers[q.peer], quota_until=now + max(wait, QUOTA_MIN_WAIT))
             self.counters.quota_ingest_cuts += 1
             self.counters.quota_ingest_deferred += len(decoded.ops) - cut_at
         self.counters.ops_duplicates_dropped += len(dup_ids)
@@ -1120,7 +1345,7 @@ class SyncCoordinator:
             self.planner.forget(outcome.stored)
             self._peers[q.peer].note_received(ops)  # all stored now (new, or duplicates)
             if q.phase == ACTIVE:
-                q.last_activity = now
+                self._touch(q, now)
         elif i is not None:
             self._drop_buffer(q)
             contains = self.facts.contains
@@ -1232,7 +1457,7 @@ class SyncCoordinator:
             out.append(CancelRequest(q.peer, q.rid, reason))
         s = self._peers[q.peer]
         if not local and count_failure:
-            s.record_failure(now, self.config)
+            self._record_failure(s, now)
         if penalise:
             out += self._penalise(q.peer, reason, now, q)
         return out + self._pump(q, now)
@@ -1241,8 +1466,7 @@ class SyncCoordinator:
         """Penalise, disconnect and ban ``peer``; its other requests fail without extra backoff."""
         s = self._peers[peer]
         self.counters.peers_penalised += 1
-        s.banned_until = now + self.config.ban_period
-        s.connected = False
+        self._set_peer(s, banned_until=now + self.config.ban_period, connected=False)
         out: list[Effect] = [
             Penalise(peer, reason),
             Disconnect(peer, reason, s.banned_until if self.config.ban_period > 0 else None),
@@ -1270,11 +1494,11 @@ class SyncCoordinator:
         # transition
         q.phase = DONE
         del self._requests[q.rid]
-        s.requests.discard(q.rid)
+        self._detach(s, q.rid)
         self.planner.finish(q.rid)
         if not succeeded:
             return []
-        s.record_success()
+        self._record_success(s)
         if is_ae:
             self._ae_rid = None
         if cont is not None and s.available(now) and self._free_slots(s) > 0:

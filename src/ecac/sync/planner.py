@@ -260,18 +260,52 @@ class SyncPlanner:
         open_req: dict[PeerId, list[bytes]] = {}
         out: list[tuple[PeerId, list[bytes]]] = []
         for x in todo:
-            for p in self.candidates(x, peers):
-                if p not in slots or self.unavailable_at(p, x):
-                    continue
-                cur = open_req.get(p)
-                if cur is not None and len(cur) < self.max_want_ids:
-                    cur.append(x)
-                elif slots[p] > 0:
-                    slots[p] -= 1
-                    cur = [x]
-                    open_req[p] = cur
-                    out.append((p, cur))
-                # else the best eligible peer is busy: x waits for it (asking another peer
-                # now would resend the ancestry that the running request is delivering)
-                break
+            p = self._first_eligible(x, peers, slots)
+            if p is None:
+                continue
+            cur = open_req.get(p)
+            if cur is not None and len(cur) < self.max_want_ids:
+                cur.append(x)
+            elif slots[p] > 0:
+                slots[p] -= 1
+                cur = [x]
+                open_req[p] = cur
+                out.append((p, cur))
+            # else the best eligible peer is busy: x waits for it (asking another peer
+            # now would resend the ancestry that the running request is delivering)
         return [PlannedFetch(p, tuple(ids)) for p, ids in out]
+
+    def _first_eligible(
+        self, op_id: bytes, peers: Mapping[PeerId, PeerView], available: Mapping[PeerId, int]
+    ) -> PeerId | None:
+        """The first of ``candidates(op_id, peers)`` that is available and not marked unavailable for
+        ``op_id``, without building the whole list: announcers and relays are intersected with the
+        connected peers (an id announced by every node of a large network has that many announcers),
+        and the hint order of the rest is only a minimum over the eligible ones."""
+        gone = self._unavailable
+
+        def skip(p: PeerId) -> bool:
+            if p not in available:
+                return True
+            marked = gone.get(p)
+            return marked is not None and op_id in marked
+
+        e = self._wanted.get(op_id)
+        if e is not None:
+            if e.origin is not None and e.origin in peers and not skip(e.origin):
+                return e.origin
+            for group in (e.announcers, e.relays):
+                small, big = (group, peers) if len(group) <= len(peers) else (peers, group)
+                for p in sorted(p for p in small if p in big):
+                    if not skip(p):
+                        return p
+        best: tuple[bool, int, PeerId] | None = None
+        for p in available:
+            if skip(p):
+                continue
+            v = peers[p]
+            maybe = v.bloom is not None and bloom_may_contain(v.bloom, op_id)
+            key = (not maybe, -v.watermark, p)
+            if best is None or key < best:
+                best = key
+        return None if best is None else best[2]
