@@ -149,7 +149,14 @@ def random_spread(n: int, k: int, seed: int) -> dict[str, Any]:
     ra, rb, frames, ab, ba = _session(RangeTree.from_keys(a), RangeTree.from_keys(b))
     if len(ra.need) + len(rb.need) != k:
         raise EcacError("bench: the random-spread session missed differences")
-    return {"random_spread_round_trips": (frames + 1) // 2, "random_spread_bytes": ab + ba}
+    return {
+        "random_spread_round_trips": (frames + 1) // 2,
+        "random_spread_bytes": ab + ba,
+        "random_spread_bytes_a_to_b": ab,
+        "random_spread_bytes_b_to_a": ba,
+        "random_spread_ids_found": len(ra.need) + len(rb.need),
+        "random_spread_complete": ra.complete and rb.complete,
+    }
 
 
 def run_reconcile(n: int, k: int, seed: int) -> dict[str, Any]:

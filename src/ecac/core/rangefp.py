@@ -5,16 +5,25 @@ the sorted set of keys ``(physical_ms, logical, node_id, op_id)`` (core §6's ``
 the complete ops two nodes hold. The fingerprint must be order-independent (it depends on the
 set only) and cheap to keep current, so it is built from an additive sum:
 
-    value(op_id)  = op_id read as a 256-bit little-endian integer (an op id is already BLAKE3)
-    fp(S)         = BLAKE3("ECAC_RBSR_FP_V1" ‖ (Σ value mod 2^256) as 32 bytes LE ‖ |S| as u64 LE)[:16]
+    value(op_id)      = op_id read as a 256-bit little-endian integer (an op id is already BLAKE3)
+    sum(S)            = Σ value mod 2^256, kept per tree node
+    fp(S, salt)       = BLAKE3("ECAC_RBSR_FP_V2" ‖ salt ‖ LE256(sum(S)) ‖ LE64(|S|))[:4]
+    total_fp(S)       = BLAKE3("ECAC_RBSR_TOTAL_V1" ‖ LE256(sum(S)) ‖ LE64(|S|))[:16]
 
 Sums commute, so every node computes the same fingerprint for the same set whatever order
-the ops arrived in; the count makes a sum collision across set sizes useless.
+the ops arrived in; the count makes a sum collision across set sizes useless. A range
+fingerprint is short (4 bytes: two different sets of a range look equal with probability
+2^-32) because a session sends thousands of them; it is *salted* by the session, so a
+collision is not repeated by the next session, and it is a hash of the sum (not the sum), so a
+collision found for one range carries over to no other. ``total_fp`` (16 bytes, 2^-128) is
+sent once per side and session: it checks the session's result (see ``ecac.sync.reconcile``).
+The reconciler *decodes* a range that differs by one key by trying each of its keys
+(``fingerprint_of(sum - value(k), count - 1, salt)``).
 
 ``RangeTree`` is an **immutable** B-tree (at most ``NODE_MAX`` entries per node) whose inner
 nodes keep, per child, its largest key and the cumulative counts and sums of the children up
 to it. Queries are by *rank* (position in key order): ``rank(bound)`` (keys below a bound),
-``key_at(i)``, ``fingerprint(lo, hi)`` over ranks ``[lo, hi)`` and ``keys(lo, hi)``, each
+``key_at(i)``, ``fingerprint(lo, hi, salt)`` over ranks ``[lo, hi)`` and ``keys(lo, hi)``, each
 O(log n) (plus the keys returned). ``insert_many`` returns a **new** tree sharing every
 untouched node with the old one (path copying): O(k log n) for k keys, one path for a batch
 appended at the end (the common case: new ops have the newest HLCs). So the store's writer
@@ -38,19 +47,24 @@ from ecac.core.order import SortKey
 __all__ = [
     "FP_LEN",
     "NODE_MAX",
+    "TOTAL_FP_LEN",
     "Bound",
     "RangeTree",
     "fingerprint_of",
     "id_value",
     "naive_fingerprint",
+    "total_fingerprint",
 ]
 
 #: bytes of a range fingerprint
-FP_LEN = 16
+FP_LEN = 4
+#: bytes of the fingerprint of a whole set (one per side and session)
+TOTAL_FP_LEN = 16
 #: entries (keys of a leaf, children of an inner node) per tree node at most
 NODE_MAX = 64
 _MOD_MASK = (1 << 256) - 1
-_DOMAIN = b"ECAC_RBSR_FP_V1"
+_DOMAIN = b"ECAC_RBSR_FP_V2"
+_TOTAL_DOMAIN = b"ECAC_RBSR_TOTAL_V1"
 _T = TypeVar("_T")
 
 #: a position in key space: ``(physical_ms, logical, node_id, op-id prefix)``; it compares with
@@ -63,20 +77,26 @@ def id_value(op_id: bytes) -> int:
     return int.from_bytes(op_id, "little")
 
 
-def fingerprint_of(total: int, count: int) -> bytes:
-    """The 16-byte fingerprint of a set with id sum ``total`` (mod 2^256) and ``count`` elements."""
-    data = _DOMAIN + (total & _MOD_MASK).to_bytes(32, "little") + count.to_bytes(8, "little")
+def fingerprint_of(total: int, count: int, salt: bytes = b"") -> bytes:
+    """The 4-byte fingerprint of a set with id sum ``total`` (mod 2^256) and ``count`` elements."""
+    data = _DOMAIN + salt + (total & _MOD_MASK).to_bytes(32, "little") + count.to_bytes(8, "little")
     return blake3.blake3(data).digest(length=FP_LEN)
 
 
-def naive_fingerprint(op_ids: Iterable[bytes]) -> bytes:
+def total_fingerprint(total: int, count: int) -> bytes:
+    """The 16-byte fingerprint of a whole set (id sum ``total``, ``count`` elements)."""
+    data = _TOTAL_DOMAIN + (total & _MOD_MASK).to_bytes(32, "little") + count.to_bytes(8, "little")
+    return blake3.blake3(data).digest(length=TOTAL_FP_LEN)
+
+
+def naive_fingerprint(op_ids: Iterable[bytes], salt: bytes = b"") -> bytes:
     """The fingerprint of a set of ids computed directly (tests, and the definition)."""
     total = 0
     n = 0
     for x in op_ids:
         total += id_value(x)
         n += 1
-    return fingerprint_of(total, n)
+    return fingerprint_of(total, n, salt)
 
 
 # --------------------------------------------------------------------------- nodes
@@ -294,12 +314,12 @@ class RangeTree:
             return 0
         return (self._prefix_sum(hi) - self._prefix_sum(lo)) & _MOD_MASK
 
-    def fingerprint(self, lo: int, hi: int) -> bytes:
+    def fingerprint(self, lo: int, hi: int, salt: bytes = b"") -> bytes:
         """The fingerprint of the keys of rank ``[lo, hi)`` (clamped to the tree)."""
         n = len(self)
         lo = max(0, min(lo, n))
         hi = max(lo, min(hi, n))
-        return fingerprint_of(self.sum_range(lo, hi), hi - lo)
+        return fingerprint_of(self.sum_range(lo, hi), hi - lo, salt)
 
     def keys(self, lo: int = 0, hi: int | None = None) -> list[SortKey]:
         """The keys of rank ``[lo, hi)``, ascending."""

@@ -23,7 +23,10 @@ Counters (``/status`` → ``counters``): ``reconcile_sessions``, ``reconcile_rou
 trips, summed), ``reconcile_round_trips_max`` (of one session), ``reconcile_bytes_sent`` /
 ``reconcile_bytes_received`` (frames with their length prefixes), ``reconcile_ids_found``
 (ids either side lacks, as this node found them), ``reconcile_ids_needed``,
-``reconcile_failures``, ``reconcile_incomplete`` (ended by a round limit).
+``reconcile_failures``, ``reconcile_incomplete`` (ended by a round limit, or unverified),
+``reconcile_unverified`` (ended by itself, but the result does not match the peer's total
+fingerprint: a range fingerprint collision hid a difference; the next session, salted by
+another nonce, finds it).
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ class ReconcileCounters:
     reconcile_ids_needed: int = 0
     reconcile_failures: int = 0
     reconcile_incomplete: int = 0
+    reconcile_unverified: int = 0  # ended by itself but the result missed the peer's total fingerprint
     reconcile_unsupported: int = 0  # peers that answered they do not speak /ecac/reconcile/1
 
     def as_dict(self) -> dict[str, int]:
@@ -176,7 +180,8 @@ class ReconcileService:
         if peer in self.active:
             return None
         self._initiating.add(peer)
-        rec = Reconciler(self._snapshot().ranges, self.limits)
+        # the nonce salts the session's fingerprints: a collision is not repeated by the next session
+        rec = Reconciler(self._snapshot().ranges, self.limits, nonce=self.counters.reconcile_sessions)
         stream = None
         failed: BaseException | None = None
         try:
@@ -307,6 +312,8 @@ class ReconcileService:
         c.reconcile_ids_needed += len(rec.need)
         if not rec.complete:
             c.reconcile_incomplete += 1
+        if rec.verified is False:
+            c.reconcile_unverified += 1
         log.log(
             logging.INFO if rec.need or rec.have else logging.DEBUG,
             "reconciled with %s: %d round trips, %d/%d bytes, we lack %d, it lacks %d%s",
