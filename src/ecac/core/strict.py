@@ -36,10 +36,10 @@ Credential an earlier Grant names; replay's resume checks use the same set.
 
 from __future__ import annotations
 
-from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from operator import attrgetter, gt, itemgetter
+from itertools import accumulate, compress, islice
+from operator import attrgetter, itemgetter, le, lt
 
 from ecac.core import policy
 from ecac.core.dag import Dag
@@ -96,11 +96,13 @@ STRICT_RETROACTIVE_KINDS = frozenset(
 _TRUST_TYPES = (IssuerKey, IssuerKeyRevoke, StatusListChunk)
 _PAYLOAD = attrgetter("payload")
 _OP_ID = attrgetter("op_id")
-_PARENTS = attrgetter("parents")
 _FIRST = itemgetter(0)
 _HLC = attrgetter("hlc")
 _HLC_KEY = attrgetter("physical_ms", "logical", "node_id")
 _INF = 1 << 62
+
+#: ``policy.Gate.permits``: (author_pk, action, tags, pos, hlc) -> permitted
+Permits = Callable[[bytes, str, frozenset[str], int, Hlc], bool]
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +127,59 @@ class _Kill:
 
     revokes: list[bytes] = field(default_factory=list)
     first_pos: int = _INF
+
+
+class _Fast:
+    """An author's last op permitted by a grant that no Revoke kills, with its tags and action: an
+    op whose only parent is that op has the grant in its causal past too (``permits_in``)."""
+
+    __slots__ = ("action", "grant", "last", "tags")
+
+    def __init__(self, last: tuple[bytes], grant: StrictGrant, tags: frozenset[str], action: str) -> None:
+        self.last = last
+        self.grant = grant
+        self.tags = tags
+        self.action = action
+
+
+class _Alive:
+    """One author's grants that can permit an op at ``pos``: positioned before it and not killed at
+    or before it (``(end, grant)``, oldest first; ``end``: the position of its first killing Revoke).
+    Queries come in position order (replay, explain): moving forward adds the grants passed and drops
+    the killed ones, so each grant is looked at about twice however many dead grants the author
+    has; a query behind ``pos`` starts over. Dropped whenever the author's grants or kills change."""
+
+    __slots__ = ("ends", "grants", "i", "live", "next_end", "pos")
+
+    def __init__(self, grants: list[StrictGrant], kills: dict[bytes, _Kill]) -> None:
+        self.grants = grants
+        self.ends = [k.first_pos if (k := kills.get(g.op_id)) is not None else _INF for g in grants]
+        self.i = 0  # grants[:i] were passed
+        self.pos = -1
+        self.live: list[tuple[int, StrictGrant]] = []
+        self.next_end = _INF  # the smallest end in ``live``
+
+    def at(self, pos: int) -> list[tuple[int, StrictGrant]]:
+        if pos == self.pos:
+            return self.live
+        if pos < self.pos:
+            self.i, self.live, self.next_end = 0, [], _INF
+        self.pos = pos
+        live = self.live
+        if pos >= self.next_end:
+            live = self.live = [x for x in live if x[0] > pos]
+            self.next_end = min(map(_FIRST, live), default=_INF)
+        gs, ends, i = self.grants, self.ends, self.i
+        n = len(gs)
+        while i < n and gs[i].pos < pos:
+            e = ends[i]
+            if e > pos:
+                live.append((e, gs[i]))
+                if e < self.next_end:
+                    self.next_end = e
+            i += 1
+        self.i = i
+        return live
 
 
 def _issuer_pk(token: bytes, claims: VerifiedClaims, tv: TrustView) -> bytes | None:
@@ -156,7 +211,7 @@ class _StrictState:
             dag.extend_ordered(list(order))
         self.dag = dag
         self.hb = dag.hb
-        self._hlc_of: dict[bytes, tuple[int, int, int]] = {}
+        self._top: tuple[int, int, int] | None = None  # the largest HLC scanned (``_void_scan``)
         self.admins = frozenset(self.profile.admins)
         self.appointed: dict[bytes, list[bytes]] = {}  # admin pk -> counting AdminAppoint op ids
         #: op id -> why it is void (no effect)
@@ -165,15 +220,14 @@ class _StrictState:
         #: cred_hash -> (claims, issuer key) or why the VC confers nothing
         self.claims: dict[bytes, tuple[VerifiedClaims, bytes] | str] = {}
         self.grants: dict[bytes, list[StrictGrant]] = {}  # subject -> counting grants by position
-        self.grant_pos: dict[bytes, list[int]] = {}  # subject -> their positions (bisect)
         #: subject -> (position, why) of its Grants that do not count
         self.uncounted: dict[bytes, list[tuple[int, str]]] = {}
         self.kills: dict[bytes, _Kill] = {}  # grant op id -> its killing revokes
         #: (subject, role) -> (position, Revoke, its author is an admin there)
         self.revokes: dict[tuple[bytes, str], list[tuple[int, Op, bool]]] = {}
         self.named: set[bytes] = set()  # cred hashes some Grant names
-        #: author -> ((its last op permitted by an unkilled grant,), that grant): ``permits``'s fast path
-        self._last_ok: dict[bytes, tuple[tuple[bytes], StrictGrant]] = {}
+        self._fast: dict[bytes, _Fast] = {}  # author -> the fast path of ``permits_in``
+        self._alive: dict[bytes, _Alive] = {}  # author -> its grants that can permit (``_candidates``)
         self._void_scan(order, 0)
         trust: list[tuple[int, Op]] = []
         grants: list[tuple[int, Op]] = []
@@ -203,36 +257,50 @@ class _StrictState:
     # ------------------------------------------------------------------ building blocks
 
     def _void_scan(self, order: Sequence[Op], start: int) -> None:
-        """Mark ops with an HLC below a parent's, extra Genesis ops and their descendants void."""
-        void = self.void
+        """Mark ops with an HLC below a parent's, extra Genesis ops and their descendants void.
+
+        Parents are positioned before their children, so an op can only be below a parent's when
+        it is below the largest HLC positioned before it: only those ops look at their parents.
+        Kahn's order takes the smallest ready HLC first, so in a log without a regression the HLCs
+        never decrease along the order, and that check is a pass in C."""
         tail = order[start:]
+        if not tail:
+            return
         keys = list(map(_HLC_KEY, map(_HLC, tail)))  # HLCs as tuples: compared in C
-        key_of = self._hlc_of
-        key_of.update(zip(map(_OP_ID, tail), keys, strict=True))
-        skip = 1 if start == 0 else 0  # the genesis
-        if not void and Genesis not in set(map(type, map(_PAYLOAD, tail[skip:]))):
-            # the common case, mostly in C: no op so far is void, none here is a Genesis, and no
-            # op's HLC is below its newest parent's
-            get = key_of.__getitem__
-            pars = list(map(_PARENTS, tail[skip:]))
-            own = keys[skip:]
-            if not any(map(gt, map(get, map(_FIRST, pars)), own)):  # first parents, in C
-                lens = list(map(len, pars))
-                if lens.count(1) == len(lens) or not any(
-                    max(map(get, pars[i])) > own[i] for i, n in enumerate(lens) if n > 1
-                ):
-                    return
-        for i, op in enumerate(tail):
-            if start + i == 0:
-                continue  # the genesis
-            k = keys[i]
-            why = SECOND_GENESIS if type(op.payload) is Genesis else None
-            for pid in op.parents:
-                if pid in void:
-                    why = INVALID_ANCESTOR
-                    break
-                if key_of[pid] > k:
-                    why = why or HLC_REGRESSION
+        lo = 1 if start == 0 else 0  # the genesis has no parents
+        top = keys[0] if start == 0 else self._top
+        assert top is not None
+        self._top = max(top, max(keys))
+        own = keys[lo:]
+        below: list[int] = []  # indices in ``tail`` of ops below an HLC before them
+        if own and (top > own[0] or not all(map(le, own, islice(own, 1, None)))):
+            before = accumulate(own, max, initial=top)  # the largest HLC before each op
+            below = list(compress(range(lo, len(tail)), map(lt, own, before)))
+        regress: set[int] = set()
+        if below:
+            get = self.dag.get
+            for i in below:
+                k = keys[i]
+                for pid in tail[i].parents:
+                    p = get(pid)
+                    if p is not None and _HLC_KEY(p.hlc) > k:
+                        regress.add(i)
+                        break
+        # detect_profile refused a second Genesis in the first build
+        second = set()
+        if start and Genesis in set(map(type, map(_PAYLOAD, tail))):
+            second = {i for i, op in enumerate(tail) if type(op.payload) is Genesis}
+        void = self.void
+        if not void and not regress and not second:
+            return  # the common case
+        first = 0 if void else min(regress | second)
+        for i in range(max(first, lo), len(tail)):
+            op = tail[i]
+            why = SECOND_GENESIS if i in second else None
+            if any(pid in void for pid in op.parents):
+                why = INVALID_ANCESTOR
+            elif why is None and i in regress:
+                why = HLC_REGRESSION
             if why is not None:
                 void[op.op_id] = why
 
@@ -282,7 +350,7 @@ class _StrictState:
             pos, op.op_id, p.subject_pk, vc.role, vc.scope, vc.nbf_ms, vc.exp_ms, ipk, p.cred_hash
         )
         self.grants.setdefault(p.subject_pk, []).append(g)
-        self.grant_pos.setdefault(p.subject_pk, []).append(pos)
+        self._alive.pop(p.subject_pk, None)
         # revokes already seen (earlier positions) that are not in this grant's past kill it
         for rpos, r, admin in self.revokes.get((p.subject_pk, vc.role), ()):
             self._maybe_kill(g, rpos, r, admin)
@@ -309,8 +377,11 @@ class _StrictState:
         k = self.kills.get(g.op_id)
         if k is None:
             k = self.kills[g.op_id] = _Kill()
+            self._fast.pop(g.subject, None)  # its grant may be this one
         k.revokes.append(r.op_id)
-        k.first_pos = min(k.first_pos, rpos)
+        if rpos < k.first_pos:
+            k.first_pos = rpos
+            self._alive.pop(g.subject, None)
 
     def extend(self, order: Sequence[Op], start: int) -> None:
         """Continue over ``order[start:]`` when it is ``harmless``: the DAG, void marks,
@@ -332,7 +403,6 @@ class _StrictState:
                 self._grant(start + pos, op)
             elif isinstance(p, Revoke):
                 self._revoke(start + pos, op)
-                self._last_ok.pop(p.subject_pk, None)  # the fast path's grants may be killed now
 
     def harmless(self, order: Sequence[Op], keep: int) -> bool:
         """Whether ``order[keep:]``, appended, leaves every verdict at positions ``< keep`` as it
@@ -376,39 +446,64 @@ class _StrictState:
     # ------------------------------------------------------------------ verdicts
 
     def permits(self, op: Op, action: str, tags: frozenset[str], pos: int) -> bool:
-        oid = op.op_id
-        if oid in self.void:
+        """Whether data op ``op`` at ``pos`` (action and tags of its key) is permitted."""
+        if op.op_id in self.void:
             return False
+        return self._search(op, action, tags, pos)
+
+    def _search(self, op: Op, action: str, tags: frozenset[str], pos: int) -> bool:
+        """``permits`` of a non-void op: the author's grants that can permit at ``pos``, newest first."""
         author = op.author_pk
-        gs = self.grants.get(author)
-        if not gs:
-            return False
+        alive = self._alive.get(author)
+        if alive is None:
+            gs = self.grants.get(author)
+            if not gs:
+                return False
+            alive = self._alive[author] = _Alive(gs, self.kills)
+        oid = op.op_id
         t = op.hlc.physical_ms
-        # fast path: the op's only parent is the author's last permitted op, whose grant no
-        # revoke kills; that grant is then in this op's past too
-        last = self._last_ok.get(author)
-        if last is not None and op.parents == last[0]:
-            g = last[1]
-            if g.nbf_ms <= t < g.exp_ms and not g.scope.isdisjoint(tags) and role_can_write(g.role, action):
-                self._last_ok[author] = ((oid,), g)
-                return True
         hb = self.hb
         kills = self.kills
-        for i in range(bisect_left(self.grant_pos[author], pos) - 1, -1, -1):
-            g = gs[i]
-            k = kills.get(g.op_id)
-            if k is not None and k.first_pos <= pos:
-                continue
+        for end, g in reversed(alive.at(pos)):
             if not role_can_write(g.role, action) or g.scope.isdisjoint(tags):
                 continue
             if not g.nbf_ms <= t < g.exp_ms or not hb(g.op_id, oid):
                 continue
-            if k is None:
-                self._last_ok[author] = ((oid,), g)
+            if end == _INF:  # no Revoke kills g
+                self._fast[author] = _Fast((oid,), g, tags, action)
                 return True
-            if all(hb(oid, r) for r in k.revokes):
+            if all(hb(oid, r) for r in kills[g.op_id].revokes):
                 return True
         return False
+
+    def permits_in(self, order: Sequence[Op]) -> Permits:
+        """``policy.Gate.permits`` over ``order`` (the op at ``pos`` decides; ``author_pk`` and
+        ``hlc`` are its own): one call per op, and the common case inline (an op whose only parent
+        is its author's last op permitted by a grant no Revoke kills, on the same resource tags)."""
+        void = self.void
+        fast = self._fast
+        search = self._search
+
+        def permits(author_pk: bytes, action: str, tags: frozenset[str], pos: int, hlc: Hlc) -> bool:
+            op = order[pos]
+            f = fast.get(op.author_pk)
+            if f is not None and op.parents == f.last:
+                g = f.grant
+                if (
+                    (tags is f.tags and action is f.action)
+                    or (not g.scope.isdisjoint(tags) and role_can_write(g.role, action))
+                ) and g.nbf_ms <= op.hlc.physical_ms < g.exp_ms:
+                    if void and op.op_id in void:
+                        return False
+                    f.last = (op.op_id,)
+                    f.tags = tags
+                    f.action = action
+                    return True
+            if void and op.op_id in void:
+                return False
+            return search(op, action, tags, pos)
+
+        return permits
 
     def deny_reason(self, op: Op, action: str, tags: frozenset[str], pos: int) -> str:
         """Why a denied data op was denied (explain only; never decides state)."""
@@ -441,10 +536,16 @@ class _StrictState:
 
 @dataclass(frozen=True, slots=True)
 class StrictGate:
-    """The strict write gate of one order (``policy.Gate``): ``permits`` reads the op at ``pos``."""
+    """The strict write gate of one order (``policy.Gate``): ``permits(author_pk, action, tags, pos,
+    hlc)`` reads the op at ``pos`` (``_StrictState.permits_in``: a plain function, replay calls it
+    once per data op)."""
 
     state: _StrictState
     order: Sequence[Op]
+    permits: Permits = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "permits", self.state.permits_in(self.order))
 
     @property
     def profile(self) -> Profile:
@@ -453,9 +554,6 @@ class StrictGate:
     @property
     def trust_view(self) -> TrustView:
         return self.state.tv
-
-    def permits(self, author_pk: bytes, action: str, tags: frozenset[str], pos: int, hlc: Hlc) -> bool:
-        return self.state.permits(self.order[pos], action, tags, pos)
 
     def deny_reason(self, author_pk: bytes, action: str, tags: frozenset[str], pos: int, hlc: Hlc) -> str:
         return self.state.deny_reason(self.order[pos], action, tags, pos)
