@@ -295,6 +295,7 @@ def test_strict_keyrotate_seals_to_live_readers_and_show_needs_the_readers_key(t
     assert isinstance(last.payload, Data) and decode_enc(last.payload.value).key_version == 2
     assert ok("show", "o", "x", "--key", str(keys["alice"][0]), env=env).output == "after the revoke\n"
     assert ok("show", "o", "x", "--key", str(keys["bob"][0]), env=env).output == '"<redacted>"\n'
+    assert ok("get", "o", "x", "--db", db).output == "<redacted: confidential v2>\n"  # get never decrypts
 
     r = run("write", "data", "o", "x", "x", env={**env, "ECAC_SUBJECT_SK_HEX": keys["bob"][0].read_text()})
     assert r.exit_code == 1 and "not a recipient of key version 2" in str(r.exception)

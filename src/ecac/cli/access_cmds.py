@@ -738,7 +738,7 @@ def render_value(v: dict[str, Any]) -> str:
             else json.dumps(t, ensure_ascii=False)
         )
     if v["kind"] == "encrypted":
-        return f"<encrypted: {v['tag']} v{v['key_version']}>"
+        return f"<redacted: {v['tag']} v{v['key_version']}>"
     return f"0x{v['hex']} (binary)"
 
 
