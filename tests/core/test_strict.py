@@ -303,6 +303,31 @@ def test_strict_regrant_concurrent_with_revoke_is_killed() -> None:
     assert verdicts(w.ops)[x.op_id][0] == "DENIED"
 
 
+def test_toggled_access_keeps_one_killer_per_grant_and_every_revoke_counts() -> None:
+    """A subject granted and revoked n times along one history: each grant is killed by every
+    later revoke, but only the first (the causally minimal one) is kept, and each revoke still
+    reports that it counts."""
+    w = World(True)
+    g = w.setup()
+    grants, revokes = [g], []
+    for i in range(6):
+        revokes.append(w.revoke(USER))
+        w.write(USER, b"denied %d" % i, parents=[revokes[-1]], hlc=w.t + 1)
+        grants.append(w.grant(USER, jti=f"j{i + 2}"))
+    last = w.write(USER, b"last")
+    order = Dag.from_ops(w.ops).topo_order()
+    gate = strict.build_strict_gate(order)
+    st_ = gate.state
+    assert [st_.kills[x.op_id].revokes for x in grants[:-1]] == [[r.op_id] for r in revokes]
+    assert grants[-1].op_id not in st_.kills
+    assert st_.killers == {r.op_id for r in revokes}
+    v = verdicts(w.ops)
+    assert v[last.op_id] == ALLOWED
+    assert list(v.values()).count(denied(strict.REVOKED_CRED)) == 6
+    pos = {op.op_id: i for i, op in enumerate(order)}
+    assert all(access._strict_effect(gate, pos[r.op_id], r)[0] for r in revokes)
+
+
 def test_strict_appointed_admin_counts_only_after_its_appointment() -> None:
     w = World(True)
     early = w.issuer_key(APPOINTEE, "iss", ISSUER)  # before the appointment: ignored

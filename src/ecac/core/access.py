@@ -1093,7 +1093,7 @@ def _strict_effect(gate: strict.StrictGate, pos: int, op: Op) -> tuple[bool, str
         why = next((w for q, w in st.uncounted.get(p.subject_pk, ()) if q == pos), strict.UNTRUSTED_ISSUER)
         return False, f"strict: the grant does not count ({why})"
     if isinstance(p, Revoke):
-        if any(op.op_id in k.revokes for k in st.kills.values()):
+        if op.op_id in st.killers:
             return (
                 True,
                 f"strict: revokes {p.role} of {p.subject_pk.hex()} (denies its ops the signer has not seen)",

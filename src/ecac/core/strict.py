@@ -123,10 +123,24 @@ class StrictGrant:
 
 @dataclass(slots=True)
 class _Kill:
-    """The counting Revokes of one Grant that are not in its causal past, and the first position."""
+    """The counting Revokes of one Grant that are not in its causal past, and the first position.
+
+    Only the causally minimal killers are kept (an antichain, ``add``): the two questions asked of
+    them, "is the op before every killer" and "is some killer in the op's past", have the same
+    answer over the minimal killers as over all (a later killer follows a minimal one). So a
+    subject whose access is toggled n times along one history keeps one killer per grant, not up
+    to n. Which Revokes kill anything at all is ``_StrictState.killers``."""
 
     revokes: list[bytes] = field(default_factory=list)
     first_pos: int = _INF
+
+    def add(self, r: bytes, hb: Callable[[bytes, bytes], bool]) -> None:
+        revokes = self.revokes
+        if any(hb(x, r) for x in revokes):
+            return  # an earlier killer implies this one
+        if revokes:
+            revokes[:] = [x for x in revokes if not hb(r, x)]
+        revokes.append(r)
 
 
 class _Fast:
@@ -222,7 +236,8 @@ class _StrictState:
         self.grants: dict[bytes, list[StrictGrant]] = {}  # subject -> counting grants by position
         #: subject -> (position, why) of its Grants that do not count
         self.uncounted: dict[bytes, list[tuple[int, str]]] = {}
-        self.kills: dict[bytes, _Kill] = {}  # grant op id -> its killing revokes
+        self.kills: dict[bytes, _Kill] = {}  # grant op id -> its (minimal) killing revokes
+        self.killers: set[bytes] = set()  # op ids of the Revokes that kill some grant
         #: (subject, role) -> (position, Revoke, its author is an admin there)
         self.revokes: dict[tuple[bytes, str], list[tuple[int, Op, bool]]] = {}
         self.named: set[bytes] = set()  # cred hashes some Grant names
@@ -378,7 +393,8 @@ class _StrictState:
         if k is None:
             k = self.kills[g.op_id] = _Kill()
             self._fast.pop(g.subject, None)  # its grant may be this one
-        k.revokes.append(r.op_id)
+        self.killers.add(r.op_id)
+        k.add(r.op_id, self.hb)
         if rpos < k.first_pos:
             k.first_pos = rpos
             self._alive.pop(g.subject, None)
