@@ -1,5 +1,7 @@
 """A hand-driven libp2p peer inside the test process (trio): publishes chosen announces and
-answers ``/ecac/sync/1`` requests from a ``MemoryOpStore``, optionally with a forged op."""
+answers ``/ecac/sync/1`` requests from a ``MemoryOpStore``, optionally with a forged op. It never
+sends an ``/ecac/hello/1`` hello: by default it does not speak the protocol at all; with
+``silent_hello`` it accepts a hello stream, reads the node's hello and never answers."""
 
 from __future__ import annotations
 
@@ -12,8 +14,9 @@ from nacl.signing import SigningKey
 
 from ecac.core.codec import b2l, dumps
 from ecac.core.op import Data, Op, header_obj
-from ecac.net.host import HostConfig, P2PHost, P2PStream
+from ecac.net.host import HostConfig, P2PHost, P2PStream, StreamResetError
 from ecac.store.memory import MemoryOpStore
+from ecac.sync.hello import HELLO_PROTOCOL_ID
 from ecac.sync.syncserve import plan_response, response_blobs
 from ecac.sync.wire import (
     MAX_REQUEST_FRAME,
@@ -49,7 +52,9 @@ def announce(sk: SigningKey, heads: list[bytes], watermark: int) -> bytes:
 class HandPeer:
     """A P2PHost with a sync server over ``store``; ``forge`` maps op ids to forged bytes to serve."""
 
-    def __init__(self, seed: bytes, topic: str, store: MemoryOpStore | None = None) -> None:
+    def __init__(
+        self, seed: bytes, topic: str, store: MemoryOpStore | None = None, *, silent_hello: bool = False
+    ) -> None:
         self.seed = seed
         self.sk = SigningKey(seed)
         self.topic = topic
@@ -59,6 +64,18 @@ class HandPeer:
         self.received: list[bytes] = []
         self.host = P2PHost(seed, config=HostConfig(heartbeat_interval=0.2))
         self.host.set_stream_handler(SYNC_PROTOCOL_ID, self._serve)
+        self.hellos_heard = 0  # hello streams the peer opened to us (silent_hello)
+        if silent_hello:
+            self.host.set_stream_handler(HELLO_PROTOCOL_ID, self._silent_hello)
+
+    async def _silent_hello(self, stream: P2PStream) -> None:
+        """Read the node's hello to the end (its reset or EOF) and never answer."""
+        self.hellos_heard += 1
+        try:
+            while await stream.read(4096):
+                pass
+        except StreamResetError:
+            pass
 
     async def _serve(self, stream: P2PStream) -> None:
         reader = FrameReader(MAX_REQUEST_FRAME)

@@ -15,7 +15,8 @@ for an op that would have every op of the log in its causal past:
   or ``no_grant``.
 
 ``live_subjects`` reads one gate once (per published state); ``subject_is_live`` is the O(1)
-lookup per request. Pure: no I/O, no clock.
+lookup per request; ``NOT_LIVE_REASONS`` lists every reason it gives (the codes a strict node's
+refusal notice, ``ecac.sync.refusal``, carries). Pure: no I/O, no clock.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ from operator import attrgetter
 from typing import Final
 
 from ecac.core.op import Op
-from ecac.core.strict import EXPIRED_CRED, StrictGate
+from ecac.core.strict import EXPIRED_CRED, SELF_ISSUED, UNTRUSTED_ISSUER, StrictGate
 
 __all__ = [
+    "NOT_LIVE_REASONS",
     "NOT_LOADED",
     "NO_GRANT",
     "REVOKED",
@@ -42,6 +44,9 @@ REVOKED: Final = "revoked"
 NO_GRANT: Final = "no_grant"
 #: before the replica's state is known, only the genesis admins are live
 NOT_LOADED: Final = "state_not_loaded"
+#: every reason ``subject_is_live`` gives: a subject's grants are all killed or expired, do not count
+#: (the strict gate's reasons for an uncounted Grant), there are none, or the state is not loaded yet
+NOT_LIVE_REASONS: Final = (NO_GRANT, REVOKED, EXPIRED_CRED, UNTRUSTED_ISSUER, SELF_ISSUED, NOT_LOADED)
 
 _MS = attrgetter("hlc.physical_ms")
 

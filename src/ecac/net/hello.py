@@ -20,17 +20,35 @@ either verified hello admits the peer.
   reason), before it starts a reconciliation, and on every gossip message a neighbour forwards
   and on the originator of every announce (refused: dropped, not forwarded, counted). So a peer
   whose grant a Revoke kills is refused from the first request after the Revoke was replayed.
+* **Refusal notices** (``/ecac/refused/1``, ``ecac.sync.refusal``). Neither refused protocol has
+  an error frame, so whenever a strict node logs a refusal of a hello-verified peer (once per
+  peer, what and reason: the same bookkeeping), it also opens a stream to that peer and writes
+  one ``RefusalNotice`` ``{v, what, reason, subject_pk}`` (the liveness code, never prose). The
+  send is a task in the node's nursery (``spawn``), at most ``MAX_NOTICES_IN_FLIGHT`` at once and
+  ``NOTICE_TIMEOUT`` each, never to a peer that is not connected or does not speak the protocol;
+  a refusal for want of a verified hello sends none. Both profiles accept notices: from a peer
+  whose hello is verified only, at most ``MAX_NOTICES_PER_PEER`` per connection (others: reset,
+  ``refusal_notice_ignored``). An accepted one is logged (``peer … refuses to serve us sync:
+  subject … holds no live role (no_grant)``), counted and shown in ``status()`` (``peer_subjects``
+  → ``refused_us``: what → reason, for this connection); a malformed one, or one that judges
+  another subject than ours, is one log line and ``refusal_notice_invalid``, nothing else. The
+  requester needs no further action: the reset already failed its request, and the sync
+  coordinator backs off from that peer as after any reset.
 
 Counters (``/status`` → ``counters``): ``hello_sent``, ``hello_verified``, ``hello_refused``
 (another project or profile), ``hello_invalid`` (garbage, bad signature), ``hello_missing``
 (strict: none in time, or the protocol not spoken), ``hello_unsupported`` (reference: a peer
-without it), ``access_refused_sync``, ``access_refused_reconcile``, ``access_refused_announces``.
+without it), ``access_refused_sync``, ``access_refused_reconcile``, ``access_refused_announces``;
+notices: ``refusal_notice_sent``, ``refusal_notice_failed`` (not delivered: too many in flight, the
+peer gone or without the protocol, a failure or timeout), ``refused_by_peer`` (notices accepted),
+``refusal_notice_invalid``, ``refusal_notice_ignored``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -39,7 +57,7 @@ import trio
 from nacl.signing import SigningKey
 
 from ecac.core.errors import EcacError, ProtocolError
-from ecac.core.liveness import LiveSubjects, subject_is_live
+from ecac.core.liveness import NOT_LOADED, LiveSubjects, subject_is_live
 from ecac.core.opcodec import decode_op
 from ecac.core.profile import Profile
 from ecac.sync.hello import (
@@ -51,11 +69,19 @@ from ecac.sync.hello import (
     make_hello,
     verify_hello,
 )
+from ecac.sync.refusal import (
+    MAX_REFUSAL_FRAME,
+    REFUSED_PROTOCOL_ID,
+    make_notice,
+    not_live_text,
+    verify_notice,
+)
 from ecac.sync.wire import FrameReader, encode_frame
 
 __all__ = [
     "HELLO_PROTOCOL_ID",
     "HELLO_TIMEOUT",
+    "REFUSED_PROTOCOL_ID",
     "AccessCounters",
     "PeerAccess",
     "identity_of",
@@ -69,6 +95,16 @@ HELLO_TIMEOUT = 10.0
 #: one hello frame (either direction) must arrive within this
 HELLO_READ_TIMEOUT = 5.0
 NO_HELLO = "no verified hello from this peer"
+#: a refusal notice (open, write, the receiver's close) is given up after this
+NOTICE_TIMEOUT = 5.0
+#: notices being sent at once, to all peers together (beyond: not sent, ``refusal_notice_failed``)
+MAX_NOTICES_IN_FLIGHT = 16
+#: notices accepted from one peer per connection (what × reason changes; beyond: ignored)
+MAX_NOTICES_PER_PEER = 8
+#: ``_log_once``'s key for announces ("announce") -> a notice's ``what``
+_NOTICE_WHAT = {"sync": "sync", "reconcile": "reconcile", "announce": "announces"}
+
+Spawn = Callable[[Callable[[], Awaitable[None]]], bool]
 
 
 @dataclass(slots=True)
@@ -84,6 +120,11 @@ class AccessCounters:
     access_refused_sync: int = 0
     access_refused_reconcile: int = 0
     access_refused_announces: int = 0
+    refusal_notice_sent: int = 0
+    refusal_notice_failed: int = 0
+    refused_by_peer: int = 0
+    refusal_notice_invalid: int = 0
+    refusal_notice_ignored: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -93,12 +134,17 @@ class _Refused(Exception):
     """The peer's hello (or its absence) refuses it; the message says why."""
 
 
+class _Truncated(EcacError):
+    """The stream ended inside a frame."""
+
+
 class PeerAccess:
     """Hellos, proven subjects and the access decisions of one node (see the module docstring).
 
     ``on_admitted(peer)`` is called once a strict node verified a peer's hello (the node then
     reports the peer connected to its coordinator); ``on_refused(peer, reason)`` when the peer
-    must be disconnected. Event-loop only.
+    must be disconnected; ``spawn(fn)`` starts ``fn()`` as a task of the node's nursery (False:
+    not started) to send a refusal notice (None: no notices are sent). Event-loop only.
     """
 
     def __init__(
@@ -109,6 +155,7 @@ class PeerAccess:
         subject: SigningKey,
         on_admitted: Callable[[str], None],
         on_refused: Callable[[str, str], None],
+        spawn: Spawn | None = None,
     ) -> None:
         self.host = host
         self.identity = identity
@@ -124,6 +171,12 @@ class PeerAccess:
         self._greeting: set[str] = set()
         self._logged: dict[tuple[str, str], str] = {}  # (peer, what) -> the last reason logged
         self._hello: bytes | None = None
+        # refusal notices (this connection's): sent, and received
+        self._spawn = spawn
+        self._notices_in_flight = 0
+        self._no_notice: set[str] = set()  # peers that do not speak /ecac/refused/1
+        self._notices_got: Counter[str] = Counter()  # peer -> notices it sent us
+        self.refused_us: dict[str, dict[str, str]] = {}  # peer -> what -> reason, as it told us
 
     # ------------------------------------------------------------------ decisions
 
@@ -144,14 +197,22 @@ class PeerAccess:
         subject = self.subjects.get(peer)
         if subject is None:
             return self._refused.get(peer, NO_HELLO)
+        judged = self._not_live(peer)
+        return None if judged is None else not_live_text(*judged)
+
+    def _not_live(self, peer: str) -> tuple[bytes, str] | None:
+        """``(subject, liveness code)`` when ``peer``'s verified subject holds no live role here
+        (strict); None when it does, under reference, and for a peer without a verified hello."""
+        subject = self.subjects.get(peer)
+        if not self.strict or subject is None:
+            return None
         live = self.live
-        if live is None:
-            return "no access state yet"
-        why = subject_is_live(live, subject)
-        return None if why is None else f"subject {subject.hex()} holds no live role ({why})"
+        why = NOT_LOADED if live is None else subject_is_live(live, subject)
+        return None if why is None else (subject, why)
 
     def refuse_stream(self, peer: str, what: str, reason: str) -> None:
-        """Count and log (once per peer and reason) a refused ``sync`` or ``reconcile`` stream."""
+        """Count and log (once per peer and reason) a refused ``sync`` or ``reconcile`` stream, and
+        tell the peer why (a notice, with the log line)."""
         if what == "sync":
             self.counters.access_refused_sync += 1
         else:
@@ -192,6 +253,7 @@ class PeerAccess:
         self._hello = None
         self.subjects.clear()
         self._by_key.clear()
+        self.refused_us.clear()
         return True
 
     def forget(self, peer: str) -> None:
@@ -200,11 +262,16 @@ class PeerAccess:
         self._refused.pop(peer, None)
         self._by_key = {k: p for k, p in self._by_key.items() if p != peer}
         self._logged = {k: v for k, v in self._logged.items() if k[0] != peer}
+        self._no_notice.discard(peer)
+        self._notices_got.pop(peer, None)
+        self.refused_us.pop(peer, None)
 
     def prune(self, connected: Iterable[str]) -> None:
         """Forget the peers no longer connected (their disconnect event may have been missed)."""
         live = set(connected)
-        for peer in [p for p in {*self.subjects, *self._refused} if p not in live]:
+        known = {*self.subjects, *self._refused, *self._no_notice, *self._notices_got, *self.refused_us}
+        known.update(p for p, _ in self._logged)
+        for peer in [p for p in known if p not in live]:
             self.forget(peer)
 
     def status(self) -> dict[str, Any]:
@@ -215,7 +282,11 @@ class PeerAccess:
             "genesis": None if self.identity.genesis_id is None else self.identity.genesis_id.hex(),
             "subject": self.subject_pk.hex(),
             "peer_subjects": {
-                p: {"subject": s.hex(), "serving": self.refusal(p) is None}
+                p: {
+                    "subject": s.hex(),
+                    "serving": self.refusal(p) is None,
+                    "refused_us": dict(sorted(self.refused_us.get(p, {}).items())),
+                }
                 for p, s in sorted(self.subjects.items())
             },
             "live_subjects": None
@@ -321,25 +392,27 @@ class PeerAccess:
         self.counters.hello_sent += 1
 
     @staticmethod
-    async def _read(stream: Any) -> bytes:
-        """One frame of at most ``MAX_HELLO_FRAME`` bytes (ProtocolError, StreamResetError, TooSlowError)."""
+    async def _read(stream: Any, limit: int = MAX_HELLO_FRAME, name: str = "hello") -> bytes:
+        """One frame of at most ``limit`` bytes, within ``HELLO_READ_TIMEOUT``: ``ProtocolError``
+        (over-long, more than one frame), ``_Truncated`` (EOF inside it), ``EcacError`` (reset, EOF
+        before it), ``TooSlowError``."""
         from ecac.net.host import StreamResetError
 
-        reader = FrameReader(MAX_HELLO_FRAME)
+        reader = FrameReader(limit)
         with trio.fail_after(HELLO_READ_TIMEOUT):
             while True:
                 try:
-                    chunk = await stream.read(MAX_HELLO_FRAME + 4)
+                    chunk = await stream.read(limit + 4)
                 except StreamResetError as e:
                     raise EcacError(f"stream reset ({e})") from None
                 if not chunk:
                     if reader.buffered:
-                        raise EcacError("stream ended inside the hello frame")
-                    raise EcacError("stream ended before the hello frame")
+                        raise _Truncated(f"stream ended inside the {name} frame")
+                    raise EcacError(f"stream ended before the {name} frame")
                 bodies = reader.feed(chunk)
                 if bodies:
                     if len(bodies) > 1 or reader.buffered:
-                        raise ProtocolError("more than one hello frame")
+                        raise ProtocolError(f"more than one {name} frame")
                     return bodies[0]
 
     def _check(self, peer: str, body: bytes) -> Hello:
@@ -391,11 +464,112 @@ class PeerAccess:
         self._on_refused(peer, reason)
 
     def _log_once(self, peer: str, what: str, fmt: str, reason: str | None) -> None:
+        """Log a refusal at INFO the first time (per peer and what) it has this reason, else at DEBUG;
+        the first time, the peer is also sent a notice of it."""
         key = (peer, what)
         text = reason or ""
-        level = logging.DEBUG if self._logged.get(key) == text else logging.INFO
+        if self._logged.get(key) == text:
+            log.debug(fmt, peer, text)
+            return
         self._logged[key] = text
-        log.log(level, fmt, peer, text)
+        log.info(fmt, peer, text)
+        self._notify(peer, _NOTICE_WHAT[what])
+
+    # ------------------------------------------------------------------ refusal notices
+
+    def _notify(self, peer: str, what: str) -> None:
+        """Start sending ``peer`` a notice of why we refuse it ``what`` (bounded: module docstring)."""
+        judged = self._not_live(peer)
+        if self._spawn is None or judged is None or peer in self._no_notice:
+            return  # no notices, no verified hello (we cannot tell who it speaks for), or not spoken
+        subject, code = judged
+        try:
+            body = make_notice(what, code, subject).encode()
+        except ValueError as e:  # pragma: no cover - NOT_LIVE_REASONS lists every liveness code
+            log.warning("no refusal notice to %s: %s", peer, e)
+            return
+        if self._notices_in_flight >= MAX_NOTICES_IN_FLIGHT:
+            self.counters.refusal_notice_failed += 1
+            log.debug("no refusal notice to %s: %d notices in flight", peer, self._notices_in_flight)
+            return
+        self._notices_in_flight += 1
+        if not self._spawn(lambda: self._send_notice(peer, body)):
+            self._notices_in_flight -= 1
+            self.counters.refusal_notice_failed += 1
+
+    async def _send_notice(self, peer: str, body: bytes) -> None:
+        """One notice: open ``/ecac/refused/1``, write the frame, half-close, wait for the peer's
+        close; all within ``NOTICE_TIMEOUT``. Failures are debug lines (never raised)."""
+        from ecac.net.host import P2PError, ProtocolNotSupportedError
+
+        stream = None
+        sent = clean = False
+        try:
+            with trio.move_on_after(NOTICE_TIMEOUT) as scope:
+                if not self.host.is_connected(peer):  # never dial a peer to tell it this
+                    return
+                stream = await self.host.open_stream(peer, REFUSED_PROTOCOL_ID, timeout=NOTICE_TIMEOUT)
+                await stream.write(encode_frame(body, MAX_REFUSAL_FRAME))
+                await stream.close()
+                sent = True
+                self.counters.refusal_notice_sent += 1
+                while await stream.read(64):
+                    pass  # the receiver sends nothing; its EOF closes the stream's both halves
+                clean = True
+            if scope.cancelled_caught:
+                log.debug("refusal notice to %s: no close within %g s", peer, NOTICE_TIMEOUT)
+        except ProtocolNotSupportedError:
+            self._no_notice.add(peer)
+            log.debug("%s does not speak %s: no refusal notices to it", peer, REFUSED_PROTOCOL_ID)
+        except (P2PError, EcacError) as e:
+            log.debug("refusal notice to %s failed: %s", peer, e or type(e).__name__)
+        finally:
+            self._notices_in_flight -= 1
+            if not sent:
+                self.counters.refusal_notice_failed += 1
+            if stream is not None and not clean:
+                await stream.reset()  # shielded inside
+
+    async def handle_refused(self, stream: Any) -> None:
+        """The ``/ecac/refused/1`` handler: one notice from a hello-verified peer, logged and recorded."""
+        peer = stream.peer_id
+        if peer not in self.subjects or self._notices_got[peer] >= MAX_NOTICES_PER_PEER:
+            self.counters.refusal_notice_ignored += 1
+            log.debug(
+                "ignoring a refusal notice from %s (%s)",
+                peer,
+                "no verified hello" if peer not in self.subjects else "too many on this connection",
+            )
+            await stream.reset()
+            return
+        self._notices_got[peer] += 1
+        try:
+            body = await self._read(stream, MAX_REFUSAL_FRAME, "refusal notice")
+        except (ProtocolError, _Truncated) as e:  # framing: over-long, a second frame, cut short
+            self._invalid_notice(peer, str(e))
+            await stream.reset()
+            return
+        except (EcacError, trio.TooSlowError) as e:  # reset, EOF before a frame, slow: no notice
+            log.debug("refusal notice from %s: %s", peer, e or "no frame in time")
+            await stream.reset()
+            return
+        try:
+            notice = verify_notice(body, self.subject_pk)
+        except EcacError as e:  # DecodeError (shape) or ProtocolError (a rule)
+            self._invalid_notice(peer, str(e))
+            await stream.reset()
+            return
+        if peer not in self.subjects:
+            await stream.reset()  # disconnected (or the identity changed) while reading
+            return
+        self.refused_us.setdefault(peer, {})[notice.what] = notice.reason
+        self.counters.refused_by_peer += 1
+        log.warning("peer %s refuses to serve us %s: %s", peer, notice.what, notice.describe())
+        await stream.close()
+
+    def _invalid_notice(self, peer: str, why: str) -> None:
+        self.counters.refusal_notice_invalid += 1
+        log.warning("invalid refusal notice from %s: %s (ignored)", peer, why)
 
 
 # --------------------------------------------------------------------------- the node's project

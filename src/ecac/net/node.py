@@ -36,7 +36,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,7 +53,7 @@ from ecac.net.api import PeerInfo
 from ecac.net.counters import NodeCounters
 from ecac.net.dialer import Dialer, check_peer_addr
 from ecac.net.digest import DigestState, DigestTracker, DigestUpdate
-from ecac.net.hello import HELLO_PROTOCOL_ID, PeerAccess, identity_of, import_genesis
+from ecac.net.hello import HELLO_PROTOCOL_ID, REFUSED_PROTOCOL_ID, PeerAccess, identity_of, import_genesis
 from ecac.net.reconcile import RECONCILE_PROTOCOL_ID, ReconcileService
 from ecac.net.serve import READ_CHUNK, SyncServer
 from ecac.net.supervise import Supervisor
@@ -235,6 +235,7 @@ class Node:
             SigningKey(opts.subject_seed) if opts.subject_seed else self.sk,
             self._peer_admitted,
             self._peer_refused,
+            self._spawn_notice,
         )
         self._access_changed = trio.Event()
         # set reconciliation (/ecac/reconcile/1): what differs from a peer, fed to the coordinator
@@ -300,6 +301,7 @@ class Node:
         host.set_stream_handler(SYNC_PROTOCOL_ID, self._serve)
         host.set_stream_handler(RECONCILE_PROTOCOL_ID, self._reconcile_handle)
         host.set_stream_handler(HELLO_PROTOCOL_ID, self.access.handle)
+        host.set_stream_handler(REFUSED_PROTOCOL_ID, self.access.handle_refused)
         host.set_gossip_peer_filter(self.access.announce_from)
         self.digest.listeners.append(self._on_digest)
         host.add_peer_listener(self._on_peer_event)
@@ -714,6 +716,13 @@ class Node:
             self._nursery.start_soon(
                 self.supervisor.run_once, "disconnect", lambda: self.host.disconnect(peer)
             )
+
+    def _spawn_notice(self, send: Callable[[], Awaitable[None]]) -> bool:
+        """Send a refusal notice as a task of the node (``PeerAccess`` bounds how many at once)."""
+        if self._nursery is None:
+            return False
+        self._nursery.start_soon(self.supervisor.run_once, "refusal_notice", send)
+        return True
 
     async def _reconcile_handle(self, stream: Any) -> None:
         """``/ecac/reconcile/1``: under strict only with peers we may serve (others: reset)."""
