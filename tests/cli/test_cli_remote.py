@@ -166,6 +166,17 @@ def test_peers_status_and_the_token(ecac: Ecac, pair: Pair, monkeypatch: pytest.
     text = ok(ecac("peers", "--node", pair.url(b))).lines
     assert text[0].startswith(f"self {b.peer_id}")
     assert any(line.startswith(f"{a.peer_id}  connected") for line in text)
+    # reference nodes answer hello: A proves its subject (its node key) and B serves it
+    eventually(
+        lambda: all(
+            p["subject"] for p in json.loads(ecac("peers", "--node", pair.url(b), "--json").out)["peers"]
+        )
+    )
+    doc = json.loads(ok(ecac("peers", "--node", pair.url(b), "--json")).out)
+    (pa,) = [p for p in doc["peers"] if p["peer_id"] == a.peer_id]
+    assert pa["subject"] == a.status()["identity"]["subject"]
+    assert pa["served"] is True and pa["refused_us"] == {}
+    assert f"    subject {pa['subject']}  served" in ok(ecac("peers", "--node", pair.url(b))).lines
     st = json.loads(ok(ecac("status", "--node", pair.url(a), "--json")).out)
     assert st["peer_id"] == a.peer_id
     args = ("inject-demo-ops", "--node", pair.url(a), "--count", "3", "--seed", "9")

@@ -219,6 +219,8 @@ def test_dashboard_two_nodes_in_chromium(nodes: Nodes, browser: Any, tmp_path: P
             lambda peer_row=peer_row: _text(browser, peer_row + " td:nth-child(3)") == "same heads",
         )
         assert _text(browser, peer_row + " td:nth-child(2)") == "connected"
+        # reference nodes answer hello: the peer proved its subject (its node key) and is served
+        assert re.fullmatch(r"subject [0-9a-f]{8}…[0-9a-f]{4}", _text(browser, peer_row + " td:nth-child(5)"))
         assert _text(browser, "#live-status") == "live"
         assert _text(browser, "#error-banner") == ""
         assert browser.find_elements(By.CSS_SELECTOR, "#state-table b") == []

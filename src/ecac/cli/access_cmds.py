@@ -954,6 +954,13 @@ def render_peers(doc: dict[str, Any], now_ms: int) -> list[str]:
             f"{p.get('peer_id', '?')}  {state}  last sync {_ago(now_ms, p.get('last_sync_ms'))}  {match}"
         )
         out.append(f"    {addrs}")
+        subject = p.get("subject")
+        access = f"subject {subject}" if subject else "no verified hello"
+        access += "  served" if p.get("served", True) else "  not served by us"
+        refused = p.get("refused_us") or {}
+        if refused:
+            access += "  refuses us " + ", ".join(f"{w} ({r})" for w, r in sorted(refused.items()))
+        out.append(f"    {access}")
     return out
 
 
@@ -963,7 +970,8 @@ def render_peers(doc: dict[str, Any], now_ms: int) -> list[str]:
 @json_option
 def peers_cmd(node_url: str | None, token_file: Path | None, as_json: bool) -> None:
     """A running node's peers: peer id, addresses, connected or not, last sync, whether their
-    heads match ours. With --json: the gateway's GET /api/peers document."""
+    heads match ours, the subject each proved, whether we serve it and what it refuses us (strict).
+    With --json: the gateway's GET /api/peers document."""
     if node_url is None:
         raise click.UsageError("give --node URL (or set ECAC_NODE)")
     doc = gateway(node_url, token_file).peers()

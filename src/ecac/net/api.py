@@ -24,7 +24,10 @@ class PeerInfo:
 
     ``last_sync_ms`` is the wall-clock time of the peer's last announce (its state as it last
     told us), ``heads_match`` whether that announce listed exactly our heads (None: no
-    complete announce yet).
+    complete announce yet). Access (``ecac.net.hello``): ``subject`` the subject its hello
+    proved (None: no verified hello), ``served`` whether we serve it ops now (strict: its
+    subject holds a live role), ``refused_us`` what it told us it refuses us, and why
+    (``(what, reason)`` pairs from its ``/ecac/refused/1`` notices on this connection).
     """
 
     peer_id: str
@@ -32,6 +35,9 @@ class PeerInfo:
     connected: bool
     last_sync_ms: int | None
     heads_match: bool | None
+    subject: str | None = None
+    served: bool = True
+    refused_us: tuple[tuple[str, str], ...] = ()
 
     def to_obj(self) -> dict[str, Any]:
         return {
@@ -40,6 +46,9 @@ class PeerInfo:
             "connected": self.connected,
             "last_sync_ms": self.last_sync_ms,
             "heads_match": self.heads_match,
+            "subject": self.subject,
+            "served": self.served,
+            "refused_us": dict(self.refused_us),
         }
 
 

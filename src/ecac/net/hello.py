@@ -274,6 +274,10 @@ class PeerAccess:
         for peer in [p for p in known if p not in live]:
             self.forget(peer)
 
+    def told_us(self, peer: str) -> tuple[tuple[str, str], ...]:
+        """``(what, reason)`` of the refusal notices ``peer`` sent us on this connection, sorted."""
+        return tuple(sorted(self.refused_us.get(peer, {}).items()))
+
     def status(self) -> dict[str, Any]:
         """``/status`` → ``identity``: our profile, genesis, subject; the peers' proven subjects."""
         live = self.live
@@ -285,7 +289,7 @@ class PeerAccess:
                 p: {
                     "subject": s.hex(),
                     "serving": self.refusal(p) is None,
-                    "refused_us": dict(sorted(self.refused_us.get(p, {}).items())),
+                    "refused_us": dict(self.told_us(p)),
                 }
                 for p, s in sorted(self.subjects.items())
             },

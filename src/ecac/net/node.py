@@ -781,7 +781,19 @@ class Node:
                 last = int((wall - (now - st.announced_at)) * 1000)
                 if st.all_heads and mine is not None:
                     match = set(st.heads) == mine
-            out.append(PeerInfo(p, (addr,) if addr else (), p in self.connected_peers(), last, match))
+            subject = self.access.subjects.get(p)
+            out.append(
+                PeerInfo(
+                    p,
+                    (addr,) if addr else (),
+                    p in self.connected_peers(),
+                    last,
+                    match,
+                    None if subject is None else subject.hex(),
+                    self.access.refusal(p) is None,
+                    self.access.told_us(p),
+                )
+            )
         return out
 
     def block_peer(self, peer: str, seconds: float) -> None:

@@ -165,12 +165,21 @@ function renderPeers(doc) {
         cell(p.connected ? "connected" : "not connected", p.connected ? "ok" : "warn"),
         cell(match, cls),
         cell(ago(p.last_sync_ms), "", timeText(p.last_sync_ms)),
+        cell(accessText(p), p.served === false || Object.keys(p.refused_us || {}).length ? "warn" : ""),
         cell((p.addrs || []).join(" "), "mono small"),
       ],
       { peer: p.peer_id },
     );
   });
-  fill("peers-table", rows, "no peers known", 5);
+  fill("peers-table", rows, "no peers known", 6);
+}
+
+function accessText(p) {
+  const parts = [p.subject ? "subject " + short(p.subject) : "no verified hello"];
+  if (p.served === false) parts.push("not served by us");
+  const refused = Object.entries(p.refused_us || {}).map(([what, why]) => what + " (" + why + ")");
+  if (refused.length) parts.push("refuses us " + refused.join(", "));
+  return parts.join("; ");
 }
 
 function valueText(v) {
