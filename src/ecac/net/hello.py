@@ -1,4 +1,4 @@
-"""Project identity on connect and access-controlled sync (``/ecac/hello/1``; docs/security.md §5).
+"""Project identity on connect and access-controlled sync (``/ecac/hello/1``; docs/security.md §2 and §5).
 
 Right after a connection is up, each side opens one ``/ecac/hello/1`` stream: it writes its
 ``Hello`` (``ecac.sync.hello``: profile, genesis id, subject key and the subject's signature
