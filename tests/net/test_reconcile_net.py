@@ -13,6 +13,7 @@ from ecac.core.rangefp import RangeTree
 from ecac.core.snapshot import StoreSnapshot
 from ecac.net.host import HostConfig, P2PHost
 from ecac.net.reconcile import RECONCILE_PROTOCOL_ID, ReconcileService
+from ecac.sync.reconcile_sched import ReconcileSchedule
 from ecac.sync.wire import encode_frame
 
 pytestmark = pytest.mark.anyio
@@ -106,9 +107,50 @@ def test_heads_decide_whether_a_session_is_due() -> None:
     assert not svc.wants_session("p", 0.0)  # same heads and count
     state["p"] = SimpleNamespace(announced_at=1.0, watermark=4, heads=(b"g" * 32,))
     assert svc.wants_session("p", 0.0)
-    svc._last["p"] = 0.0
+    svc.schedule.last["p"] = 0.0
     assert not svc.wants_session("p", 1.0)  # one session per period
     assert svc.wants_session("p", 6.0)
+
+
+def test_the_schedule_starts_on_connect_by_the_smaller_id_and_on_the_tick() -> None:
+    """The pure policy the service and the simulator share (``ecac.sync.reconcile_sched``)."""
+    snap = StoreSnapshot(complete_count=3, heads=(b"h" * 32,))
+    same = SimpleNamespace(announced_at=1.0, watermark=3, heads=(b"h" * 32,))
+    states: dict[str, object] = {"a": same, "c": same, "d": same}
+    s = ReconcileSchedule(period=5.0, max_sessions=3)
+    s.start("b", first_tick=10.0)
+    # connect: only the peers with a larger id; "a" (smaller) will initiate to us
+    assert s.poll(1.0, ["a", "c", "d"], states.get, snap) == ["c", "d"]
+    assert s.initiating == {"c", "d"}
+    assert s.poll(2.0, ["a", "c", "d"], states.get, snap) == []  # nothing new, no tick yet
+    assert not s.accept("c")  # one session per peer: we initiate to c (and c > b keeps ours)
+    assert s.accept("a") and s.responding == {"a"}
+    assert not s.accept("e")  # at most max_sessions at once
+    for p in ("a", "c", "d"):
+        s.ended(p, 3.0, initiator=p != "a")
+    # the tick: equal announces are not due, nor a peer whose session ended less than a period ago
+    states["e"] = SimpleNamespace(announced_at=2.0, watermark=2, heads=(b"g" * 32,))
+    assert s.poll(10.0, ["a", "c", "d", "e", "f"], states.get, snap) == ["e", "f"]  # f never announced
+    assert s.next_tick == 15.0
+    s.ended("e", 10.5, initiator=True)
+    s.ended("f", 10.5, initiator=True)
+    assert s.poll(15.0, ["a", "c", "d", "e", "f"], states.get, snap) == []  # e, f: within a period
+    assert s.poll(20.0, ["a", "c", "d", "e", "f"], states.get, snap) == ["e", "f"]
+    s.ended("f", 20.5, initiator=True)
+    # a tie: both started at once; the session of the smaller id goes on
+    assert s.accept("a")  # we initiate nothing to a: we answer
+    s.ended("a", 21.0, initiator=False)
+    assert s.begin("a") and s.accept("a")  # a < b: its session wins, ours will be reset
+    assert not s.begin("a")
+    # a peer without the protocol: not asked again until it reconnects
+    s.ended("a", 22.0, initiator=False)
+    s.ended("a", 22.0, initiator=True)
+    assert s.refused_protocol("e", 22.0) and not s.refused_protocol("e", 22.0)
+    assert not s.active
+    assert "e" not in s.poll(40.0, ["a", "c", "d", "e", "f"], states.get, snap)
+    assert s.poll(41.0, ["a", "c", "d", "f"], states.get, snap) == []  # e disconnected: forgotten
+    assert s.unsupported == set() and "e" not in s.last
+    assert s.poll(42.0, ["a", "c", "d", "e", "f"], states.get, snap) == ["e"]  # reconnected: fresh
 
 
 @pytest.mark.timeout(60)

@@ -32,7 +32,10 @@ def test_hundred_nodes_random_mesh_converge_after_join_and_after_a_partition() -
 
 def test_runs_are_deterministic_for_a_seed() -> None:
     runs = [run_sim(10, 30, seed=4, topology="random", partition_s=1.0) for _ in range(2)]
-    for k in ("links", "join_s", "join_messages", "join_bytes", "heal_s", "heal_messages", "heal_bytes"):
+    keys = ("links", "join_s", "join_messages", "join_bytes", "heal_s", "heal_messages", "heal_bytes")
+    rec = [k for k in runs[0] if "reconcile" in k]
+    assert runs[0]["reconcile"] and runs[0]["reconcile_sessions"] > 0
+    for k in (*keys, *rec):
         assert runs[0][k] == runs[1][k], k
 
 

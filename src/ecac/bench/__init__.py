@@ -22,6 +22,7 @@ class BenchParams:
     checkpoint_every: int = 0
     diff: int = 0  # ops differing between the two stores (scenario reconcile)
     topology: str = "line"  # the mesh scenario: line | star | random
+    reconcile: bool = True  # the sim scenario: run set reconciliation (``--no-reconcile``: off)
 
 
 Scenario = Callable[[BenchParams], dict[str, Any]]

@@ -31,9 +31,28 @@ snapshots. The simulator plays the I/O layer of the node exactly as
   the commit was handed over, in FIFO order; the loop waits for the thread only then;
 * links go down and up (partitions, heals, ``Disconnect``); timers fire at
   ``next_wakeup``; ``restart`` replaces a coordinator as the node's supervisor would;
+* set reconciliation (``reconcile=True``): each node runs the node's ``/ecac/reconcile/1``
+  policy (``ecac.sync.reconcile_sched.ReconcileSchedule``, the one ``ecac.net.reconcile``
+  uses), polled as the node's loop polls it: every ``POLL_PERIOD`` (200 ms) from a seeded
+  random phase per node, the anti-entropy tick from a seeded random instant (only the polls
+  that can start something are simulated: the first after a link change and the first at or
+  after the tick). A node starts a session on link-up when its name is the smaller one, and on
+  the tick with every neighbour whose last announce (the coordinator's ``PeerState``) differs
+  from its writer's latest snapshot or that never announced; one per peer, at most
+  ``MAX_SESSIONS`` at once. A session is two real ``Reconciler`` s over the two writers'
+  snapshots at its start exchanging the real encoded frames (length-prefixed, read back by a
+  ``FrameReader``), each after one latency (stream negotiation is not modelled, as for sync
+  requests); the responder accepts or refuses (``accept``; the reset reaches the initiator a
+  latency later) when the first frame arrives. A side done with nothing to send half-closes
+  (its peer sees EOF a latency later). Each side, when it ends, is counted (``SimNode.rc``, the
+  node's ``ReconcileCounters``) and hands the ids it lacks to ``coordinator.reconciled``, whose
+  effects are carried out as any others. A link going down fails the sessions across it at
+  both ends (``reconcile_failures``; the ids found before are kept, as the node does). Stream
+  cuts, stalls and lost requests of ``Faults`` are not applied to reconcile streams; delay and
+  loss are;
 * network conditions (``Faults.delay``, ``Faults.loss``): every message (announce, request,
-  stream chunk) may carry a fixed one-way delay, and with probability ``loss`` it needs a TCP
-  retransmission that adds ``rto`` — libp2p runs gossip and sync over TCP, so a lost packet
+  stream chunk, reconcile frame) may carry a fixed one-way delay, and with probability ``loss``
+  it needs a TCP retransmission that adds ``rto`` — libp2p runs gossip and sync over TCP, so a lost packet
   delays the bytes behind it instead of dropping a message (``tc netem delay 100ms loss 1%``);
 * at scale (``threaded=False``) each writer runs its jobs inline on the loop thread when they
   are submitted (same reports, same order, no thread per node); with ``tick`` > 0 every event
@@ -85,6 +104,8 @@ from ecac.sync.effects import (
     PublishAnnounce,
     SendRequest,
 )
+from ecac.sync.reconcile import ReconcileLimits, Reconciler
+from ecac.sync.reconcile_sched import POLL_PERIOD, ReconcileCounters, ReconcileSchedule, count_session
 from ecac.sync.syncserve import plan_response, response_blobs
 from ecac.sync.wire import (
     FrameReader,
@@ -256,14 +277,18 @@ class SimStats:
     responses: int = 0
     response_frames: int = 0  # frames in the responses (OpBytes + trailers)
     response_bytes: int = 0
+    reconcile_sessions: int = 0  # /ecac/reconcile/1 sessions opened (one per pair and session)
+    reconcile_refused: int = 0  # of them refused by the responder (a session with the pair ran already)
+    reconcile_frames: int = 0  # their frames, both directions
+    reconcile_bytes: int = 0  # with their 4-byte length prefixes
 
     @property
     def messages(self) -> int:
-        return self.announces + self.requests + self.response_frames
+        return self.announces + self.requests + self.response_frames + self.reconcile_frames
 
     @property
     def bytes(self) -> int:
-        return self.announce_bytes + self.request_bytes + self.response_bytes
+        return self.announce_bytes + self.request_bytes + self.response_bytes + self.reconcile_bytes
 
 
 @dataclass(slots=True)
@@ -276,6 +301,29 @@ class _Stream:
     reader: FrameReader
     pos: int = 0
     dead: bool = False
+
+
+@dataclass(slots=True, eq=False)
+class _RecSession:
+    """One ``/ecac/reconcile/1`` session: ``a`` initiates, ``b`` responds (compared by identity)."""
+
+    a: str
+    b: str
+    ra: Reconciler
+    rb: Reconciler | None = None  # made when the first frame reaches ``b`` and it accepts
+    readers: dict[str, FrameReader] = field(default_factory=dict)
+    ended: set[str] = field(default_factory=set)  # sides that ended (and were counted)
+    dead: bool = False  # reset (refused, link down, bad frame): nothing more is delivered
+
+    def other(self, side: str) -> str:
+        return self.b if side == self.a else self.a
+
+    def rec(self, side: str) -> Reconciler | None:
+        return self.ra if side == self.a else self.rb
+
+    @property
+    def over(self) -> bool:
+        return self.dead or len(self.ended) == (1 if self.rb is None else 2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,6 +353,10 @@ class SimNode:
     restarts: int = 0
     reports: deque[_Report] = field(default_factory=deque)  # writer jobs to report, FIFO
     polling: bool = False
+    sched: ReconcileSchedule | None = None  # when to reconcile (None: reconciliation off)
+    rc: ReconcileCounters = field(default_factory=ReconcileCounters)
+    rec_phase: float = 0.0  # its reconcile loop polls at rec_phase + k × POLL_PERIOD
+    rec_poll_at: float | None = None  # the pending poll (None: none)
 
 
 class SimNet:
@@ -321,6 +373,8 @@ class SimNet:
         writer_delay: float = 0.001,
         threaded: bool = True,
         tick: float = 0.0,
+        reconcile: bool = False,
+        reconcile_limits: ReconcileLimits | None = None,
     ) -> None:
         self.rng = random.Random(seed)
         self.now = 0.0
@@ -343,6 +397,9 @@ class SimNet:
         self._valid: dict[bytes, SignedAnnounce] = {}
         self._seen: dict[bytes, bytearray] = {}  # message id -> one bit per node that has seen it
         self._seen_len = (n + 7) // 8
+        self.reconcile = reconcile
+        self.reconcile_limits = reconcile_limits or ReconcileLimits()
+        self._rec_pairs: dict[frozenset[str], list[_RecSession]] = {}  # sessions by pair of nodes
         for i in range(n):
             name = f"n{i}"
             sk = key_pair(i, b"sim-node")
@@ -354,6 +411,13 @@ class SimNet:
             self.nodes[name] = SimNode(name, i, store, writer, coord)
         for node in self.nodes.values():
             self._apply(node, node.coord.start(self.now))
+        if reconcile:
+            period = config.anti_entropy_period
+            for node in self.nodes.values():  # the nodes did not start at the same instant
+                node.sched = ReconcileSchedule(period)
+                node.rec_phase = self.now + self.rng.uniform(0.0, POLL_PERIOD)
+                node.sched.start(node.name, self.now + self.rng.uniform(0.0, period))
+                self._rec_poll_at(node, node.sched.next_tick)
 
     def close(self) -> None:
         """Stop the writer threads (and the stores' verify pools)."""
@@ -472,6 +536,9 @@ class SimNet:
             self._apply(node, node.coord.peer_connected(y, self.now))
             if self.linked(a, b):
                 self._apply(node, node.coord.peer_subscribed(y, self.now))
+        if self.reconcile:
+            self._rec_poll_at(self.nodes[a], self.now)
+            self._rec_poll_at(self.nodes[b], self.now)
 
     def disconnect(self, a: str, b: str) -> None:
         if not self.linked(a, b):
@@ -488,6 +555,11 @@ class SimNet:
         for x, y in ((a, b), (b, a)):
             node = self.nodes[x]
             self._apply(node, node.coord.peer_disconnected(y, self.now))
+        if self.reconcile:
+            for sess in self._rec_pairs.pop(frozenset((a, b)), []):
+                self._rec_reset(sess)  # the connection's streams are reset at both ends
+            self._rec_poll_at(self.nodes[a], self.now)
+            self._rec_poll_at(self.nodes[b], self.now)
 
     def set_topology(self, edges: Iterable[tuple[str, str]]) -> None:
         want = {frozenset(e) for e in edges}
@@ -805,6 +877,124 @@ class SimNet:
         st.chunks = []
         if self.streams.get((st.requester, st.rid)) is st:
             del self.streams[(st.requester, st.rid)]
+
+    # ------------------------------------------------------------------ set reconciliation
+
+    def _rec_poll_at(self, node: SimNode, t: float | None) -> None:
+        """Make sure ``node``'s reconcile loop polls at its first poll instant at or after ``t``
+        (a link change: it notices the connection there; the anti-entropy tick: it is checked there)."""
+        if t is None:
+            return
+        k = math.ceil((t - node.rec_phase) / POLL_PERIOD)
+        at = node.rec_phase + max(k, 0) * POLL_PERIOD
+        if at < t:
+            at += POLL_PERIOD
+        if node.rec_poll_at is None or at < node.rec_poll_at:
+            node.rec_poll_at = at
+            self._at(at, partial(self._rec_poll, node, at))
+
+    def _rec_poll(self, node: SimNode, at: float) -> None:
+        """One pass of the node's reconcile loop: start the sessions its schedule asks for."""
+        if node.rec_poll_at != at:
+            return  # superseded by an earlier poll
+        node.rec_poll_at = None
+        sched = node.sched
+        assert sched is not None
+        for peer in sched.poll(self.now, self.neighbours(node.name), node.coord.peer, node.writer.snapshot):
+            self._rec_open(node, peer)
+        self._rec_poll_at(node, sched.next_tick)
+
+    def _rec_open(self, node: SimNode, peer: str) -> None:
+        """``node`` initiates a session with ``peer`` (reserved by its schedule): the first frame."""
+        lim = self.reconcile_limits
+        rec = Reconciler(node.writer.snapshot.ranges, lim, nonce=node.rc.reconcile_sessions)
+        sess = _RecSession(node.name, peer, rec)
+        sess.readers = {node.name: FrameReader(lim.max_frame), peer: FrameReader(lim.max_frame)}
+        self._rec_pairs.setdefault(frozenset((node.name, peer)), []).append(sess)
+        self.stats.reconcile_sessions += 1
+        self._rec_send(sess, node.name, rec.start())
+        if rec.done:  # pragma: no cover - a first frame always asks for an answer
+            self._rec_end(sess, node.name)
+
+    def _rec_send(self, sess: _RecSession, sender: str, body: bytes) -> None:
+        frame = encode_frame(body, self.reconcile_limits.max_frame)
+        self.nodes[sender].rc.reconcile_bytes_sent += len(frame)
+        self.stats.reconcile_frames += 1
+        self.stats.reconcile_bytes += len(frame)
+        to = sess.other(sender)
+        self._at(self.now + self._latency(), partial(self._rec_deliver, sess, to, frame))
+
+    def _rec_deliver(self, sess: _RecSession, to: str, frame: bytes) -> None:
+        if sess.dead:
+            return
+        node = self.nodes[to]
+        node.rc.reconcile_bytes_received += len(frame)
+        if sess.rec(to) is None:  # the stream opens at the responder with the first frame
+            assert node.sched is not None
+            if not node.sched.accept(sess.a):
+                sess.dead = True  # refused: a stream reset, which the initiator sees a latency later
+                self.stats.reconcile_refused += 1
+                self._forget_rec(sess)
+                self._at(self.now + self._latency(), partial(self._rec_end, sess, sess.a, True))
+                return
+            sess.rb = Reconciler(node.writer.snapshot.ranges, self.reconcile_limits)
+        rec = sess.rec(to)
+        assert rec is not None
+        if rec.done:
+            return  # (cannot happen: a side that is done is never sent another frame)
+        try:
+            (body,) = sess.readers[to].feed(frame)
+            reply = rec.receive(body)
+        except (ProtocolError, ValueError):  # a bad frame ends the session: a reset at both ends
+            self._forget_rec(sess)
+            self._rec_reset(sess)
+            return
+        if reply is not None:
+            self._rec_send(sess, to, reply)
+        if rec.done:
+            self._rec_end(sess, to)
+            peer = sess.other(to)
+            if reply is None and peer not in sess.ended:  # we stopped (a round limit): EOF for the peer
+                self._at(self.now + self._latency(), partial(self._rec_eof, sess, peer))
+
+    def _rec_eof(self, sess: _RecSession, to: str) -> None:
+        """The peer half-closed: the session ends for ``to`` too (what it found stays valid)."""
+        if not sess.dead and to not in sess.ended:
+            self._rec_end(sess, to)
+
+    def _rec_reset(self, sess: _RecSession) -> None:
+        """The session's stream is reset: each side still in it fails."""
+        if sess.dead:
+            return
+        sess.dead = True
+        for side in (sess.a, sess.b):
+            if side not in sess.ended and sess.rec(side) is not None:
+                self._rec_end(sess, side, failed=True)
+
+    def _rec_end(self, sess: _RecSession, side: str, failed: bool = False) -> None:
+        """``side``'s part of the session ended: count it and hand what it lacks to its coordinator."""
+        rec = sess.rec(side)
+        assert rec is not None and side not in sess.ended
+        sess.ended.add(side)
+        node, peer = self.nodes[side], sess.other(side)
+        assert node.sched is not None
+        node.sched.ended(peer, self.now, initiator=side == sess.a)
+        if failed:
+            node.rc.reconcile_failures += 1
+        count_session(node.rc, rec)
+        if sess.over:
+            self._forget_rec(sess)
+        if rec.need:
+            self._reading(node)
+            self._apply(node, node.coord.reconciled(peer, list(rec.need), self.now))
+
+    def _forget_rec(self, sess: _RecSession) -> None:
+        key = frozenset((sess.a, sess.b))
+        live = self._rec_pairs.get(key)
+        if live is not None and sess in live:
+            live.remove(sess)
+            if not live:
+                del self._rec_pairs[key]
 
     # ------------------------------------------------------------------ commits
 

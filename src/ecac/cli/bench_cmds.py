@@ -94,6 +94,12 @@ def progress(label: str) -> Iterator[None]:
     show_default=True,
     help="Incremental tail length (0: 10% of the ops).",
 )
+@click.option(
+    "--no-reconcile",
+    "no_reconcile",
+    is_flag=True,
+    help="Sim scenario: no set reconciliation (/ecac/reconcile/1), only the announce/heads/bloom path.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Also print the result as one JSON line (last line).")
 @click.option("--list", "list_only", is_flag=True, help="List the scenarios and exit.")
 @click.option("--net", is_flag=True, help="Networked run (not supported; kept for compatibility).")
@@ -107,6 +113,7 @@ def bench_cmd(
     topology: str,
     diff: int,
     checkpoint_every: int,
+    no_reconcile: bool,
     as_json: bool,
     list_only: bool,
     net: bool,
@@ -125,7 +132,17 @@ def bench_cmd(
         raise EcacError(NET_UNSUPPORTED)
     if scenario not in scenarios:
         raise EcacError(f"unsupported scenario '{scenario}'. Supported: {', '.join(sorted(scenarios))}")
-    params = BenchParams(scenario, ops, seed, peers, nodes, checkpoint_every, topology=topology, diff=diff)
+    params = BenchParams(
+        scenario,
+        ops,
+        seed,
+        peers,
+        nodes,
+        checkpoint_every,
+        topology=topology,
+        diff=diff,
+        reconcile=not no_reconcile,
+    )
     with progress(f"bench {scenario}: {ops:,} ops"):
         result = scenarios[scenario][0](params)
     print_table(f"ecac bench {scenario}", ("metric", "value"), [(k, _fmt(v)) for k, v in result.items()])

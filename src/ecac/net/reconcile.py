@@ -10,7 +10,8 @@ The ids the peer holds and we lack (``need``) go to the coordinator (``SyncCoord
 reconciled``), which fetches them parent-first over ``/ecac/sync/1`` as usual; the peer learns
 our extra ids as its own ``need`` in the same session, so one session serves both sides.
 
-When (``ReconcileService.run``): when a peer connects (the side with the smaller PeerId
+When (``ReconcileService.run``, the policy of ``ecac.sync.reconcile_sched.ReconcileSchedule``,
+which the simulated network uses too): when a peer connects (the side with the smaller PeerId
 initiates, so a pair runs one session), and every anti-entropy period for each connected peer
 whose last announce differs from our state (heads or complete-op count) or who never
 announced; at most one session per peer at a time (either role), at most
@@ -33,7 +34,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, fields
 from typing import Any
 
 import trio
@@ -41,42 +41,23 @@ import trio
 from ecac.core.errors import EcacError, ProtocolError
 from ecac.core.snapshot import StoreSnapshot
 from ecac.sync.reconcile import RECONCILE_PROTOCOL_ID, ReconcileLimits, Reconciler
+from ecac.sync.reconcile_sched import (
+    MAX_SESSIONS,
+    POLL_PERIOD,
+    ReconcileCounters,
+    ReconcileSchedule,
+    count_session,
+    round_trips,
+)
 from ecac.sync.wire import FrameReader, encode_frame
 
-__all__ = ["RECONCILE_PROTOCOL_ID", "ReconcileCounters", "ReconcileService", "round_trips"]
+__all__ = ["MAX_SESSIONS", "RECONCILE_PROTOCOL_ID", "ReconcileCounters", "ReconcileService", "round_trips"]
 
 log = logging.getLogger("ecac.node")
 
 FRAME_TIMEOUT = 15.0  # the next frame of a session must arrive within this
 SESSION_DEADLINE = 120.0  # a whole session
-MAX_SESSIONS = 8  # sessions at once, both roles
-POLL_PERIOD = 0.2  # how often new connections are looked for
 READ_CHUNK = 256 * 1024
-
-
-def round_trips(frames: int) -> int:
-    """Round trips of a session of ``frames`` frames in all (both directions)."""
-    return (frames + 1) // 2
-
-
-@dataclass(slots=True)
-class ReconcileCounters:
-    """Plain ints, changed on the event loop only; shown in ``/status``."""
-
-    reconcile_sessions: int = 0
-    reconcile_rounds: int = 0
-    reconcile_round_trips_max: int = 0
-    reconcile_bytes_sent: int = 0
-    reconcile_bytes_received: int = 0
-    reconcile_ids_found: int = 0
-    reconcile_ids_needed: int = 0
-    reconcile_failures: int = 0
-    reconcile_incomplete: int = 0
-    reconcile_unverified: int = 0  # ended by itself but the result missed the peer's total fingerprint
-    reconcile_unsupported: int = 0  # peers that answered they do not speak /ecac/reconcile/1
-
-    def as_dict(self) -> dict[str, int]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 class _Failed(Exception):
@@ -105,83 +86,66 @@ class ReconcileService:
         self.limits = limits or ReconcileLimits()
         self.counters = ReconcileCounters()
         self.limiter = trio.CapacityLimiter(1)
-        self._initiating: set[str] = set()
-        self._responding: set[str] = set()
-        self.my_id: str | None = None  # set by ``run``: breaks the tie of two sessions started at once
-        self._last: dict[str, float] = {}  # peer -> when its last session ended
-        self._seen: set[str] = set()  # peers connected at the last poll
-        self._unsupported: set[str] = set()  # connected peers without the protocol (forgotten on disconnect)
+        self.schedule = ReconcileSchedule(period)  # when to start a session (shared with the simulator)
 
     @property
     def active(self) -> set[str]:
         """Peers with a session running (either role)."""
-        return self._initiating | self._responding
+        return self.schedule.active
+
+    @property
+    def my_id(self) -> str | None:
+        """Our PeerId (set by ``run``): breaks the tie of two sessions started at once."""
+        return self.schedule.my_id
+
+    @my_id.setter
+    def my_id(self, value: str | None) -> None:
+        self.schedule.my_id = value
 
     # ------------------------------------------------------------------ scheduling
 
     def wants_session(self, peer: str, now: float) -> bool:
         """Heads differ (or unknown) and no session with ``peer`` ran in the last period."""
-        if peer in self.active or len(self.active) >= MAX_SESSIONS or self._is_blocked(peer):
+        if self._is_blocked(peer):
             return False
-        if peer in self._unsupported:
-            return False
-        last = self._last.get(peer)
-        if last is not None and now - last < self.period:
-            return False
-        st = self._peer_state(peer)
-        if st is None or st.announced_at is None:
-            return True
-        snap = self._snapshot()
-        return bool(st.watermark != snap.complete_count or tuple(st.heads) != snap.top_heads(len(st.heads)))
+        return self.schedule.due(peer, now, self._peer_state(peer), self._snapshot())
 
     async def run(self, nursery: trio.Nursery, my_peer_id: str) -> None:
         """Start sessions on connect and on every period (runs until cancelled)."""
-        self.my_id = my_peer_id
-        next_tick = trio.current_time() + self.period
+        self.schedule.start(my_peer_id, trio.current_time() + self.period)
         while True:
             await trio.sleep(POLL_PERIOD)
-            now = trio.current_time()
-            live = {p for p in self.host.connected_peers() if not self._is_blocked(p)}
-            fresh = sorted(live - self._seen)
-            self._seen = live
-            for p in fresh:
-                if (
-                    my_peer_id < p
-                    and p not in self.active
-                    and p not in self._unsupported
-                    and len(self.active) < MAX_SESSIONS
-                ):
-                    self._last.pop(p, None)
-                    nursery.start_soon(self._session, p)
-            if now >= next_tick:
-                next_tick = now + self.period
-                for p in sorted(live):
-                    if self.wants_session(p, now):
-                        nursery.start_soon(self._session, p)
-            for p in list(self._last):
-                if p not in live and p not in self.active:
-                    del self._last[p]
-            self._unsupported &= live
+            live = [p for p in self.host.connected_peers() if not self._is_blocked(p)]
+            for p in self.schedule.poll(trio.current_time(), live, self._peer_state, self._snapshot()):
+                nursery.start_soon(self._session, p)
 
     # ------------------------------------------------------------------ sessions
 
     async def _session(self, peer: str) -> None:
-        """``initiate`` as a background task: an unexpected error is logged and counted, never raised."""
+        """A session ``poll`` reserved, as a background task: an unexpected error is logged and
+        counted, never raised."""
         try:
-            await self.initiate(peer)
+            await self._initiate(peer)
         except Exception:
             self.counters.reconcile_failures += 1
             log.exception("reconciliation with %s crashed", peer)
 
     async def initiate(self, peer: str) -> Reconciler | None:
         """One session as initiator; returns its reconciler (None if it could not start)."""
+        if not self.schedule.begin(peer):
+            return None
+        return await self._initiate(peer)
+
+    async def _initiate(self, peer: str) -> Reconciler | None:
+        """The session reserved with ``peer`` (``schedule.initiating``), as initiator."""
         from ecac.net.host import P2PError, ProtocolNotSupportedError
 
-        if peer in self.active:
-            return None
-        self._initiating.add(peer)
-        # the nonce salts the session's fingerprints: a collision is not repeated by the next session
-        rec = Reconciler(self._snapshot().ranges, self.limits, nonce=self.counters.reconcile_sessions)
+        try:
+            # the nonce salts the session's fingerprints: a collision is not repeated by the next session
+            rec = Reconciler(self._snapshot().ranges, self.limits, nonce=self.counters.reconcile_sessions)
+        except BaseException:
+            self.schedule.ended(peer, trio.current_time(), initiator=True)  # never leak the reservation
+            raise
         stream = None
         failed: BaseException | None = None
         try:
@@ -193,18 +157,14 @@ class ReconcileService:
         except ProtocolNotSupportedError:
             # a peer without the protocol (another implementation): the pull path serves it; ask
             # again only after it reconnects
-            self._initiating.discard(peer)
-            self._last[peer] = trio.current_time()
-            if peer not in self._unsupported:
-                self._unsupported.add(peer)
+            if self.schedule.refused_protocol(peer, trio.current_time()):
                 self.counters.reconcile_unsupported += 1
                 log.info("%s does not speak %s: using the pull path with it", peer, RECONCILE_PROTOCOL_ID)
             return None
         except (P2PError, _Failed, ProtocolError, EcacError, trio.TooSlowError) as e:
             failed = e
         finally:
-            self._initiating.discard(peer)
-            self._last[peer] = trio.current_time()
+            self.schedule.ended(peer, trio.current_time(), initiator=True)
         if failed is not None:
             self._failed(peer, rec, failed)
             if stream is not None:
@@ -217,13 +177,10 @@ class ReconcileService:
         """The stream handler of ``/ecac/reconcile/1`` (responder)."""
         peer = stream.peer_id
         # one session per peer (it serves both sides); when both started one at once, the session
-        # of the smaller PeerId goes on (its peer resets ours)
-        tie_won = peer in self._initiating and self.my_id is not None and peer < self.my_id
-        busy = peer in self._responding or (peer in self._initiating and not tie_won)
-        if self._is_blocked(peer) or busy or len(self._initiating) + len(self._responding) >= MAX_SESSIONS:
+        # of the smaller PeerId goes on (its peer resets ours); at most MAX_SESSIONS
+        if self._is_blocked(peer) or not self.schedule.accept(peer):
             await stream.reset()
             return
-        self._responding.add(peer)
         rec = Reconciler(self._snapshot().ranges, self.limits)
         failed: BaseException | None = None
         try:
@@ -232,8 +189,7 @@ class ReconcileService:
         except (_Failed, ProtocolError, EcacError, trio.TooSlowError) as e:
             failed = e
         finally:
-            self._responding.discard(peer)
-            self._last[peer] = trio.current_time()
+            self.schedule.ended(peer, trio.current_time(), initiator=False)
         if failed is not None:
             self._failed(peer, rec, failed)
             await stream.reset()
@@ -303,17 +259,7 @@ class ReconcileService:
             await stream.reset()
 
     def _report(self, peer: str, rec: Reconciler) -> None:
-        c = self.counters
-        rt = round_trips(rec.frames_sent + rec.frames_received)
-        c.reconcile_sessions += 1
-        c.reconcile_rounds += rt
-        c.reconcile_round_trips_max = max(c.reconcile_round_trips_max, rt)
-        c.reconcile_ids_found += len(rec.need) + len(rec.have)
-        c.reconcile_ids_needed += len(rec.need)
-        if not rec.complete:
-            c.reconcile_incomplete += 1
-        if rec.verified is False:
-            c.reconcile_unverified += 1
+        rt = count_session(self.counters, rec)
         log.log(
             logging.INFO if rec.need or rec.have else logging.DEBUG,
             "reconciled with %s: %d round trips, %d/%d bytes, we lack %d, it lacks %d%s",
