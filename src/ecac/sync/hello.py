@@ -20,8 +20,9 @@ from typing import Final
 from nacl.signing import SigningKey
 
 from ecac.core.codec import Bytes32, ByteVec, Serde, U32Int, serde
-from ecac.core.errors import DecodeError, EcacError, ProtocolError
+from ecac.core.errors import ProtocolError
 from ecac.core.sig import sig_ok
+from ecac.sync.wire import decode_message
 
 __all__ = [
     "HELLO_DOMAIN",
@@ -114,14 +115,7 @@ def verify_hello(data: bytes, peer_pk: bytes) -> Hello:
     does not verify over the binding of ``peer_pk`` (a hello made for another peer, another
     project or profile, or forged).
     """
-    if len(data) > MAX_HELLO_FRAME:
-        raise ProtocolError(f"hello: {len(data)} bytes exceeds the {MAX_HELLO_FRAME}-byte limit")
-    try:
-        h = Hello.decode(data)
-    except DecodeError as e:
-        raise DecodeError(f"hello: not a canonical Hello ({e})") from None
-    except EcacError as e:
-        raise ProtocolError(f"hello: {e}") from None
+    h = decode_message(Hello, data, MAX_HELLO_FRAME, "hello")
     if h.v != HELLO_VERSION:
         raise ProtocolError(f"hello: version {h.v} is not {HELLO_VERSION}")
     try:

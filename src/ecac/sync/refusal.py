@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from typing import Final
 
 from ecac.core.codec import Bytes32, Serde, U32Int, serde
-from ecac.core.errors import DecodeError, EcacError, ProtocolError
+from ecac.core.errors import ProtocolError
 from ecac.core.liveness import NOT_LIVE_REASONS
+from ecac.sync.wire import decode_message
 
 __all__ = [
     "MAX_REFUSAL_FRAME",
@@ -92,14 +93,7 @@ def verify_notice(data: bytes, subject_pk: bytes) -> RefusalNotice:
     version, an unknown ``what`` or ``reason``, and a subject other than ours (the server judged
     someone else: a confused or lying peer).
     """
-    if len(data) > MAX_REFUSAL_FRAME:
-        raise ProtocolError(f"refusal notice: {len(data)} bytes exceeds the {MAX_REFUSAL_FRAME}-byte limit")
-    try:
-        n = RefusalNotice.decode(data)
-    except DecodeError as e:
-        raise DecodeError(f"refusal notice: not a canonical RefusalNotice ({e})") from None
-    except EcacError as e:
-        raise ProtocolError(f"refusal notice: {e}") from None
+    n = decode_message(RefusalNotice, data, MAX_REFUSAL_FRAME, "refusal notice")
     if n.v != REFUSAL_VERSION:
         raise ProtocolError(f"refusal notice: version {n.v} is not {REFUSAL_VERSION}")
     why = _check(n.what, n.reason)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Annotated, ClassVar
+from typing import Annotated, ClassVar, TypeVar
 
 import blake3
 from nacl.bindings import crypto_core_ed25519_is_valid_point
@@ -35,7 +35,7 @@ from ecac.core.codec import (
     serde,
     variant,
 )
-from ecac.core.errors import EcacError, ProtocolError
+from ecac.core.errors import DecodeError, EcacError, ProtocolError
 from ecac.core.sig import sig_ok
 
 # --------------------------------------------------------------------------- constants
@@ -370,3 +370,20 @@ class FrameReader:
             n = len(self._buf)
             self._buf = bytearray()
             raise ProtocolError(f"frame stream truncated: EOF inside a frame ({n} bytes of it received)")
+
+
+_M = TypeVar("_M", bound=Serde)
+
+
+def decode_message(cls: type[_M], data: bytes, limit: int, what: str) -> _M:
+    """One small wire message of at most ``limit`` bytes, strictly decoded as ``cls``; the errors
+    name ``what``: ``ProtocolError`` for the size or a rule of the codec, ``DecodeError`` for bytes
+    that are not exactly the canonical CBOR of a ``cls``."""
+    if len(data) > limit:
+        raise ProtocolError(f"{what}: {len(data)} bytes exceeds the {limit}-byte limit")
+    try:
+        return cls.decode(data)
+    except DecodeError as e:
+        raise DecodeError(f"{what}: not a canonical {cls.__name__} ({e})") from None
+    except EcacError as e:
+        raise ProtocolError(f"{what}: {e}") from None
