@@ -143,6 +143,18 @@ class IndexMachine(RuleBasedStateMachine):
         for j in range(k):
             self.announce(len(SERVERS) + (first + j) % len(ORIGINS), j % len(SERVERS))
 
+    @rule(i=st.integers(0, len(SERVERS) - 1))
+    def reconciled(self, i: int) -> None:
+        """A reconciliation session with a server found what it holds that we lack (held while a
+        request fetching some of it runs: ``check_invariants`` checks the holds)."""
+        p = SERVERS[i]
+        need = [
+            op.op_id for op in OPS if self.stores[p].contains(op.op_id) and not self.local.contains(op.op_id)
+        ]
+        self.take(self.coord.reconciled(p, need, self.now))
+        if self.coord.planner.held_ids():
+            event("reconciled ids held")
+
     def pick(self, i: int) -> SendRequest:
         rids = sorted(self.open)
         return self.open[rids[i % len(rids)]]

@@ -687,6 +687,11 @@ class SyncCoordinator:
             r = self.planner.owner(x)
             if r not in self._requests:
                 problems.append(f"id {x.hex()} is in flight for finished request {r}")
+        for x in self.planner.held_ids():
+            if not self.planner.is_wanted(x) or self.planner.in_flight(x):
+                problems.append(f"id {x.hex()} is held but not a want waiting to be planned")
+            if any(r not in self._requests for r in self.planner.held_by(x)):
+                problems.append(f"id {x.hex()} is held by a finished request")
         if any(len(s.frontier) > PEER_FRONTIER_MAX for s in self._peers.values()):
             problems.append("a peer's received frontier exceeds its bound")
         if len(self._peers) > cfg.max_peer_states:
@@ -970,7 +975,14 @@ class SyncCoordinator:
     def reconciled(self, peer: PeerId, need: Sequence[bytes], now: float) -> list[Effect]:
         """Set reconciliation with ``peer`` (``ecac.sync.reconcile``) found ``need``, ids it holds that
         we lack: they join the want table with ``peer`` as origin and are fetched parent-first as usual.
-        The peer just answered a whole session, so its backoff ends."""
+        The peer just answered a whole session, so its backoff ends.
+
+        A session names the whole difference; when requests already running (to ``peer`` or
+        another peer) fetch some of these ids, typically an announced head, they stream its
+        missing ancestry, which is most of the rest. So the rest is held until they end
+        (``SyncPlanner.hold``) instead of being asked for by id at the same time, which would
+        bring the same ops twice: what they stored has left the want table by then, and only
+        what is still missing is requested (all of it if they failed)."""
         _check_peer(peer)
         _check_now(now)
         s = self._peers.get(peer)
@@ -978,7 +990,9 @@ class SyncCoordinator:
             return []
         contains = self.facts.contains
         fresh = [x for x in dict.fromkeys(need) if isinstance(x, bytes) and len(x) == 32 and not contains(x)]
-        self.planner.add_wants(fresh[: self.config.max_wanted], now, origin=peer)
+        fresh = fresh[: self.config.max_wanted]
+        self.planner.add_wants(fresh, now, origin=peer)
+        self.planner.hold(fresh)
         self.planner.clear_unavailable(peer)
         self._record_success(s)
         return self._plan(now)
@@ -1152,9 +1166,16 @@ class SyncCoordinator:
         return all(complete(h) for h in s.heads)
 
     def _register(
-        self, peer: PeerId, kind: str, request: SyncRequest, now: float, no_progress: int = 0
+        self,
+        peer: PeerId,
+        kind: str,
+        request: SyncRequest,
+        now: float,
+        no_progress: int = 0,
+        continues: int | None = None,
     ) -> SendRequest:
-        """Record a new request (cannot fail: ``request`` was built and checked before)."""
+        """Record a new request (cannot fail: ``request`` was built and checked before);
+        ``continues``: the request whose ``More`` it follows."""
         rid = self._next_rid
         self._next_rid += 1
         q = _Request(rid, peer, kind, request.want, now, now, no_progress)
@@ -1162,7 +1183,7 @@ class SyncCoordinator:
         self._attach(self._peers[peer], rid)
         self._push(self._deadlines, (self._deadline(q), rid))
         if kind == FETCH:
-            self.planner.start(rid, request.want)
+            self.planner.start(rid, request.want, continues)
         self.counters.requests_sent += 1
         return SendRequest(peer, rid, request)
 
@@ -1502,7 +1523,7 @@ class SyncCoordinator:
         if is_ae:
             self._ae_rid = None
         if cont is not None and s.available(now) and self._free_slots(s) > 0:
-            eff = self._register(q.peer, q.kind, cont, now, no_progress)
+            eff = self._register(q.peer, q.kind, cont, now, no_progress, q.rid)
             if is_ae:
                 self._ae_rid = eff.request_id
             return [eff]

@@ -16,7 +16,12 @@ The first of them that is available and not marked "unavailable" for the id gets
 when that peer has no free request slot, the id waits for it rather than going to the
 next candidate: the request running there most likely delivers the id's ancestry
 already, and another peer would send the same ops again (each request's boundary can
-only list ops the requester has stored). The bloom and watermark of a peer's announce
+only list ops the requester has stored). The same holds across peers for a set of
+ids known to be related (``hold``: the ids a reconciliation session found): those not
+in flight wait while a request fetching any of the others runs, whichever peer it
+asks, since it streams their missing ancestry; when it ends (in any way: its stored
+ops have left the table by then, and a failed one releases them too) only what is
+still wanted is planned. The bloom and watermark of a peer's announce
 only *order* that last group. They never
 decide that an id need not be fetched: a saturated bloom (almost always ``ffff``)
 would otherwise hide every missing op. Pure and deterministic: sets are always sorted
@@ -91,6 +96,8 @@ class SyncPlanner:
         self._in_flight: dict[bytes, int] = {}  # id -> request id
         self._requests: dict[int, tuple[bytes, ...]] = {}
         self._unavailable: dict[PeerId, set[bytes]] = {}
+        # id -> requests it waits for: not planned while one of them runs (see ``hold``)
+        self._held: dict[bytes, frozenset[int]] = {}
 
     # ------------------------------------------------------------------ queries
 
@@ -121,6 +128,14 @@ class SyncPlanner:
     def owner(self, op_id: bytes) -> int | None:
         """The request that owns ``op_id`` (None when it is not in flight)."""
         return self._in_flight.get(op_id)
+
+    def held_by(self, op_id: bytes) -> frozenset[int]:
+        """The running requests that hold ``op_id`` back (empty: it is not held)."""
+        return frozenset(r for r in self._held.get(op_id, ()) if r in self._requests)
+
+    def held_ids(self) -> list[bytes]:
+        """Every id with a hold, ascending (released ones stay listed until the next ``plan``)."""
+        return sorted(self._held)
 
     def __len__(self) -> int:
         return len(self._wanted)
@@ -162,6 +177,27 @@ class SyncPlanner:
         """Drop ids from the want table (stored now); in-flight ids stay owned by their request."""
         for x in ids:
             self._wanted.pop(x, None)
+            self._held.pop(x, None)
+
+    def hold(self, ids: Iterable[bytes]) -> int:
+        """``ids`` are related (one peer holds them all and we lack them all, as a reconciliation
+        session finds them): the wanted ones not in flight are not planned while a request that
+        owns one of the others runs. Returns how many are held.
+
+        Such a request streams its ids' missing ancestry, which is much of the rest; asking
+        for the rest by id meanwhile (the same peer has no free slot, but another peer may)
+        would bring the same ops twice. Every request ends (trailer, failure, timeout,
+        disconnect: ``finish``), so a held id is always planned in the end."""
+        t = tuple(dict.fromkeys(ids))
+        owners = frozenset(r for x in t if (r := self._in_flight.get(x)) is not None)
+        if not owners:
+            return 0
+        n = 0
+        for x in t:
+            if x in self._wanted and x not in self._in_flight:
+                self._held[x] = owners | self._held.get(x, frozenset())
+                n += 1
+        return n
 
     def _evict(self) -> None:
         excess = len(self._wanted) - self.max_wanted
@@ -170,6 +206,7 @@ class SyncPlanner:
         victims = [x for x in self._wanted if x not in self._in_flight][:excess]
         for x in victims:
             del self._wanted[x]
+            self._held.pop(x, None)
 
     def expire(self, now: float) -> int:
         """Drop wants older than the TTL that are not in flight (anti-entropy covers them); count them."""
@@ -178,6 +215,7 @@ class SyncPlanner:
         ]
         for x in old:
             del self._wanted[x]
+            self._held.pop(x, None)
         return len(old)
 
     # ------------------------------------------------------------------ unavailability
@@ -198,12 +236,22 @@ class SyncPlanner:
 
     # ------------------------------------------------------------------ in flight
 
-    def start(self, request_id: int, ids: Iterable[bytes]) -> None:
-        """Ids now owned by ``request_id``."""
+    def start(self, request_id: int, ids: Iterable[bytes], continues: int | None = None) -> None:
+        """Ids now owned by ``request_id``; ``continues``: the request it takes over from (the
+        ``More`` continuation of a response), whose holds it keeps."""
         t = tuple(ids)
         self._requests[request_id] = t
         for x in t:
             self._in_flight[x] = request_id
+            self._held.pop(x, None)
+        if continues is not None and self._held:  # rare: once per server cap of ops at most
+            moved: dict[frozenset[int], frozenset[int]] = {}
+            for x, owners in self._held.items():
+                if continues in owners:
+                    g = moved.get(owners)
+                    if g is None:
+                        g = moved[owners] = owners | {request_id}
+                    self._held[x] = g
 
     def finish(self, request_id: int) -> tuple[bytes, ...]:
         """The request ended (any way): its ids are no longer in flight; returns them."""
@@ -245,15 +293,28 @@ class SyncPlanner:
     def plan(
         self, peers: Mapping[PeerId, PeerView], have: Callable[[bytes], bool], now: float
     ) -> list[PlannedFetch]:
-        """Requests for every wanted id that is not stored and not in flight, where an eligible peer exists.
+        """Requests for every wanted id that is not stored, not in flight and not held, where an
+        eligible peer exists.
 
-        Stored ids are dropped from the table. Ids without an eligible peer, or whose best
-        eligible peer has no free slot, stay wanted and are retried by a later call. Never
-        more than ``free_slots`` new requests per peer.
+        Stored ids are dropped from the table, and holds whose requests have all ended. Ids
+        without an eligible peer, or whose best eligible peer has no free slot, stay wanted
+        and are retried by a later call. Never more than ``free_slots`` new requests per peer.
         """
         stored = [x for x in self._wanted if have(x)]
         self.forget(stored)
-        todo = sorted(x for x in self._wanted if x not in self._in_flight)
+        held = self._held
+        if held:
+            shut: dict[frozenset[int], bool] = {}  # ids of one ``hold`` share their set
+            released = []
+            for x, owners in held.items():
+                closed = shut.get(owners)
+                if closed is None:
+                    closed = shut[owners] = any(r in self._requests for r in owners)
+                if not closed:
+                    released.append(x)
+            for x in released:
+                del held[x]
+        todo = sorted(x for x in self._wanted if x not in self._in_flight and x not in held)
         if not todo:
             return []
         slots = {p: v.free_slots for p, v in peers.items() if v.available}
