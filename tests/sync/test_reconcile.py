@@ -7,7 +7,7 @@ import hashlib
 import itertools
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from ecac.core.errors import DecodeError, ProtocolError
@@ -82,6 +82,14 @@ small_limits = st.builds(
     st.sets(st.integers(0, 3000), max_size=300),
     st.sets(st.integers(0, 3000), max_size=300),
     small_limits | st.just(ReconcileLimits()),
+)
+@example(  # a split into k buckets once reserved room for one range only: 10 ranges sent, limit 9
+    shared={2, 3, 6, 7, 10},
+    only_a={0, 1},
+    only_b={8, 9, 4, 5},
+    limits=ReconcileLimits(
+        buckets=4, id_list_max=1, max_frame=4096, max_ids=12, max_ranges=9, max_rounds=400
+    ),
 )
 def test_any_two_sets_both_sides_learn_the_symmetric_difference(
     shared: set[int], only_a: set[int], only_b: set[int], limits: ReconcileLimits

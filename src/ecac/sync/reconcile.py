@@ -410,13 +410,15 @@ class _Out:
         u = self.uppers[-1] if self.uppers else None
         return u[0] if u is not None else 0
 
-    def room(self, mode_len: int, ids: int) -> bool:
-        """Whether a range of that size still fits, keeping room for the closing Fp range."""
+    def room(self, mode_len: int, ids: int, ranges: int = 1) -> bool:
+        """Whether ``ranges`` more ranges of that size (together) still fit, keeping room for
+        the closing Fp range and one more: after any add that asked, two ranges stay free, which
+        the paths that add without asking (a cut Ids then the closing Fp) rely on."""
         lim = self.limits
         return (
             self.size + _BOUND_MAX + mode_len + 2 * _CLOSE_MAX <= lim.max_frame
             and self.ids + ids <= lim.max_ids
-            and len(self.modes) + 3 <= lim.max_ranges
+            and len(self.modes) + ranges + 2 <= lim.max_ranges
         )
 
     def add(self, upper: Bound | None, mode: Mode) -> None:
@@ -733,7 +735,7 @@ class Reconciler:
             self._close_with_fp(out, cut)
             return True
         k = max(2, min(k, lim.buckets, n))  # n > id_list_max >= 1, k <= n: every bucket holds a key
-        if not out.room(k * (_BOUND_MAX + 19), 0):
+        if not out.room(k * (_BOUND_MAX + 19), 0, k):
             return False
         start = a
         low = lo
