@@ -23,6 +23,9 @@ class BenchParams:
     diff: int = 0  # ops differing between the two stores (scenario reconcile)
     topology: str = "line"  # the mesh scenario: line | star | random
     reconcile: bool = True  # the sim scenario: run set reconciliation (``--no-reconcile``: off)
+    link_delay_ms: float | None = None  # the mesh scenario: links through ecac.bench.linkproxy
+    link_loss: float = 0.0  # the mesh scenario: TCP segment loss of every proxied link
+    partition_s: float = 0.0  # the mesh scenario: cut the middle link this long after the join
 
 
 Scenario = Callable[[BenchParams], dict[str, Any]]

@@ -100,6 +100,28 @@ def progress(label: str) -> Iterator[None]:
     is_flag=True,
     help="Sim scenario: no set reconciliation (/ecac/reconcile/1), only the announce/heads/bloom path.",
 )
+@click.option(
+    "--link-delay-ms",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Mesh scenario: every link through a userspace proxy (ecac.bench.linkproxy, not netem) "
+    "with this one-way delay per chunk; 0: the proxy alone.",
+)
+@click.option(
+    "--link-loss",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.0,
+    show_default=True,
+    help="Mesh scenario: TCP segment loss of every proxied link (0.01 = 1 %; a loss holds 200 ms).",
+)
+@click.option(
+    "--partition-s",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Mesh scenario (line or star): after the join cut the middle link this long while both of its "
+    "nodes write, then restore it and time the heal (links through the proxy).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Also print the result as one JSON line (last line).")
 @click.option("--list", "list_only", is_flag=True, help="List the scenarios and exit.")
 @click.option("--net", is_flag=True, help="Networked run (not supported; kept for compatibility).")
@@ -114,6 +136,9 @@ def bench_cmd(
     diff: int,
     checkpoint_every: int,
     no_reconcile: bool,
+    link_delay_ms: float | None,
+    link_loss: float,
+    partition_s: float,
     as_json: bool,
     list_only: bool,
     net: bool,
@@ -142,6 +167,9 @@ def bench_cmd(
         topology=topology,
         diff=diff,
         reconcile=not no_reconcile,
+        link_delay_ms=link_delay_ms,
+        link_loss=link_loss,
+        partition_s=partition_s,
     )
     with progress(f"bench {scenario}: {ops:,} ops"):
         result = scenarios[scenario][0](params)
