@@ -91,7 +91,7 @@ async def test_a_garbage_frame_ends_the_session_and_is_counted() -> None:
         with trio.fail_after(10):
             while sb.counters.reconcile_failures == 0:
                 await trio.sleep(0.01)
-        assert not sb.active  # the session is over; a new one may start
+        assert not sb.schedule.active  # the session is over; a new one may start
         await stream.reset()
     assert found == {}
 
@@ -161,7 +161,7 @@ async def test_two_sessions_started_at_once_leave_one_that_serves_both() -> None
     found_b: dict[str, list[bytes]] = {}
     sa = _service(a, [*shared, _key(9001)], found_a)
     sb = _service(b, [*shared, _key(9002)], found_b)
-    sa.my_id, sb.my_id = a.peer_id, b.peer_id
+    sa.schedule.my_id, sb.schedule.my_id = a.peer_id, b.peer_id
     a.set_stream_handler(RECONCILE_PROTOCOL_ID, sa.handle)
     b.set_stream_handler(RECONCILE_PROTOCOL_ID, sb.handle)
     async with a.run(LOCAL), b.run(LOCAL):

@@ -88,20 +88,6 @@ class ReconcileService:
         self.limiter = trio.CapacityLimiter(1)
         self.schedule = ReconcileSchedule(period)  # when to start a session (shared with the simulator)
 
-    @property
-    def active(self) -> set[str]:
-        """Peers with a session running (either role)."""
-        return self.schedule.active
-
-    @property
-    def my_id(self) -> str | None:
-        """Our PeerId (set by ``run``): breaks the tie of two sessions started at once."""
-        return self.schedule.my_id
-
-    @my_id.setter
-    def my_id(self, value: str | None) -> None:
-        self.schedule.my_id = value
-
     # ------------------------------------------------------------------ scheduling
 
     def wants_session(self, peer: str, now: float) -> bool:
